@@ -1,0 +1,225 @@
+"""The ``gwi`` command. Parsing and printing only: the work lives in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import __version__
+from .errors import GwiError
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    w = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r))  # noqa: E731
+    return "\n".join([line(cells[0]), "  ".join("-" * x for x in w)] + [line(r) for r in cells[1:]])
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def _summary(m: dict, where: str) -> str:
+    rows = []
+    for fam, d in m["families"].items():
+        norm = m["normalisation"]["seismic"]["per_family"].get(fam, {})
+        rows.append([fam, d["samples"], f"{norm.get('min', float('nan')):.3f}", f"{norm.get('max', float('nan')):.3f}",
+                     f"{d['velocity_mean']:.0f}" if "velocity_mean" in d else "-"])
+    size = sum(s.get("bytes", 0) for s in m["shards"])
+    err = m.get("float16_error", {}).get("x", {})
+    out = [f"dataset {m['name']} at {where}",
+           f"  {m['num_samples']} samples, {len(m['shards'])} shards, {_mb(size)}, seismic {tuple(m['seismic_shape'])}"
+           f" float16 (round-trip max abs {err.get('max_abs', 0):.3g}, max rel {err.get('max_rel', 0):.3g})",
+           ""]
+    out.append(_table(rows, ["family", "samples", "log-min", "log-max", "mean v m/s"]))
+    dec = m.get("time_decimation")
+    if dec:
+        out.append(f"\n  time decimated ×{dec['factor']}: {100 * dec['energy_above_new_nyquist_fraction']:.2f}% of the "
+                   f"energy was above the new Nyquist ({dec['nyquist_hz']:.0f} Hz), "
+                   f"{100 * dec['energy_removed_by_filter_fraction']:.2f}% removed by the anti-alias filter")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# data commands
+
+
+def cmd_data_prep(a) -> int:
+    from .data.prep import prep_test, prep_train
+    from .store import default_store_url
+
+    out = a.out or default_store_url()
+    if bool(a.src) == bool(a.test_dir):
+        raise GwiError("data prep: give exactly one of --src DIR (training data) or --test-dir DIR")
+    if a.src:
+        m = prep_train(a.src, out, a.name, shard_size=a.shard_size, overwrite=a.overwrite,
+                       time_decimate=a.time_decimate, velocity_tolerance=a.velocity_tolerance)
+    else:
+        m = prep_test(a.test_dir, out, a.name, shard_size=a.shard_size, overwrite=a.overwrite,
+                      time_decimate=a.time_decimate)
+    print(_summary(m, out.rstrip("/") + f"/datasets/{a.name}"))
+    return 0
+
+
+def cmd_data_synth(a) -> int:
+    from .data.synth import synthesize
+    from .store import default_store_url
+
+    out = a.out or default_store_url()
+    families = [f for item in a.family for f in item.split(",") if f]
+    m = synthesize(families, a.samples, out, a.name, seed=a.seed, batch_size=a.batch_size, device=a.device,
+                   shard_size=a.shard_size, overwrite=a.overwrite)
+    print(_summary(m, out.rstrip("/") + f"/datasets/{a.name}"))
+    return 0
+
+
+def cmd_data_pull(a) -> int:
+    from .data.sync import pull
+
+    print(pull(a.url, a.dest, workers=a.workers))
+    return 0
+
+
+def cmd_data_push(a) -> int:
+    from .data.sync import push
+
+    m = push(a.src, a.to, workers=a.workers)
+    print(f"pushed {m['name']}: {len(m['shards'])} shards to {a.to}")
+    return 0
+
+
+def cmd_data_verify(a) -> int:
+    from .data.sync import verify
+
+    m, problems = verify(a.url, workers=a.workers)
+    if problems:
+        print(f"{len(problems)} of {len(m['shards'])} shards FAILED verification:", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    print(f"ok: {len(m['shards'])} shards of {m['name']} match their sha256")
+    return 0
+
+
+def cmd_data_info(a) -> int:
+    from .data.shards import load_manifest
+    from .store import open_store
+
+    m = load_manifest(open_store(a.url))
+    if a.json:
+        print(json.dumps(m, indent=1))
+    else:
+        print(_summary(m, a.url))
+    return 0
+
+
+def cmd_data_folds(a) -> int:
+    from .data import folds
+    from .data.shards import load_manifest
+    from .store import open_store
+
+    m = load_manifest(open_store(a.url))
+    fams = folds.sample_families(m)
+    names = sorted(set(fams.tolist()))
+    rows = []
+    if a.family:
+        tr, va = folds.leave_family_out(m, a.family)
+        rows.append([f"hold out {a.family}", len(tr), len(va)])
+        print(_table(rows, ["split", "train", "val"]))
+        return 0
+    for i in range(a.k):
+        tr, va = folds.kfold(m, a.k, i, a.seed)
+        rows.append([f"kfold:{a.k}:{i}", len(tr), len(va)] + [int((fams[va] == f).sum()) for f in names])
+    print(_table(rows, ["split", "train", "val"] + [f"val {f}" for f in names]))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gwi", description="Seismic FWI team runner: data, training, dispatch, submission.")
+    p.add_argument("--version", action="version", version=f"gwi {__version__}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    sub.required = True
+
+    data = sub.add_parser("data", help="prepare, synthesise, move and check datasets")
+    dsub = data.add_subparsers(dest="data_cmd", metavar="SUBCOMMAND")
+    dsub.required = True
+
+    def store_args(q, out_help):
+        q.add_argument("--out", metavar="STORE_URL", help=out_help + " (default: the embedded file:// store under $GWI_HOME, ./.gwi)")
+        q.add_argument("--name", required=True, help="dataset name: written to STORE_URL/datasets/NAME/")
+        q.add_argument("--shard-size", type=int, default=500, help="samples per shard (default 500)")
+        q.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+
+    q = dsub.add_parser("prep", help="Kaggle/OpenFWI folders -> float16 shards + manifest")
+    q.add_argument("--src", metavar="DIR", help="competition root, train_samples/, or one family folder")
+    q.add_argument("--test-dir", metavar="DIR", help="a folder of test/<oid>.npy files")
+    store_args(q, "store to write to: file://PATH or s3://BUCKET/PREFIX")
+    q.add_argument("--time-decimate", type=int, default=1, metavar="K",
+                   help="keep every K-th time sample after a zero-phase anti-alias low-pass")
+    q.add_argument("--velocity-tolerance", type=float, default=1.0, metavar="M_S",
+                   help="allowed excursion outside 1500-4500 m/s (default 1)")
+    q.set_defaults(fn=cmd_data_prep)
+
+    q = dsub.add_parser("synth", help="generate OpenFWI-style families with the deepwave forward model")
+    q.add_argument("--family", action="append", required=True,
+                   help="family (repeat or comma-separate): FlatVel_A ... Style_B")
+    q.add_argument("--samples", type=int, required=True, help="samples per family")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--batch-size", type=int, default=16, help="velocity maps per deepwave call")
+    q.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    store_args(q, "store to write to")
+    q.set_defaults(fn=cmd_data_synth)
+
+    q = dsub.add_parser("pull", help="download a dataset into the local cache, verifying every shard")
+    q.add_argument("url", help="STORE_URL/datasets/NAME")
+    q.add_argument("--dest", help="folder to pull into (default: $GWI_CACHE/datasets/...)")
+    q.add_argument("--workers", type=int, default=4)
+    q.set_defaults(fn=cmd_data_pull)
+
+    q = dsub.add_parser("push", help="copy a dataset (local folder or URL) to a store")
+    q.add_argument("src", help="local dataset folder or STORE_URL/datasets/NAME")
+    q.add_argument("--to", required=True, metavar="URL", help="destination STORE_URL/datasets/NAME")
+    q.add_argument("--workers", type=int, default=4)
+    q.set_defaults(fn=cmd_data_push)
+
+    q = dsub.add_parser("verify", help="re-hash every shard where it is stored and report mismatches")
+    q.add_argument("url")
+    q.add_argument("--workers", type=int, default=4)
+    q.set_defaults(fn=cmd_data_verify)
+
+    q = dsub.add_parser("info", help="summarise a dataset's manifest")
+    q.add_argument("url")
+    q.add_argument("--json", action="store_true", help="print the whole manifest")
+    q.set_defaults(fn=cmd_data_info)
+
+    q = dsub.add_parser("folds", help="show the validation splits of a dataset")
+    q.add_argument("url")
+    q.add_argument("--k", type=int, default=5)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--family", help="leave this family out instead of K-fold")
+    q.set_defaults(fn=cmd_data_folds)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except (GwiError, ValueError, TypeError) as e:
+        if os.environ.get("GWI_DEBUG"):
+            raise
+        print(f"gwi: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gwi: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""``gwi data push|pull|verify``: moving datasets between stores and the local cache, checksummed.
+
+The cache (``GWI_CACHE``, default the user's cache dir) holds one folder per dataset URL. A shard is
+used only after its sha256 matched the manifest; downloads land in ``*.partial`` files that are
+renamed into place once verified, so an interrupted pull never leaves a file that looks complete.
+A record of verified files (size, mtime, sha256) lets the next pull skip re-hashing what is already
+there and unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import IntegrityError, StoreError
+from ..store import FileStore, Store, open_store
+from .shards import MANIFEST, load_manifest, parse_manifest, sha256_file
+
+VERIFIED = ".gwi-verified.json"
+
+
+def cache_root() -> Path:
+    env = os.environ.get("GWI_CACHE")
+    if env:
+        return Path(env).expanduser()
+    try:
+        from platformdirs import user_cache_dir
+
+        return Path(user_cache_dir("gwi"))
+    except ImportError:  # pragma: no cover
+        return Path.home() / ".cache" / "gwi"
+
+
+def cache_dir_for(url: str) -> Path:
+    """The local folder for a dataset URL: readable name, plus a hash so two stores never collide."""
+    url = url.rstrip("/")
+    tail = re.sub(r"[^A-Za-z0-9._-]+", "_", url.rsplit("/", 1)[-1])[:60]
+    return cache_root() / "datasets" / f"{tail}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
+
+
+def _progress(total_bytes: int, desc: str, enabled: bool | None):
+    from tqdm import tqdm
+
+    return tqdm(total=total_bytes, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                disable=None if enabled is None else not enabled, dynamic_ncols=True, leave=False)
+
+
+class _Verified:
+    """(size, mtime_ns) → sha256 of files already hashed, so unchanged files are not hashed again."""
+
+    def __init__(self, root: Path):
+        self.path = root / VERIFIED
+        self.lock = threading.Lock()
+        try:
+            self.data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.data = {}
+
+    def ok(self, rel: str, sha: str) -> bool:
+        p = self.path.parent / rel
+        try:
+            st = p.stat()
+        except OSError:
+            return False
+        rec = self.data.get(rel)
+        return bool(rec) and rec == [st.st_size, st.st_mtime_ns, sha]
+
+    def add(self, rel: str, sha: str) -> None:
+        st = (self.path.parent / rel).stat()
+        with self.lock:
+            self.data[rel] = [st.st_size, st.st_mtime_ns, sha]
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data))
+        os.replace(tmp, self.path)
+
+
+def pull(url: str, dest: str | os.PathLike | None = None, *, workers: int = 4,
+         progress: bool | None = None) -> Path:
+    """Make a verified local copy of the dataset at ``url``; returns its folder.
+
+    Already cached and verified shards are skipped; a corrupt or partial local file is replaced.
+    A local ``file://`` dataset is still copied, so training never reads a store in place.
+    """
+    store = open_store(url)
+    raw = store.get_bytes(MANIFEST)
+    manifest = parse_manifest(raw, store.key_url(MANIFEST))
+    root = Path(dest) if dest else cache_dir_for(store.url)
+    root.mkdir(parents=True, exist_ok=True)
+    ver = _Verified(root)
+    shards = manifest["shards"]
+    todo = [s for s in shards if not ver.ok(s["path"], s["sha256"])]
+    # a local file of the right size whose hash matches counts as cached (e.g. a copied cache)
+    still = []
+    for s in todo:
+        p = root / s["path"]
+        if p.is_file() and p.stat().st_size == s.get("bytes", -1) and sha256_file(p) == s["sha256"]:
+            ver.add(s["path"], s["sha256"])
+        else:
+            still.append(s)
+    total = sum(s.get("bytes", 0) for s in still)
+    errors: list[str] = []
+
+    def fetch(s: dict) -> None:
+        p = root / s["path"]
+        p.unlink(missing_ok=True)  # a stale or corrupt copy must not survive a failed fetch
+        tmp = p.with_name(p.name + ".download")
+        try:
+            store.get_file(s["path"], tmp)
+            got = sha256_file(tmp)
+            if got != s["sha256"]:
+                errors.append(f"{store.key_url(s['path'])}: sha256 {got[:12]}…, manifest says {s['sha256'][:12]}…")
+                return
+            os.replace(tmp, p)
+            ver.add(s["path"], s["sha256"])
+            bar.update(s.get("bytes", 0))
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    with _progress(total, f"pull {manifest.get('name', '')}", progress) as bar:
+        if still:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                list(pool.map(fetch, still))
+    ver.save()
+    if errors:
+        raise IntegrityError("pull failed, the store holds corrupt shards:\n  " + "\n  ".join(errors))
+    # the manifest goes in last: the local copy is complete before it looks complete
+    tmp = root / (MANIFEST + ".tmp")
+    tmp.write_bytes(raw)
+    os.replace(tmp, root / MANIFEST)
+    _prune(root, {s["path"] for s in shards})
+    return root
+
+
+def _prune(root: Path, keep: set[str]) -> None:
+    """Remove shards of earlier builds that the current manifest no longer lists."""
+    sh = root / "shards"
+    if not sh.is_dir():
+        return
+    for p in sh.rglob("*"):
+        if p.is_file() and p.relative_to(root).as_posix() not in keep:
+            p.unlink(missing_ok=True)
+    for d in sorted((d for d in sh.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+
+@dataclass
+class Problem:
+    path: str
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.what}"
+
+
+def verify(url: str, *, workers: int = 4, progress: bool | None = None) -> tuple[dict, list[Problem]]:
+    """Re-hash every shard where it is stored; returns the manifest and every mismatch found."""
+    store = open_store(url)
+    manifest = load_manifest(store)
+    problems: list[Problem] = []
+    lock = threading.Lock()
+
+    def check(s: dict) -> None:
+        where = store.key_url(s["path"])
+        try:
+            size = store.size(s["path"])
+        except StoreError as e:
+            with lock:
+                problems.append(Problem(where, "missing" if "no such object" in str(e) else str(e)))
+            return
+        if "bytes" in s and size != s["bytes"]:
+            with lock:
+                problems.append(Problem(where, f"size {size} bytes, manifest says {s['bytes']}"))
+            bar.update(size)
+            return
+        h = hashlib.sha256()
+        for chunk in store.iter_chunks(s["path"]):
+            h.update(chunk)
+            bar.update(len(chunk))
+        if h.hexdigest() != s["sha256"]:
+            with lock:
+                problems.append(Problem(where, f"sha256 {h.hexdigest()[:12]}…, manifest says {s['sha256'][:12]}…"))
+
+    shards = manifest["shards"]
+    with _progress(sum(s.get("bytes", 0) for s in shards), f"verify {manifest.get('name', '')}", progress) as bar:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            list(pool.map(check, shards))
+    problems.sort(key=lambda p: p.path)
+    return manifest, problems
+
+
+def push(src: str | os.PathLike, dest_url: str, *, workers: int = 4, progress: bool | None = None) -> dict:
+    """Copy a dataset (a local folder or a store URL) to ``dest_url``, verifying every shard.
+
+    Shards already at the destination with the right size are not sent again; the manifest is
+    written last, so the destination never lists a shard it does not hold.
+    """
+    src_s = str(src)
+    src_store: Store = open_store(src_s) if "://" in src_s else FileStore(src_s)
+    raw = src_store.get_bytes(MANIFEST)
+    manifest = parse_manifest(raw, src_store.key_url(MANIFEST))
+    dst = open_store(dest_url)
+    existing = {}
+    if dst.exists(MANIFEST):
+        try:
+            old = json.loads(dst.get_bytes(MANIFEST))
+            existing = {s["path"]: s["sha256"] for s in old.get("shards", [])}
+        except ValueError:
+            existing = {}
+    todo = []
+    for s in manifest["shards"]:
+        if existing.get(s["path"]) == s["sha256"] and dst.exists(s["path"]) and dst.size(s["path"]) == s.get("bytes"):
+            continue
+        todo.append(s)
+
+    def send(s: dict) -> None:
+        if isinstance(src_store, FileStore):
+            p = src_store.path(s["path"])
+            if sha256_file(p) != s["sha256"]:
+                raise IntegrityError(f"{p}: sha256 does not match the manifest; run 'gwi data verify' on the source")
+            dst.put_file(p, s["path"])
+        else:
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="gwi-push-") as d:
+                p = Path(d) / "shard.npy"
+                src_store.get_file(s["path"], p)
+                if sha256_file(p) != s["sha256"]:
+                    raise IntegrityError(f"{src_store.key_url(s['path'])}: sha256 does not match the manifest")
+                dst.put_file(p, s["path"], move=True)
+        bar.update(s.get("bytes", 0))
+
+    with _progress(sum(s.get("bytes", 0) for s in todo), f"push {manifest.get('name', '')}", progress) as bar:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            list(pool.map(send, todo))
+    dst.put_bytes(MANIFEST, raw)
+    return manifest
