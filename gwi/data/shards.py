@@ -174,8 +174,9 @@ class Decimator:
 
     factor: int
     dt: float = 1e-3
-    energy_total: float = 0.0
+    energy_total: float = 0.0  # spectral units (sum of |rfft|²)
     energy_above: float = 0.0
+    energy_time: float = 0.0  # time-domain units (sum of x²), for the filter's share
     energy_removed: float = 0.0
 
     def __post_init__(self):
@@ -195,6 +196,7 @@ class Decimator:
         self.energy_total += float(spec.sum())
         self.energy_above += float(spec[:, :, freqs > nyq_new].sum())
         y = signal.sosfiltfilt(self.sos, x64, axis=2)
+        self.energy_time += float((x64**2).sum())
         self.energy_removed += float(((x64 - y) ** 2).sum())
         return y[:, :, :: self.factor].astype(np.float32)
 
@@ -206,7 +208,7 @@ class Decimator:
             "nyquist_hz": 0.5 / (self.dt * self.factor),
             "filter": "Chebyshev-I order 8, 0.05 dB ripple, cut-off 0.8×new Nyquist, zero-phase (sosfiltfilt)",
             "energy_above_new_nyquist_fraction": self.energy_above / tot,
-            "energy_removed_by_filter_fraction": self.energy_removed / tot,
+            "energy_removed_by_filter_fraction": self.energy_removed / max(self.energy_time, 1e-300),
         }
 
 

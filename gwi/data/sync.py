@@ -124,11 +124,11 @@ def pull(url: str, dest: str | os.PathLike | None = None, *, workers: int = 4,
         finally:
             tmp.unlink(missing_ok=True)
 
-    with _progress(total, f"pull {manifest.get('name', '')}", progress) as bar:
-        if still:
-            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-                list(pool.map(fetch, still))
-    ver.save()
+    try:
+        with _progress(total, f"pull {manifest.get('name', '')}", progress) as bar:
+            _run_all(fetch, still, workers)
+    finally:
+        ver.save()
     if errors:
         raise IntegrityError("pull failed, the store holds corrupt shards:\n  " + "\n  ".join(errors))
     # the manifest goes in last: the local copy is complete before it looks complete
@@ -137,6 +137,20 @@ def pull(url: str, dest: str | os.PathLike | None = None, *, workers: int = 4,
     os.replace(tmp, root / MANIFEST)
     _prune(root, {s["path"] for s in shards})
     return root
+
+
+def _run_all(fn, items, workers: int) -> None:
+    """Run ``fn`` over ``items`` in threads; the first error cancels what has not started."""
+    if not items:
+        return
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
+        for f in [pool.submit(fn, it) for it in items]:
+            f.result()
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _prune(root: Path, keep: set[str]) -> None:
@@ -193,8 +207,7 @@ def verify(url: str, *, workers: int = 4, progress: bool | None = None) -> tuple
 
     shards = manifest["shards"]
     with _progress(sum(s.get("bytes", 0) for s in shards), f"verify {manifest.get('name', '')}", progress) as bar:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            list(pool.map(check, shards))
+        _run_all(check, shards, workers)
     problems.sort(key=lambda p: p.path)
     return manifest, problems
 
@@ -241,7 +254,6 @@ def push(src: str | os.PathLike, dest_url: str, *, workers: int = 4, progress: b
         bar.update(s.get("bytes", 0))
 
     with _progress(sum(s.get("bytes", 0) for s in todo), f"push {manifest.get('name', '')}", progress) as bar:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            list(pool.map(send, todo))
+        _run_all(send, todo, workers)
     dst.put_bytes(MANIFEST, raw)
     return manifest

@@ -238,6 +238,9 @@ class ForwardModel:
             out = deepwave.scalar(
                 vv, DX, DT, source_amplitudes=amp, source_locations=src, receiver_locations=rec,
                 accuracy=4, pml_width=PML_WIDTH, pml_freq=FREQ, courant_number=COURANT,
+                # a fixed max_vel fixes the PML profile and the time step: otherwise they follow the
+                # fastest map in the batch, and a sample's bytes would depend on its batch-mates
+                max_vel=VMAX,
             )
         d = out.receiver_amplitudes  # (B*5, 70, 1000)
         d = d.reshape(b, ns, N_RECEIVERS, NT).permute(0, 1, 3, 2)  # (B, 5, 1000, 70)

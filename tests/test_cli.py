@@ -1,0 +1,81 @@
+"""The installed ``gwi`` console script, as a user runs it."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import write_kaggle
+
+GWI = shutil.which("gwi", path=str(Path(sys.executable).parent)) or "gwi"
+
+
+def run(*args, cwd=None, env=None):
+    return subprocess.run([GWI, *args], capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})},
+                          timeout=300)
+
+
+def test_version_and_help():
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("gwi ")
+    r = run("data", "--help")
+    assert r.returncode == 0 and "synth" in r.stdout and "prep" in r.stdout
+
+
+def test_synth_into_the_embedded_default_then_info_pull_verify_folds(tmp_path):
+    r = run("data", "synth", "--family", "FlatVel_A,Style_A", "--samples", "3", "--name", "demo", "--seed", "1",
+            cwd=tmp_path, env={"GWI_HOME": str(tmp_path / ".gwi")})
+    assert r.returncode == 0, r.stderr
+    assert "dataset demo" in r.stdout and "FlatVel_A" in r.stdout and "Style_A" in r.stdout
+    ds = tmp_path / ".gwi" / "store" / "datasets" / "demo"
+    m = json.loads((ds / "manifest.json").read_text())
+    assert m["num_samples"] == 6
+    url = f"file://{ds}"
+    r = run("data", "info", url, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["build"] == m["build"]
+    r = run("data", "pull", url)
+    assert r.returncode == 0 and Path(r.stdout.strip(), "manifest.json").is_file()
+    r = run("data", "verify", url)
+    assert r.returncode == 0 and "ok: 4 shards" in r.stdout
+    r = run("data", "folds", url, "--k", "3")
+    assert r.returncode == 0 and "kfold:3:2" in r.stdout
+    # damage one shard: verify fails with exit 1 and names it
+    victim = ds / m["shards"][0]["path"]
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
+    r = run("data", "verify", url)
+    assert r.returncode == 1 and m["shards"][0]["path"] in r.stderr and "sha256" in r.stderr
+
+
+def test_prep_cli_and_clear_errors(tmp_path):
+    write_kaggle(tmp_path / "k", {"FlatVel_A": [2]})
+    r = run("data", "prep", "--src", str(tmp_path / "k"), "--out", f"file://{tmp_path}/s", "--name", "kt")
+    assert r.returncode == 0, r.stderr
+    r = run("data", "prep", "--src", str(tmp_path / "k"), "--out", f"file://{tmp_path}/s", "--name", "kt")
+    assert r.returncode == 1 and "already exists; pass --overwrite" in r.stderr and "Traceback" not in r.stderr
+    r = run("data", "prep", "--src", str(tmp_path / "nope"), "--out", f"file://{tmp_path}/s", "--name", "x")
+    assert r.returncode == 1 and f"{tmp_path / 'nope'}: no such folder" in r.stderr
+    r = run("data", "prep", "--out", f"file://{tmp_path}/s", "--name", "x")
+    assert r.returncode == 1 and "exactly one of --src" in r.stderr
+    r = run("data", "synth", "--family", "FlatVel_Z", "--samples", "1", "--name", "x", "--out", f"file://{tmp_path}/s")
+    assert r.returncode == 1 and "got 'FlatVel_Z'" in r.stderr and "CurveFault_B" in r.stderr
+    r = run("data", "pull", "gs://bucket/datasets/x")
+    assert r.returncode == 1 and "unsupported store URL scheme 'gs://'" in r.stderr
+
+
+def test_prep_cli_to_s3_and_pull_back(s3, tmp_path):
+    arrays = write_kaggle(tmp_path / "k", {"CurveVel_B": [2]})
+    r = run("data", "prep", "--src", str(tmp_path / "k"), "--out", s3, "--name", "kt")
+    assert r.returncode == 0, r.stderr
+    r = run("data", "pull", f"{s3}/datasets/kt")
+    assert r.returncode == 0, r.stderr
+    from gwi.data.shards import ShardedDataset
+
+    ds = ShardedDataset(r.stdout.strip())
+    np.testing.assert_allclose(ds.batch([0, 1])[1], arrays["CurveVel_B"][0][1], rtol=1e-3)
+    r = run("data", "pull", "s3://no-such-bucket-here/datasets/kt")
+    assert r.returncode == 1 and "bucket 'no-such-bucket-here' does not exist" in r.stderr
