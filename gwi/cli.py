@@ -138,6 +138,56 @@ def cmd_data_folds(a) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# models and training
+
+
+def cmd_models(a) -> int:
+    from .models import registry
+
+    if a.name:
+        card = registry.model_card(a.name)
+        print(json.dumps({**card.__dict__, "parameters": {p: _params(a.name, p) for p in card.presets}}, indent=1,
+                         default=list))
+        return 0
+    rows = []
+    for name in registry.list_models():
+        c = registry.model_card(name)
+        rows.append([name, f"{_params(name, 'default') / 1e6:.2f}M", f"{_params(name, 'tiny') / 1e6:.3f}M",
+                     c.precision, c.equivariance[:38], c.summary[:60]])
+    print(_table(rows, ["model", "params", "tiny", "precision", "equivariant to", "what"]))
+    print("\ninput (B, 5, 1000, 70) normalised seismic -> output (B, 1, 70, 70) normalised velocity in [-1, 1]")
+    return 0
+
+
+def _params(name: str, preset: str) -> int:
+    from .models import registry
+
+    return registry.count_parameters(registry.create_model(name, preset))
+
+
+def cmd_train(a) -> int:
+    from .train import TrainConfig, apply_sets, train
+
+    cfg = TrainConfig(model=a.model, dataset=a.dataset, run=a.run, preset=a.preset)
+    for key in ("epochs", "batch_size", "lr", "precision", "heartbeat_s", "seed", "device", "max_steps",
+                "checkpoint_every", "keep_checkpoints", "ema"):
+        v = getattr(a, key, None)
+        if v is not None:
+            setattr(cfg, key, v)
+    if a.split and a.fold is not None:
+        raise GwiError("train: give --fold K or --split SPEC, not both")
+    if a.fold is not None:
+        cfg.split = f"kfold:{a.folds}:{a.fold}"
+    elif a.split:
+        cfg.split = a.split
+    apply_sets(cfg, a.set)
+    m = train(cfg, log=lambda msg: print(msg, flush=True))
+    fam = ", ".join(f"{f} {v:.1f}" for f, v in m["val_mae_per_family"].items())
+    print(f"done: {m['steps']} steps, val MAE {m['val_mae']:.1f} m/s ({fam}); metrics in {cfg.run}/metrics.json")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,6 +254,33 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--family", help="leave this family out instead of K-fold")
     q.set_defaults(fn=cmd_data_folds)
+
+    q = sub.add_parser("models", help="list the model registry")
+    q.add_argument("name", nargs="?", help="show one model's card")
+    q.set_defaults(fn=cmd_models)
+
+    q = sub.add_parser("train", help="train (or resume) a model on a dataset; writes to a run folder in a store")
+    q.add_argument("--model", required=True, help="registry name (see 'gwi models')")
+    q.add_argument("--dataset", required=True, metavar="URL", help="STORE_URL/datasets/NAME")
+    q.add_argument("--run", required=True, metavar="URL", help="STORE_URL/runs/RUN: checkpoints, progress, metrics")
+    q.add_argument("--preset", default="default", help="model preset: default or tiny")
+    q.add_argument("--epochs", type=int)
+    q.add_argument("--batch-size", type=int, dest="batch_size")
+    q.add_argument("--lr", type=float)
+    q.add_argument("--fold", type=int, help="validation fold K of --folds (family-stratified)")
+    q.add_argument("--folds", type=int, default=5)
+    q.add_argument("--split", help="validation split: kfold:K:FOLD or family:NAME")
+    q.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    q.add_argument("--ema", type=float, help="EMA decay (e.g. 0.999); 0 disables")
+    q.add_argument("--heartbeat-s", type=float, dest="heartbeat_s")
+    q.add_argument("--checkpoint-every", type=int, dest="checkpoint_every", help="steps (default: every epoch)")
+    q.add_argument("--keep-checkpoints", type=int, dest="keep_checkpoints")
+    q.add_argument("--max-steps", type=int, dest="max_steps")
+    q.add_argument("--seed", type=int)
+    q.add_argument("--device", help="torch device (default: cuda if available)")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any training setting (e.g. weight_decay=0.01) or model argument (model.dropout=0.1)")
+    q.set_defaults(fn=cmd_train)
     return p
 
 

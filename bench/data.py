@@ -1,0 +1,464 @@
+"""Data-path benchmark: gwi's synth, prep and pull against the bare tool each one wraps.
+
+    .venv/bin/python bench/data.py [--quick]
+
+Everything runs in this one process on the same data, so the ratios compare like with like even on a
+noisy machine: the gwi side and its baseline alternate, and each figure is the median of the repeats.
+Progress goes to stderr; stdout holds only the header and the result table. The exit status is 1
+when a benchmark misses its target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MB = 1e6  # decimal megabytes, like `aws` and most disk tools report
+
+
+@dataclass
+class Config:
+    synth_batch: int
+    synth_repeats: int
+    synth_e2e_samples: int
+    synth_e2e_repeats: int
+    prep_samples: int
+    prep_file_samples: int
+    prep_repeats: int
+    shard_size: int
+    pull_repeats: int
+
+
+# shard sizes are smaller than gwi's default 500 so a few hundred MB still spans several shards, as a
+# real dataset does, and pull's per-shard parallelism is exercised
+FULL = Config(synth_batch=16, synth_repeats=5, synth_e2e_samples=32, synth_e2e_repeats=3,
+              prep_samples=400, prep_file_samples=100, prep_repeats=3, shard_size=100, pull_repeats=3)
+QUICK = Config(synth_batch=16, synth_repeats=2, synth_e2e_samples=16, synth_e2e_repeats=1,
+               prep_samples=50, prep_file_samples=50, prep_repeats=2, shard_size=25, pull_repeats=2)
+
+
+@dataclass
+class Row:
+    name: str
+    gwi: float
+    base: float
+    unit: str
+    target: str = "-"
+    passed: bool | None = None  # None: informational, no target
+    ratio_text: str = ""
+    t_gwi: tuple = ()  # seconds per repeat, for the spread notes under the table
+    t_base: tuple = ()
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def timed(fn, *a, **kw) -> float:
+    t = time.perf_counter()
+    fn(*a, **kw)
+    return time.perf_counter() - t
+
+
+# ------------------------------------------------------------------------------------------------
+# header
+
+
+def busy_text() -> str:
+    busy = cpu_busy()
+    if busy is None:
+        return "CPU use by others unknown"
+    text = f"{busy:.0%} of CPUs busy with other work"
+    return text + ("  <- WARNING: timings will be unreliable" if busy > 0.15 else "")
+
+
+def machine_header(argv: list[str]) -> str:
+    import boto3
+    import deepwave
+    import moto
+    import torch
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    ram = "unknown"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kb = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines()
+                  if l.startswith("MemTotal:"))
+        ram = f"{kb / 2**20:.1f} GiB"
+    awscli = subprocess.run([aws_exe(), "--version"], capture_output=True, text=True).stdout.strip()
+    lines = [
+        f"machine : {cpu}, {os.cpu_count()} cores, {ram} RAM, {platform.system()} {platform.release()}",
+        f"load    : {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1/5/15 min) at start; {busy_text()}",
+        f"date    : {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"python  : {platform.python_version()}  torch {torch.__version__} ({torch.get_num_threads()} threads)  "
+        f"deepwave {getattr(deepwave, '__version__', '?')}  numpy {np.__version__}",
+        f"s3      : boto3 {boto3.__version__}  moto {moto.__version__}  {awscli or 'aws: not found'}",
+        f"command : {' '.join([sys.executable, *argv])}",
+    ]
+    return "\n".join(lines)
+
+
+def cpu_busy(seconds: float = 1.0) -> float | None:
+    """Share of all CPUs busy over ``seconds`` while we sleep: the load other processes bring.
+
+    deepwave's OpenMP threads collapse (10x and worse, not 2x) when another process competes for
+    the cores, so a busy machine is worth a loud line in the header.
+    """
+    def snap():
+        f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return f[3] + f[4], sum(f)  # idle + iowait, total
+
+    try:
+        i0, t0 = snap()
+        time.sleep(seconds)
+        i1, t1 = snap()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1 - (i1 - i0) / max(t1 - t0, 1)
+
+
+def aws_exe() -> str:
+    # the awscli installed next to this interpreter, so the baseline is the one the venv pins
+    here = Path(sys.executable).with_name("aws")
+    return str(here) if here.exists() else (shutil.which("aws") or "aws")
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. synthetic data
+
+
+def bench_synth(cfg: Config, work: Path, device: str) -> list[Row]:
+    import deepwave
+    import torch
+
+    from gwi.data.layout import FAMILIES, N_RECEIVERS, NT, RECEIVER_Z, SOURCE_X, SOURCE_Z
+    from gwi.data.synth import ForwardModel, openfwi_ricker, synthesize, velocity_batch
+
+    b, ns = cfg.synth_batch, len(SOURCE_X)
+    # the same wavelet gwi injects (negated, advanced one sample): it is data, not overhead
+    w = -np.concatenate([openfwi_ricker()[1:], [0.0]])
+    wavelet = torch.tensor(w, dtype=torch.float32, device=device)
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def bare(v: np.ndarray):
+        """deepwave.scalar with gwi's arguments, its tensors built in the fewest steps."""
+        vv = torch.from_numpy(v).to(device).repeat_interleave(ns, dim=0)
+        sx = torch.tensor(SOURCE_X, device=device)
+        src = torch.stack([torch.full_like(sx, SOURCE_Z), sx], -1)[:, None].repeat(b, 1, 1)
+        rx = torch.arange(N_RECEIVERS, device=device)
+        rec = torch.stack([torch.full_like(rx, RECEIVER_Z), rx], -1).expand(b * ns, -1, -1)
+        amp = wavelet.expand(b * ns, 1, NT)
+        with torch.no_grad():
+            out = deepwave.scalar(vv, 10.0, 1e-3, source_amplitudes=amp, source_locations=src,
+                                  receiver_locations=rec, accuracy=4, pml_width=20, pml_freq=15.0,
+                                  courant_number=0.7, nt=1000,
+                                  # gwi pins max_vel (see ForwardModel); same argument, same work
+                                  max_vel=4500.0)
+        sync()
+        return out.receiver_amplitudes
+
+    fm = ForwardModel(device)
+
+    def gwi_batch(fam: str):
+        return fm(velocity_batch(fam, 0, 0, b))
+
+    # warm-up, and a check that the two really compute the same thing
+    log(f"synth: warm-up, batch {b} on {device}")
+    fam0 = FAMILIES[0]
+    x_gwi = gwi_batch(fam0)
+    x_bare = bare(velocity_batch(fam0, 0, 0, b)).cpu().numpy().reshape(b, ns, N_RECEIVERS, NT).transpose(0, 1, 3, 2)
+    err = float(np.abs(x_gwi - x_bare).max() / (np.abs(x_bare).max() + 1e-30))
+    if err > 1e-5:
+        log(f"WARNING: gwi and bare outputs differ (max rel {err:.2e}): not the same computation")
+
+    t_gwi, t_bare = [], []
+    for r in range(cfg.synth_repeats):
+        fam = FAMILIES[r % len(FAMILIES)]  # velocity generation cost differs per family
+        v = velocity_batch(fam, 0, 0, b)  # the bare side's input, made outside its timing
+        t_gwi.append(timed(gwi_batch, fam))
+        t_bare.append(timed(bare, v))
+        log(f"synth: repeat {r + 1}/{cfg.synth_repeats} {fam}: gwi {t_gwi[-1]:.2f}s, bare {t_bare[-1]:.2f}s")
+    tg, tb = statistics.median(t_gwi), statistics.median(t_bare)
+    overhead = tg / tb - 1
+
+    t_e2e = []
+    for r in range(cfg.synth_e2e_repeats):
+        store = work / f"synth-store-{r}"
+        t_e2e.append(timed(synthesize, [fam0], cfg.synth_e2e_samples, f"file://{store}", "bench-synth",
+                           batch_size=b, device=device, progress=False))
+        shutil.rmtree(store)
+        log(f"synth: synthesize() {cfg.synth_e2e_samples} samples: {t_e2e[-1]:.2f}s")
+    te = statistics.median(t_e2e) / cfg.synth_e2e_samples
+
+    return [
+        Row(f"synth: velocities + ForwardModel, batch {b}", b / tg, b / tb, "samples/s",
+            target="overhead <= 10%", passed=overhead <= 0.10,
+            ratio_text=f"{tb / tg:.2f}x ({overhead * 100:+.1f}%)", t_gwi=tuple(t_gwi), t_base=tuple(t_bare)),
+        Row(f"synth: synthesize() end-to-end, {cfg.synth_e2e_samples} samples", 1 / te, b / tb, "samples/s",
+            ratio_text=f"{tb / (b * te):.2f}x ({(b * te / tb - 1) * 100:+.1f}%)", t_gwi=tuple(t_e2e),
+            t_base=tuple(t_bare)),
+    ]
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. prep
+
+
+def write_kaggle(root: Path, n: int, per_file: int) -> list[tuple[Path, Path]]:
+    """train_samples/FlatVel_A/data/dataK.npy + model/modelK.npy, like the competition's files."""
+    rng = np.random.default_rng(0)
+    fam = root / "train_samples" / "FlatVel_A"
+    (fam / "data").mkdir(parents=True)
+    (fam / "model").mkdir()
+    pairs = []
+    for k, first in enumerate(range(0, n, per_file), start=1):
+        m = min(per_file, n - first)
+        x = rng.standard_normal((m, 5, 1000, 70), dtype=np.float32)
+        x *= 5.0
+        y = rng.uniform(1500, 4500, (m, 1, 70, 70)).astype(np.float32)
+        px, py = fam / "data" / f"data{k}.npy", fam / "model" / f"model{k}.npy"
+        np.save(px, x)
+        np.save(py, y)
+        pairs.append((px, py))
+    return pairs
+
+
+def plain_convert(pairs: list[tuple[Path, Path]], out: Path) -> None:
+    out.mkdir()
+    for px, py in pairs:
+        for p in (px, py):
+            np.save(out / p.name, np.load(p).astype(np.float16))
+
+
+def bench_prep(cfg: Config, work: Path) -> tuple[Row, Path]:
+    from gwi.data.prep import prep_train
+
+    src = work / "kaggle"
+    log(f"prep: writing {cfg.prep_samples} float32 samples to {src}")
+    pairs = write_kaggle(src, cfg.prep_samples, cfg.prep_file_samples)
+    in_bytes = sum(p.stat().st_size for pair in pairs for p in pair)
+
+    t_gwi, t_base = [], []
+    for r in range(cfg.prep_repeats):
+        store = work / f"prep-store-{r}"
+        t_gwi.append(timed(prep_train, src, f"file://{store}", "bench-prep", shard_size=cfg.shard_size,
+                           progress=False))
+        plain = work / f"prep-plain-{r}"
+        t_base.append(timed(plain_convert, pairs, plain))
+        shutil.rmtree(plain)
+        if r < cfg.prep_repeats - 1:
+            shutil.rmtree(store)
+        log(f"prep: repeat {r + 1}/{cfg.prep_repeats}: gwi {t_gwi[-1]:.2f}s, plain {t_base[-1]:.2f}s")
+    shutil.rmtree(src)
+    g, b = in_bytes / MB / statistics.median(t_gwi), in_bytes / MB / statistics.median(t_base)
+    row = Row(f"prep: prep_train, {in_bytes / MB:.0f} MB float32 in", g, b, "MB/s", ratio_text=f"{g / b:.2f}x",
+              t_gwi=tuple(t_gwi), t_base=tuple(t_base))
+    # the last build doubles as the dataset the pull benchmark fetches
+    return row, store / "datasets" / "bench-prep"
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. pull
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def moto_server():
+    """moto's standalone S3 on a free local port, as its own process so it does not share our GIL."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("moto server exited at start")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("moto server did not start in 30 s") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def s3_env(endpoint: str, work: Path):
+    """Point gwi (boto3) and the aws CLI at the same endpoint with the same default settings."""
+    import gwi.store
+
+    saved = dict(os.environ)
+    os.environ.update({
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        # a user's ~/.aws config (e.g. s3.max_concurrent_requests) would tune one side only
+        "AWS_CONFIG_FILE": str(work / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(work / "no-aws-credentials"),
+    })
+    for k in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
+        os.environ.pop(k, None)
+    gwi.store._CLIENTS.clear()
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        gwi.store._CLIENTS.clear()
+
+
+def dir_bytes(d: Path) -> int:
+    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+
+
+def bench_pull(cfg: Config, work: Path, dataset: Path) -> Row:
+    import boto3
+
+    import gwi.store
+    from gwi.data.sync import pull, push
+
+    with moto_server() as endpoint, s3_env(endpoint, work):
+        bucket = f"gwi-bench-{uuid.uuid4().hex[:8]}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+        url = f"s3://{bucket}/bench/datasets/{dataset.name}"
+        log(f"pull: pushing {dir_bytes(dataset) / MB:.0f} MB to {url} on {endpoint}")
+        push(dataset, url, progress=False)
+
+        aws = [aws_exe(), "s3", "cp", "--recursive", "--only-show-errors", "--endpoint-url", endpoint,
+               url + "/"]
+        t_gwi, t_aws, nbytes = [], [], 0
+        for r in range(cfg.pull_repeats):
+            # aws pays for its client setup in every run; make gwi pay for its own too
+            gwi.store._CLIENTS.clear()
+            dest = work / f"pull-gwi-{r}"
+            t_gwi.append(timed(pull, url, dest=dest, progress=False))
+            nbytes = dir_bytes(dest) - (dest / ".gwi-verified.json").stat().st_size
+            shutil.rmtree(dest)
+
+            dest = work / f"pull-aws-{r}"
+            t = time.perf_counter()
+            subprocess.run([*aws, str(dest)], check=True)
+            t_aws.append(time.perf_counter() - t)
+            if dir_bytes(dest) != nbytes:
+                log(f"WARNING: aws fetched {dir_bytes(dest)} bytes, gwi {nbytes}")
+            shutil.rmtree(dest)
+            log(f"pull: repeat {r + 1}/{cfg.pull_repeats}: gwi {t_gwi[-1]:.2f}s, aws {t_aws[-1]:.2f}s")
+
+        # the CLI's fixed cost, to read a small ratio against: a listing of an empty prefix
+        t0 = time.perf_counter()
+        subprocess.run([aws_exe(), "s3", "ls", "--endpoint-url", endpoint, f"s3://{bucket}/nothing/"],
+                       capture_output=True)
+        log(f"pull: aws CLI start-up + one request: {time.perf_counter() - t0:.2f}s")
+
+    g, b = nbytes / MB / statistics.median(t_gwi), nbytes / MB / statistics.median(t_aws)
+    return Row(f"pull: sync.pull vs aws s3 cp, {nbytes / MB:.0f} MB", g, b, "MB/s",
+               target=">= 0.90x", passed=g / b >= 0.90, ratio_text=f"{g / b:.2f}x",
+               t_gwi=tuple(t_gwi), t_base=tuple(t_aws))
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def table(rows: list[Row]) -> str:
+    head = ("benchmark", "gwi", "baseline", "ratio", "target", "pass/fail")
+    body = [(r.name, f"{r.gwi:,.2f} {r.unit}", f"{r.base:,.2f} {r.unit}", r.ratio_text, r.target,
+             "-" if r.passed is None else ("PASS" if r.passed else "FAIL")) for r in rows]
+    widths = [max(len(c[i]) for c in (head, *body)) for i in range(len(head))]
+    fmt = " | ".join(f"{{:<{w}}}" for w in widths)
+    sep = "-+-".join("-" * w for w in widths)
+    return "\n".join([fmt.format(*head), sep, *(fmt.format(*c) for c in body)])
+
+
+def spread(rows: list[Row]) -> str:
+    """Each side's fastest..slowest repeat: a wide spread means other load on the machine, not gwi."""
+    def span(ts):
+        return f"{min(ts):.2f}..{max(ts):.2f} s (n={len(ts)})"
+
+    out = []
+    for r in rows:
+        note = f"{r.name.split(',')[0]}: gwi {span(r.t_gwi)}, baseline {span(r.t_base)}"
+        if any(max(ts) > 1.3 * min(ts) for ts in (r.t_gwi, r.t_base)):
+            note += "  <- noisy: >30% between repeats"
+        out.append("  " + note)
+    return "\n".join(["repeats (seconds per run):", *out])
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller data and fewer repeats (~1 min)")
+    args = ap.parse_args(argv[1:])
+    cfg = QUICK if args.quick else FULL
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(machine_header(argv))
+    print(f"mode    : {'quick' if args.quick else 'full'}; synth on {device}; "
+          "timings are medians of alternating gwi/baseline runs")
+    print(flush=True)
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gwi-bench-") as tmp:
+        work = Path(tmp)
+        saved = {k: os.environ.get(k) for k in ("GWI_HOME", "GWI_CACHE")}
+        # nothing gwi writes by default may land outside the temp dir
+        os.environ["GWI_HOME"], os.environ["GWI_CACHE"] = str(work / "home"), str(work / "cache")
+        try:
+            rows = bench_synth(cfg, work, device)
+            prep_row, dataset = bench_prep(cfg, work)
+            rows.append(prep_row)
+            rows.append(bench_pull(cfg, work, dataset))
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    print(table(rows))
+    print()
+    print(spread(rows))
+    print()
+    print(f"total {time.perf_counter() - start:.0f} s; load {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          f"at end; {busy_text()}")
+    return 0 if all(r.passed is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,156 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gwi.data.synth import synthesize
+from gwi.errors import GwiError
+from gwi.train import TrainConfig, apply_sets, train
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds")
+    synthesize(["FlatVel_A", "CurveVel_A"], 12, f"file://{root}", "s", seed=3, batch_size=12, progress=False)
+    return f"file://{root}/datasets/s"
+
+
+def cfg(dataset, run, **kw):
+    base = dict(model="inversionnet", preset="tiny", dataset=dataset, run=run, epochs=2, batch_size=4, lr=2e-3,
+                checkpoint_every=2, heartbeat_s=0.2, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def weights(run_dir: Path) -> dict:
+    ptr = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
+    ck = torch.load(run_dir / ptr["latest"]["path"], weights_only=True)
+    return ck
+
+
+def test_resume_after_a_crash_is_exact(dataset, tmp_path):
+    """N steps straight == k steps, a crash, and a resume (CPU: bit-identical weights)."""
+    straight = train(cfg(dataset, f"file://{tmp_path}/a"), log=lambda *_: None)
+    # 18 train samples / batch 4 -> 4 steps per epoch (the partial batch dropped), 8 in all;
+    # checkpoints every 2 steps
+    assert straight["steps"] == 8
+    with pytest.raises(RuntimeError, match="injected fault at step 7"):
+        train(cfg(dataset, f"file://{tmp_path}/b", fault_at_step=7), log=lambda *_: None)
+    prog = json.loads((tmp_path / "b" / "progress.json").read_text())
+    assert prog["state"] == "failed" and "injected fault at step 7" in prog["error"] and prog["step"] == 7
+    logs = []
+    resumed = train(cfg(dataset, f"file://{tmp_path}/b"), log=logs.append)
+    assert resumed["resumed_from"] == "checkpoints/step-6.pt"
+    assert any("resumed from checkpoints/step-6.pt at step 6" in m for m in logs)
+    assert resumed["steps"] == 8
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert a["step"] == b["step"] == 8
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert resumed["val_mae"] == pytest.approx(straight["val_mae"], abs=1e-6)
+
+
+def test_checkpoint_contents_and_pruning(dataset, tmp_path):
+    train(cfg(dataset, f"file://{tmp_path}/r", keep_checkpoints=2), log=lambda *_: None)
+    ckdir = tmp_path / "r" / "checkpoints"
+    assert sorted(p.name for p in ckdir.glob("*.pt")) == ["step-6.pt", "step-8.pt"]
+    ptr = json.loads((ckdir / "latest.json").read_text())
+    assert ptr["latest"]["path"] == "checkpoints/step-8.pt" and [h["step"] for h in ptr["history"]] == [6]
+    assert ptr["latest"]["bytes"] == (ckdir / "step-8.pt").stat().st_size
+    ck = torch.load(ckdir / "step-8.pt", weights_only=True)  # only tensors and plain types inside
+    for key in ("model", "state_dict", "optimizer", "scheduler", "scaler", "ema", "step", "epoch", "rng",
+                "normalisation", "dataset", "gwi_version", "best_val_mae"):
+        assert key in ck, key
+    assert ck["model"] == {"name": "inversionnet", "preset": "tiny", "args": {"dims": [8, 16, 16, 32, 64], "dropout": 0.1}}
+    assert ck["normalisation"]["vel_min"] == 1500 and ck["normalisation"]["seis_max"] > 3
+    assert len(ck["dataset"]["manifest_sha256"]) == 64
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(dataset, tmp_path):
+    train(cfg(dataset, f"file://{tmp_path}/r", epochs=1), log=lambda *_: None)  # checkpoints 2, 4
+    latest = tmp_path / "r" / "checkpoints" / "step-4.pt"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    logs = []
+    m = train(cfg(dataset, f"file://{tmp_path}/r", epochs=2), log=logs.append)
+    assert any("step-4.pt is truncated or corrupt" in s for s in logs)
+    assert m["resumed_from"] == "checkpoints/step-2.pt" and m["steps"] == 8
+
+
+def test_progress_and_metrics(dataset, tmp_path):
+    m = train(cfg(dataset, f"file://{tmp_path}/r", epochs=1), log=lambda *_: None)
+    prog = json.loads((tmp_path / "r" / "progress.json").read_text())
+    for key in ("state", "epoch", "step", "total_steps", "samples_per_s", "train_loss", "val_mae",
+                "val_mae_per_family", "eta_s", "device", "precision", "host", "time"):
+        assert key in prog, key
+    assert prog["state"] == "succeeded" and prog["step"] == prog["total_steps"] == 4
+    assert set(prog["val_mae_per_family"]) == {"CurveVel_A", "FlatVel_A"}
+    assert 0 < prog["val_mae"] < 3000 and prog["precision"] == "fp32" and prog["device"] == "cpu"
+    saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert saved["val_mae"] == pytest.approx(m["val_mae"]) and saved["baseline_mae"] > 0
+    # per-family MAE averages to the overall one, weighted by the val samples of each family
+    assert min(saved["val_mae_per_family"].values()) <= saved["val_mae"] <= max(saved["val_mae_per_family"].values())
+
+
+def test_bf16_autocast_on_cpu_and_ema(dataset, tmp_path):
+    m = train(cfg(dataset, f"file://{tmp_path}/r", epochs=1, precision="bf16", ema=0.9), log=lambda *_: None)
+    assert m["precision"] == "bf16" and m["val_mae"] is not None and m["val_mae"] < 3000
+    ck = weights(tmp_path / "r")
+    assert ck["ema"] is not None and not torch.equal(ck["ema"]["head.weight"], ck["state_dict"]["head.weight"])
+
+
+def test_config_errors_name_the_field(dataset, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown model 'nope': expected one of .*inversionnet"):
+        train(cfg(dataset, f"file://{tmp_path}/r", model="nope"))
+    with pytest.raises(ValueError, match=r"unknown preset 'huge'"):
+        train(cfg(dataset, f"file://{tmp_path}/r", preset="huge"))
+    with pytest.raises(ValueError, match=r"precision: expected one of auto, fp32, bf16, fp16, got 'fp8'"):
+        train(cfg(dataset, f"file://{tmp_path}/r", precision="fp8"))
+    c = cfg(dataset, "x")
+    apply_sets(c, ["weight_decay=0.05", "model.dropout=0.2", "loss=l1+l2"])
+    assert c.weight_decay == 0.05 and c.model_args == {"dropout": 0.2} and c.loss == "l1+l2"
+    with pytest.raises(ValueError, match="unknown key 'wd'"):
+        apply_sets(c, ["wd=1"])
+    with pytest.raises(ValueError, match="--set epochs: expected int, got 'many'"):
+        apply_sets(c, ["epochs=many"])
+
+
+def test_unlabelled_dataset_fails_clearly_and_records_it(tmp_path):
+    import numpy as np
+
+    from gwi.data.prep import prep_test
+
+    d = tmp_path / "test"
+    d.mkdir()
+    np.save(d / "a.npy", np.zeros((5, 1000, 70), np.float32))
+    prep_test(d, f"file://{tmp_path}/s", "t", progress=False)
+    with pytest.raises(GwiError, match="has no velocity labels"):
+        train(cfg(f"file://{tmp_path}/s/datasets/t", f"file://{tmp_path}/r"), log=lambda *_: None)
+    prog = json.loads((tmp_path / "r" / "progress.json").read_text())
+    assert prog["state"] == "failed" and "no velocity labels" in prog["error"]
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_with_gloo(dataset, tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    gwi = shutil.which("gwi", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # "--" ends torchrun's own options: otherwise it claims --run as an abbreviation of --run-path
+    r = subprocess.run(
+        [torchrun, "--standalone", "--nproc-per-node", "2", "--", gwi, "train", "--model", "inversionnet", "--preset", "tiny",
+         "--dataset", dataset, "--run", f"file://{tmp_path}/r", "--epochs", "2", "--batch-size", "4",
+         "--heartbeat-s", "1", "--device", "cpu"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["world_size"] == 2 and len(m["rank_param_sha256"]) == 2
+    assert m["rank_param_sha256"][0] == m["rank_param_sha256"][1], "ranks diverged"
+    # 18 train samples over 2 ranks -> 9 each -> 2 full batches per epoch; rank 0 wrote the pointer
+    ptr = json.loads((tmp_path / "r" / "checkpoints" / "latest.json").read_text())
+    assert ptr["latest"]["step"] == 4 and ptr["latest"]["rank"] == 0
+    assert r.stdout.count("training inversionnet") == 1, "only rank 0 logs"
