@@ -46,14 +46,13 @@ it, a locality prior with a physical reading.
 equivariant only in expectation; scalars are invariant), so ``model.train()`` at inference gives
 Monte-Carlo dropout samples. Precision: e3nn's tensor products sum many small path contributions with
 Clebsch-Gordan coefficients, and their equivariance degrades visibly in bfloat16, so the stack switches
-autocast off and runs in float32 (the dtype of its parameters); the convolutional encoder and decoder,
-which cost most of the FLOPs, still run in bf16 under autocast. The model therefore works inside
-``torch.autocast(..., dtype=torch.bfloat16)``, and the card recommends ``bf16``.
+autocast off and runs in float32 (the dtype of its parameters); the convolutional encoder and decoder
+still run in bf16 under autocast. The model therefore works inside ``torch.autocast(...,
+dtype=torch.bfloat16)`` (and fp16), and the card recommends ``bf16``: on an H100 a default step at batch
+16 took the same time as in fp32 (the per-edge tensor products dominate) but less memory.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from e3nn import o3

@@ -1,9 +1,10 @@
 """SpecProj-UNet: a spectral projection front end followed by a U-Net.
 
 Why a spectral front end: the source is a 15 Hz Ricker wavelet, so everything the recording says
-about the subsurface lives in roughly 2–40 Hz; the other ~460 of the 501 one-hertz bins of a 1000-
-sample, 1 ms trace carry next to no energy (the Ricker amplitude at 50 Hz is 0.05% of its peak). A real FFT along time and a band cut shrink
-each trace from 1000 samples to 39 complex numbers without losing signal, and in the frequency
+about the subsurface lives in roughly 2–40 Hz; the other ~460 of the 501 one-hertz bins of a
+1000-sample, 1 ms trace carry next to no energy (the Ricker amplitude at 50 Hz is 0.05% of its peak).
+A real FFT along time and a band cut shrink each trace from 1000 samples to 39 complex numbers
+without losing signal, and in the frequency
 domain a time shift (which is what depth becomes in a recording) is a phase rotation — something a
 linear layer represents exactly, where a time-domain CNN has to learn it with a deep stack of
 strided (k, 1) kernels.
@@ -45,8 +46,8 @@ class SpectralBand(nn.Module):
     Real/imag rather than log-amplitude + cos/sin phase because (1) it is a linear function of the
     trace, so the learned projection that follows composes with it into one learned linear
     time→depth operator (a migration-like map), and (2) it has no singularity: phase is undefined
-    and log-amplitude is −∞ where the amplitude vanishes (notches of the Ricker spectrum, muted or
-    dead traces), which would need an epsilon and gives noisy gradients. The amplitude dynamic
+    and log-amplitude is −∞ where the amplitude vanishes (spectral notches where reflections
+    interfere, muted or dead traces), which would need an epsilon and gives noisy gradients. The amplitude dynamic
     range across the band (the Ricker amplitude is ~20× below its peak at 2 Hz, ~60× at 40 Hz) is
     handled by the per-feature BatchNorm that follows instead of by a log.
     """
