@@ -244,7 +244,7 @@ class ForwardModel:
             )
         d = out.receiver_amplitudes  # (B*5, 70, 1000)
         d = d.reshape(b, ns, N_RECEIVERS, NT).permute(0, 1, 3, 2)  # (B, 5, 1000, 70)
-        return d.float().cpu().numpy()
+        return d.float().contiguous().cpu().numpy()  # contiguous: the shard writer's passes run faster
 
 
 # ------------------------------------------------------------------------------------------------
