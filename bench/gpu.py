@@ -94,7 +94,7 @@ def bench_model(name: str, batch: int, infer_batch: int, steps: int) -> dict:
             out[f"infer_{prec}_samples_per_s"] = infer_batch / s
         except Exception as e:  # noqa: BLE001
             out[f"infer_{prec}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
-    del model, opt
+    model.cpu()  # free the GPU before the next model
     torch.cuda.empty_cache()
     return out
 

@@ -618,11 +618,14 @@ class ShardedDataset:
         y = self._y[k][j] if self._y[k] is not None else None
         return self._x[k][j], y, str(self.families[i])
 
-    def batch(self, idx) -> tuple[np.ndarray, np.ndarray | None]:
-        """Gather samples (any order) into float32 arrays ``(B,5,T,70)``, ``(B,1,70,70)``."""
+    def batch(self, idx, dtype=np.float32) -> tuple[np.ndarray, np.ndarray | None]:
+        """Gather samples (any order) into arrays ``(B,5,T,70)``, ``(B,1,70,70)`` of ``dtype``.
+
+        ``float16`` skips the conversion: training converts on the device, moving half the bytes.
+        """
         idx = np.asarray(idx)
-        xs = np.empty((len(idx), *self._x[0].shape[1:]), np.float32)
-        ys = np.empty((len(idx), *VELOCITY_SHAPE), np.float32) if self._y[0] is not None else None
+        xs = np.empty((len(idx), *self._x[0].shape[1:]), dtype)
+        ys = np.empty((len(idx), *VELOCITY_SHAPE), dtype) if self._y[0] is not None else None
         for b, i in enumerate(idx):
             k, j = self.locate(int(i))
             xs[b] = self._x[k][j]
