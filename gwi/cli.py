@@ -193,6 +193,30 @@ def cmd_train(a) -> int:
     return 0
 
 
+def cmd_predict(a) -> int:
+    from .predict import predict
+
+    r = predict(a.checkpoint, a.test, a.out, tta=a.tta == "flip", precision=a.precision, device=a.device,
+                batch_size=a.batch_size, skip_bad=a.skip_bad, log=lambda m: print(m, file=sys.stderr, flush=True))
+    bad = f", {len(r['bad'])} bad file(s) filled with the training mean" if r["bad"] else ""
+    print(f"wrote {a.out}: {r['files']} test files, {r['rows']} rows in {r['seconds']:.1f} s "
+          f"({r['files_per_s']:.1f} files/s){bad}")
+    return 0
+
+
+def cmd_submission_check(a) -> int:
+    from .predict import check_submission
+
+    summary, problems = check_submission(a.file, a.test)
+    if problems:
+        print(f"{a.file}: INVALID", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    print(f"{a.file}: valid ({summary['oids']} test files, {summary['rows']} rows)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------
 
 
@@ -287,6 +311,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any training setting (e.g. weight_decay=0.01) or model argument (model.dropout=0.1)")
     q.set_defaults(fn=cmd_train)
+
+    q = sub.add_parser("predict", help="checkpoints -> Kaggle submission.csv (works offline)")
+    q.add_argument("--checkpoint", action="append", required=True, metavar="RUN_OR_FILE",
+                   help="a run URL (uses its latest verified checkpoint) or a .pt file; repeat to average")
+    q.add_argument("--test", required=True, metavar="DIR_OR_DATASET", help="folder of <oid>.npy or a prepared test dataset")
+    q.add_argument("--out", default="submission.csv")
+    q.add_argument("--tta", choices=["none", "flip"], default="none")
+    q.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto: fp16 on CUDA, fp32 on CPU")
+    q.add_argument("--batch-size", type=int, default=32)
+    q.add_argument("--device")
+    q.add_argument("--skip-bad", action="store_true", help="report unreadable test files and fill them with the training mean")
+    q.set_defaults(fn=cmd_predict)
+
+    q = sub.add_parser("submission", help="check a submission file")
+    ssub = q.add_subparsers(dest="sub_cmd", metavar="SUBCOMMAND")
+    ssub.required = True
+    q = ssub.add_parser("check", help="validate header, ids, rows per oid, values; with --test, the oid set")
+    q.add_argument("file")
+    q.add_argument("--test", metavar="DIR", help="the test folder the submission must cover")
+    q.set_defaults(fn=cmd_submission_check)
     return p
 
 

@@ -1,0 +1,181 @@
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gwi.data.prep import prep_test
+from gwi.data.synth import ForwardModel, synthesize, velocity_batch
+from gwi.errors import DataError
+from gwi.predict import COLUMNS, HEADER, check_submission, flip_tta, load_checkpoint, predict, predict_batch
+from gwi.train import TrainConfig, train
+
+GWI = shutil.which("gwi", path=str(Path(sys.executable).parent)) or "gwi"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny InversionNet trained a few steps, and a test folder of 6 modelled samples."""
+    root = tmp_path_factory.mktemp("pred")
+    synthesize(["FlatVel_A"], 10, f"file://{root}/s", "d", seed=2, batch_size=10, progress=False)
+    train(TrainConfig(model="inversionnet", preset="tiny", dataset=f"file://{root}/s/datasets/d",
+                      run=f"file://{root}/s/runs/r", epochs=2, batch_size=4, heartbeat_s=30), log=lambda *_: None)
+    test = root / "test"
+    test.mkdir()
+    v = velocity_batch("FlatVel_A", 77, 0, 6)
+    x = ForwardModel("cpu")(v)
+    oids = ["f00d", "000a1", "c0ffee", "7b", "aa11", "0x9"]
+    for o, xi in zip(oids, x):
+        np.save(test / f"{o}.npy", xi)
+    return {"run": f"file://{root}/s/runs/r", "test": test, "oids": sorted(oids), "x": dict(zip(oids, x)), "root": root}
+
+
+def read_csv(p):
+    with open(p, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_submission_format_is_exact(trained, tmp_path):
+    out = tmp_path / "sub.csv"
+    r = predict([trained["run"]], str(trained["test"]), str(out), progress=False, log=lambda *_: None)
+    assert r["files"] == 6 and r["rows"] == 420 and r["bad"] == []
+    rows = read_csv(out)
+    assert ",".join(rows[0]) == HEADER
+    assert rows[0][:3] == ["oid_ypos", "x_1", "x_3"] and rows[0][-1] == "x_69" and len(rows[0]) == 36
+    ids = [r[0] for r in rows[1:]]
+    assert ids == [f"{o}_y_{y}" for o in trained["oids"] for y in range(70)]
+    vals = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+    assert vals.shape == (420, 35) and vals.min() >= 1500 and vals.max() <= 4500
+    assert check_submission(out, str(trained["test"])) == ({"rows": 420, "oids": 6}, [])
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_values_are_the_models_prediction_on_odd_columns(trained, tmp_path):
+    out = tmp_path / "sub.csv"
+    predict([trained["run"]], str(trained["test"]), str(out), progress=False, log=lambda *_: None)
+    m = load_checkpoint(trained["run"], torch.device("cpu"))
+    oid = trained["oids"][2]
+    v = predict_batch([m], [1.0], trained["x"][oid][None], torch.device("cpu"), "fp32")[0]  # (70, 70)
+    rows = [r for r in read_csv(out)[1:] if r[0].startswith(f"{oid}_y_")]
+    got = np.array([[float(x) for x in r[1:]] for r in rows])
+    np.testing.assert_allclose(got, v[:, COLUMNS], atol=0.006)  # written with 2 decimals
+
+
+def test_bf16_agrees_with_fp32_within_tolerance(trained):
+    """CPU has no fp16 kernels for these models; bf16 (8-bit mantissa) is the coarser of the two
+    half formats, so its agreement bounds the GPU's fp16 case too. Stated tolerance: 30 m/s max."""
+    m = load_checkpoint(trained["run"], torch.device("cpu"))
+    x = np.stack([trained["x"][o] for o in trained["oids"]])
+    a = predict_batch([m], [1.0], x, torch.device("cpu"), "fp32")
+    b = predict_batch([m], [1.0], x, torch.device("cpu"), "bf16")
+    assert a.dtype == np.float32 and b.dtype == np.float32
+    assert np.abs(a - b).max() < 30 and np.abs(a - b).mean() < 5
+
+
+def test_flip_tta_averages_the_mirrored_prediction(trained):
+    m = load_checkpoint(trained["run"], torch.device("cpu"))
+    x = np.stack([trained["x"][o] for o in trained["oids"][:2]])
+    xt = torch.from_numpy(x)
+    assert torch.equal(flip_tta(flip_tta(xt)), xt)
+    assert torch.equal(flip_tta(xt)[:, 0, :, 0], xt[:, 4, :, 69])  # source 0 <-> 4, receiver 0 <-> 69
+    plain = predict_batch([m], [1.0], x, torch.device("cpu"), "fp32")
+    mirrored = predict_batch([m], [1.0], x[:, ::-1, :, ::-1].copy(), torch.device("cpu"), "fp32")[:, :, ::-1]
+    tta = predict_batch([m], [1.0], x, torch.device("cpu"), "fp32", tta=True)
+    np.testing.assert_allclose(tta, (plain + mirrored) / 2, atol=1e-3)
+
+
+def test_bad_test_file_stops_with_its_name_or_is_filled(trained, tmp_path):
+    test = tmp_path / "test"
+    shutil.copytree(trained["test"], test)
+    np.save(test / "broken.npy", np.zeros((5, 999, 70), np.float32))
+    out = tmp_path / "sub.csv"
+    with pytest.raises(DataError, match=r"broken\.npy: shape \(5, 999, 70\), expected \(5, 1000, 70\)"):
+        predict([trained["run"]], str(test), str(out), progress=False, log=lambda *_: None)
+    assert not out.exists() and not list(tmp_path.glob("*.partial"))
+    logs = []
+    r = predict([trained["run"]], str(test), str(out), skip_bad=True, progress=False, log=logs.append)
+    assert r["bad"] == ["broken"] and any("broken.npy" in m and "training mean" in m for m in logs)
+    rows = [row for row in read_csv(out)[1:] if row[0].startswith("broken_y_")]
+    mean = json.loads(Path(trained["root"], "s/datasets/d/manifest.json").read_text())["normalisation"]["velocity"]["mean"]
+    assert len(rows) == 70 and all(abs(float(v) - mean) < 0.01 for v in rows[5][1:])
+
+
+def test_prepared_test_dataset_gives_the_same_submission(trained, tmp_path):
+    prep_test(trained["test"], f"file://{tmp_path}/s", "t", progress=False)
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    predict([trained["run"]], str(trained["test"]), str(a), progress=False, log=lambda *_: None)
+    predict([trained["run"]], f"file://{tmp_path}/s/datasets/t", str(b), progress=False, log=lambda *_: None)
+    ra, rb = read_csv(a), read_csv(b)
+    assert [r[0] for r in ra] == [r[0] for r in rb]
+    va = np.array([[float(v) for v in r[1:]] for r in ra[1:]])
+    vb = np.array([[float(v) for v in r[1:]] for r in rb[1:]])
+    assert np.abs(va - vb).max() < 5  # the dataset holds float16 seismic
+
+
+def write_rows(p, header=HEADER, rows=None):
+    with open(p, "w") as f:
+        f.write(header + "\n")
+        for r in rows:
+            f.write(r + "\n")
+
+
+def good_rows(oid="abc"):
+    return [f"{oid}_y_{y}," + ",".join(["3000.0"] * 35) for y in range(70)]
+
+
+def test_submission_check_says_exactly_what_is_wrong(tmp_path):
+    p = tmp_path / "s.csv"
+    write_rows(p, rows=good_rows("abc") + good_rows("def"))
+    assert check_submission(p)[1] == []
+    write_rows(p, header=HEADER.replace("x_3,", ""), rows=good_rows())
+    assert any("line 1: header should be" in m for m in check_submission(p)[1])
+    rows = good_rows()
+    del rows[10]
+    write_rows(p, rows=rows)
+    assert check_submission(p)[1] == ["oid abc: 69 rows, expected 70 (missing [10])"]
+    rows = good_rows()
+    rows[3] = rows[2]
+    write_rows(p, rows=rows)
+    assert "line 5: duplicate id 'abc_y_2'" in check_submission(p)[1]
+    rows = good_rows()
+    rows[7] = rows[7].replace("3000.0", "9000.0", 1)
+    write_rows(p, rows=rows)
+    assert check_submission(p)[1] == ["line 9: x_1 = 9000.0 in 'abc_y_7' is outside 1500-4500 m/s"]
+    rows = good_rows()
+    rows[0] = rows[0].replace("3000.0", "fast", 1)
+    write_rows(p, rows=rows)
+    assert check_submission(p)[1] == ["line 2: non-numeric value in 'abc_y_0'"]
+    rows = good_rows()
+    rows[1] = rows[1] + ",1.0"
+    write_rows(p, rows=rows)
+    assert check_submission(p)[1][0] == "line 3: 37 fields, expected 36"
+    test = tmp_path / "test"
+    test.mkdir()
+    for o in ("abc", "zzz"):
+        np.save(test / f"{o}.npy", np.zeros((5, 1000, 70), np.float32))
+    write_rows(p, rows=good_rows("abc") + good_rows("extra"))
+    assert check_submission(p, str(test))[1] == ["oid zzz: in the test folder but not in the submission",
+                                                 "oid extra: in the submission but not in the test folder"]
+
+
+def test_cli_predict_and_check(trained, tmp_path):
+    out = tmp_path / "submission.csv"
+    r = subprocess.run([GWI, "predict", "--checkpoint", trained["run"], "--test", str(trained["test"]), "--out", str(out),
+                        "--tta", "flip"], capture_output=True, text=True, timeout=300, env=os.environ)
+    assert r.returncode == 0, r.stderr
+    assert "wrote" in r.stdout and "6 test files, 420 rows" in r.stdout and "on cpu in fp32" in r.stderr
+    r = subprocess.run([GWI, "submission", "check", str(out), "--test", str(trained["test"])], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and "valid (6 test files, 420 rows)" in r.stdout
+    out.write_text(out.read_text().replace("_y_69", "_y_70", 1))
+    r = subprocess.run([GWI, "submission", "check", str(out)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "row 70 out of range" in r.stderr
+    r = subprocess.run([GWI, "predict", "--checkpoint", str(tmp_path / "none.pt"), "--test", str(trained["test"])],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "none.pt: no such file" in r.stderr
