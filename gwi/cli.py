@@ -196,11 +196,29 @@ def cmd_train(a) -> int:
 def cmd_predict(a) -> int:
     from .predict import predict
 
-    r = predict(a.checkpoint, a.test, a.out, tta=a.tta == "flip", precision=a.precision, device=a.device,
-                batch_size=a.batch_size, skip_bad=a.skip_bad, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if bool(a.checkpoint) == bool(a.ensemble):
+        raise GwiError("predict: give --checkpoint (one or more) or --ensemble FILE")
+    r = predict(a.checkpoint or [], a.test, a.out, tta=a.tta == "flip", precision=a.precision, device=a.device,
+                batch_size=a.batch_size, skip_bad=a.skip_bad, ensemble=a.ensemble, uncertainty=a.uncertainty,
+                mc_samples=a.mc_samples, plots=a.plots, log=lambda m: print(m, file=sys.stderr, flush=True))
     bad = f", {len(r['bad'])} bad file(s) filled with the training mean" if r["bad"] else ""
     print(f"wrote {a.out}: {r['files']} test files, {r['rows']} rows in {r['seconds']:.1f} s "
           f"({r['files_per_s']:.1f} files/s){bad}")
+    return 0
+
+
+def cmd_ensemble_fit(a) -> int:
+    from .models.ensemble import fit
+
+    r = fit(a.member, a.dataset, a.out, split=a.split, crf=not a.no_crf, mc_samples=a.mc_samples,
+            device=a.device, plots=a.plots, log=lambda m: print(m, file=sys.stderr, flush=True))
+    fams = sorted(k for k in r["val_mae"] if k != "overall")
+    rows = [[m["model"], f"{m['weight']:.3f}", f"{m['val_mae']['overall']:.1f}"] + [f"{m['val_mae'][f]:.1f}" for f in fams]
+            for m in r["members"]]
+    rows.append(["ensemble" + (" + CRF" if r["crf"].get("enabled") else ""), "", f"{r['val_mae']['overall']:.1f}"]
+                + [f"{r['val_mae'][f]:.1f}" for f in fams])
+    print(_table(rows, ["member", "weight", "val MAE m/s"] + fams))
+    print(f"\nwrote {a.out} (split {r['split']}, {r['val_samples']} validation samples)")
     return 0
 
 
@@ -313,8 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(fn=cmd_train)
 
     q = sub.add_parser("predict", help="checkpoints -> Kaggle submission.csv (works offline)")
-    q.add_argument("--checkpoint", action="append", required=True, metavar="RUN_OR_FILE",
+    q.add_argument("--checkpoint", action="append", metavar="RUN_OR_FILE",
                    help="a run URL (uses its latest verified checkpoint) or a .pt file; repeat to average")
+    q.add_argument("--ensemble", metavar="FILE", help="an ensemble.json from 'gwi ensemble fit' instead of --checkpoint")
+    q.add_argument("--uncertainty", metavar="FILE.npy", help="also write MC-dropout per-pixel std (m/s)")
+    q.add_argument("--mc-samples", type=int, default=8, help="stochastic passes for --uncertainty (default 8)")
+    q.add_argument("--plots", metavar="DIR", help="PNGs of a few predictions (and their uncertainty)")
     q.add_argument("--test", required=True, metavar="DIR_OR_DATASET", help="folder of <oid>.npy or a prepared test dataset")
     q.add_argument("--out", default="submission.csv")
     q.add_argument("--tta", choices=["none", "flip"], default="none")
@@ -324,6 +346,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device")
     q.add_argument("--skip-bad", action="store_true", help="report unreadable test files and fill them with the training mean")
     q.set_defaults(fn=cmd_predict)
+
+    q = sub.add_parser("ensemble", help="fit ensemble weights, CRF and uncertainty on a validation fold")
+    esub = q.add_subparsers(dest="ens_cmd", metavar="SUBCOMMAND")
+    esub.required = True
+    q = esub.add_parser("fit", help="fit member weights to minimise validation MAE; writes ensemble.json")
+    q.add_argument("--member", action="append", required=True, metavar="RUN_OR_FILE")
+    q.add_argument("--dataset", required=True, metavar="URL", help="labelled dataset holding the validation fold")
+    q.add_argument("--split", help="validation split (default: the first member's training split)")
+    q.add_argument("--out", default="ensemble.json")
+    q.add_argument("--no-crf", action="store_true", help="do not try CRF smoothing")
+    q.add_argument("--mc-samples", type=int, default=8, help="MC-dropout passes for the uncertainty report (0: off)")
+    q.add_argument("--plots", metavar="DIR", help="PNGs: prediction, uncertainty, truth, error per family")
+    q.add_argument("--device")
+    q.set_defaults(fn=cmd_ensemble_fit)
 
     q = sub.add_parser("submission", help="check a submission file")
     ssub = q.add_subparsers(dest="sub_cmd", metavar="SUBCOMMAND")

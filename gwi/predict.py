@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import re
@@ -43,6 +44,7 @@ class LoadedModel:
     norm: "Normalizer"  # noqa: F821 - gwi.train.Normalizer
     source: str
     step: int | None
+    split: str | None = None  # the validation split it was trained with
 
 
 def load_checkpoint(ref: str, device: torch.device, *, use_ema: bool = True) -> LoadedModel:
@@ -80,7 +82,7 @@ def load_checkpoint(ref: str, device: torch.device, *, use_ema: bool = True) -> 
     model.to(device).eval()
     n = ck["normalisation"]
     norm = Normalizer(n["seis_min"], n["seis_max"], n["vel_min"], n["vel_max"], n.get("vel_mean"))
-    return LoadedModel(name, model, norm, source, ck.get("step"))
+    return LoadedModel(name, model, norm, source, ck.get("step"), ck.get("split"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -214,12 +216,29 @@ def rows_csv(oids: list[str], v: np.ndarray) -> str:
 
 def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float] | None = None, tta: bool = False,
             precision: str | None = None, device: str | None = None, batch_size: int = 32, skip_bad: bool = False,
-            progress: bool | None = None, log=print) -> dict:
-    """Write ``out`` (submission CSV); returns a summary (files, rows, bad files, seconds)."""
+            ensemble: str | None = None, uncertainty: str | None = None, mc_samples: int = 8,
+            plots: str | None = None, progress: bool | None = None, log=print) -> dict:
+    """Write ``out`` (submission CSV); returns a summary (files, rows, bad files, seconds).
+
+    ``ensemble``: an ``ensemble.json`` (members, weights, CRF) instead of ``checkpoints``.
+    ``uncertainty``: also write MC-dropout per-pixel std (m/s) as ``.npy`` (N, 70, 70) float16, with
+    the oids beside it in ``<file>.oids.json``.
+    """
     import time
+    from contextlib import nullcontext
 
     from tqdm import tqdm
 
+    from .models.ensemble import crf_smooth, load_ensemble, mc_dropout_std, write_plots
+
+    crf = None
+    if ensemble:
+        if checkpoints:
+            raise ValueError("give --checkpoint or --ensemble, not both")
+        e = load_ensemble(ensemble)
+        checkpoints = [m["resolved"] for m in e["members"]]
+        weights = [m["weight"] for m in e["members"]]
+        crf = e["crf"] if e.get("crf", {}).get("enabled") else None
     if not checkpoints:
         raise ValueError("checkpoints: expected at least one run or .pt file")
     dev, precision = resolve_device_precision(device, precision)
@@ -235,6 +254,13 @@ def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float]
     out_p = Path(out)
     out_p.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_p.with_name(out_p.name + ".partial")
+    unc = None
+    if uncertainty:
+        unc_p = Path(uncertainty)
+        unc_p.parent.mkdir(parents=True, exist_ok=True)
+        unc = np.lib.format.open_memmap(unc_p.with_name(unc_p.name + ".partial"), mode="w+", dtype=np.float16,
+                                        shape=(len(src), ROWS, 70))
+    plot_keep: list = []
     t0 = time.time()
     n = 0
     try:
@@ -243,14 +269,37 @@ def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float]
             f.write(HEADER + "\n")
             for oids, x, ok in src.batches(batch_size):
                 v = predict_batch(models, weights, x, dev, precision, tta)
+                if crf:
+                    v = crf_smooth(torch.from_numpy(v), crf["lambda"], crf["sigma"]).numpy()
                 v[~ok] = fill
+                std = None
+                if unc is not None or (plots and len(plot_keep) < 4):
+                    xt = torch.from_numpy(x).to(dev)
+                    std = sum(w * mc_dropout_std(m, xt, mc_samples, nullcontext) for m, w in zip(models, weights))
+                    std = std.cpu().numpy()
+                    if unc is not None:
+                        unc[n:n + len(oids)] = std
+                if plots and len(plot_keep) < 4:
+                    plot_keep.extend((v[i], None if std is None else std[i], oids[i]) for i in range(min(4, len(oids))))
                 f.write(rows_csv(oids, v))
                 n += len(oids)
                 bar.update(len(oids))
         os.replace(tmp, out_p)
+        if unc is not None:
+            unc.flush()
+            del unc
+            os.replace(unc_p.with_name(unc_p.name + ".partial"), unc_p)
+            unc_p.with_name(unc_p.name + ".oids.json").write_text(json.dumps(src.oids))
     except BaseException:
         tmp.unlink(missing_ok=True)
+        if uncertainty:
+            Path(uncertainty).with_name(Path(uncertainty).name + ".partial").unlink(missing_ok=True)
         raise
+    if plots and plot_keep:
+        keep = plot_keep[:4]
+        pv = np.stack([k[0] for k in keep])
+        ps = np.stack([k[1] for k in keep]) if keep[0][1] is not None else None
+        write_plots(plots, pv, None, np.array(["test"] * len(pv)), ps, per_family=4, ids=[k[2] for k in keep])
     dt = time.time() - t0
     for oid, msg in src.bad:
         log(f"warning: {msg}; {oid} filled with the training mean {fill:.0f} m/s")

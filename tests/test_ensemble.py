@@ -1,0 +1,102 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gwi.data.synth import ForwardModel, synthesize, velocity_batch
+from gwi.models.ensemble import crf_smooth, fit, fit_crf, fit_weights, load_ensemble
+from gwi.predict import predict
+from gwi.train import TrainConfig, train
+
+
+def layered(n=4, seed=0):
+    return torch.from_numpy(velocity_batch("FlatFault_A", seed, 0, n)).float()
+
+
+def test_crf_smooths_noise_but_keeps_layer_boundaries():
+    truth = layered()
+    g = torch.Generator().manual_seed(0)
+    noisy = truth + torch.randn(truth.shape, generator=g) * 60
+    sm = crf_smooth(noisy, lam=2.0, sigma=100.0, iters=8)
+    assert (sm - truth).abs().mean() < 0.6 * (noisy - truth).abs().mean()
+    const = torch.full((1, 70, 70), 2500.0)
+    assert torch.allclose(crf_smooth(const, 4.0, 50.0), const)
+    # a 1000 m/s step survives: bilateral weights stop smoothing across it
+    step = torch.full((1, 70, 70), 2000.0)
+    step[:, 35:] = 3000.0
+    out = crf_smooth(step, 4.0, 100.0)
+    assert float(out[0, 34, 10]) == pytest.approx(2000, abs=1) and float(out[0, 35, 10]) == pytest.approx(3000, abs=1)
+
+
+def test_crf_is_kept_only_when_it_helps():
+    truth = layered()
+    noisy = truth + torch.randn(truth.shape, generator=torch.Generator().manual_seed(1)) * 80
+    cfg = fit_crf(noisy, truth)
+    assert cfg["enabled"] and cfg["val_mae"] < cfg["val_mae_without"]
+    cfg = fit_crf(truth.clone(), truth)
+    assert not cfg["enabled"] and cfg["val_mae"] == 0
+
+
+def test_fitted_weights_never_lose_to_the_best_member():
+    truth = layered(6)
+    g = torch.Generator().manual_seed(2)
+    good = truth + torch.randn(truth.shape, generator=g) * 50
+    bad = truth + 400 + torch.randn(truth.shape, generator=g) * 50
+    other = truth - 60 + torch.randn(truth.shape, generator=g) * 50
+    preds = torch.stack([bad, good, other])
+    w, how = fit_weights(preds, truth)
+    assert sum(w) == pytest.approx(1) and min(w) >= 0 and w[0] < 0.1
+    ens = torch.einsum("m,mnhw->nhw", torch.tensor(w), preds)
+    best = min(float((p - truth).abs().mean()) for p in preds)
+    assert float((ens - truth).abs().mean()) <= best + 1e-6
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ens")
+    synthesize(["FlatVel_A", "CurveFault_B"], 15, f"file://{root}/s", "d", seed=6, batch_size=15, progress=False)
+    runs = []
+    for name in ("inversionnet", "specproj_unet"):
+        train(TrainConfig(model=name, preset="tiny", dataset=f"file://{root}/s/datasets/d", run=f"file://{root}/s/runs/{name}",
+                          epochs=4, batch_size=4, lr=3e-3, heartbeat_s=30), log=lambda *_: None)
+        runs.append(f"file://{root}/s/runs/{name}")
+    return root, runs
+
+
+def test_ensemble_fit_predict_uncertainty_and_plots(two_runs, tmp_path):
+    root, runs = two_runs
+    rep = fit(runs, f"file://{root}/s/datasets/d", str(tmp_path / "ensemble.json"), mc_samples=6,
+              plots=str(tmp_path / "plots"), log=lambda *_: None)
+    assert rep["split"] == "kfold:5:0" and rep["val_samples"] == 6
+    best = min(m["val_mae"]["overall"] for m in rep["members"])
+    assert rep["val_mae"]["overall"] <= best + 1e-6
+    assert set(rep["val_mae"]) == {"overall", "FlatVel_A", "CurveFault_B"}
+    for m in rep["members"]:  # both tiny presets carry dropout: MC passes differ
+        assert all(v > 0 for v in m["mc_dropout_std"].values())
+    assert load_ensemble(tmp_path / "ensemble.json")["members"][0]["resolved"].endswith(".pt")
+    from gwi.data import folds
+    from gwi.data.shards import load_manifest
+
+    man = load_manifest(root / "s" / "datasets" / "d")
+    _, val = folds.split(man, "kfold:5:0")
+    fam = folds.sample_families(man)
+    expected = sorted(f"{f}-{i}.png" for f in ("FlatVel_A", "CurveFault_B") for i in val[fam[val] == f][:2])
+    assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == expected
+
+    test = tmp_path / "test"
+    test.mkdir()
+    x = ForwardModel("cpu")(velocity_batch("CurveFault_B", 9, 0, 3))
+    for i, xi in enumerate(x):
+        np.save(test / f"q{i}.npy", xi)
+    r = predict([], str(test), str(tmp_path / "sub.csv"), ensemble=str(tmp_path / "ensemble.json"),
+                uncertainty=str(tmp_path / "unc.npy"), mc_samples=4, progress=False, log=lambda *_: None)
+    assert r["files"] == 3 and len(r["models"]) == 2
+    u = np.load(tmp_path / "unc.npy")
+    assert u.shape == (3, 70, 70) and u.dtype == np.float16 and float(u.min()) >= 0 and float(u.mean()) > 0
+    assert json.loads((tmp_path / "unc.npy.oids.json").read_text()) == ["q0", "q1", "q2"]
+    with pytest.raises(ValueError, match="not both"):
+        predict(runs, str(test), str(tmp_path / "x.csv"), ensemble=str(tmp_path / "ensemble.json"), log=lambda *_: None)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a gwi ensemble file"):
+        load_ensemble(tmp_path / "bad.json")
