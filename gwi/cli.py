@@ -24,6 +24,14 @@ def _table(rows: list[list], header: list[str]) -> str:
     return "\n".join([line(cells[0]), "  ".join("-" * x for x in w)] + [line(r) for r in cells[1:]])
 
 
+def _report(headline: str, problems: list) -> int:
+    """Print a failure and each problem to stderr; the exit status for it."""
+    print(headline, file=sys.stderr)
+    for p in problems:
+        print(f"  {p}", file=sys.stderr)
+    return 1
+
+
 def _mb(n: float) -> str:
     return f"{n / 1e6:,.1f} MB"
 
@@ -102,10 +110,7 @@ def cmd_data_verify(a) -> int:
 
     m, problems = verify(a.url, workers=a.workers)
     if problems:
-        print(f"{len(problems)} of {len(m['shards'])} shards FAILED verification:", file=sys.stderr)
-        for p in problems:
-            print(f"  {p}", file=sys.stderr)
-        return 1
+        return _report(f"{len(problems)} of {len(m['shards'])} shards FAILED verification:", problems)
     print(f"ok: {len(m['shards'])} shards of {m['name']} match their sha256")
     return 0
 
@@ -227,10 +232,7 @@ def cmd_submission_check(a) -> int:
 
     summary, problems = check_submission(a.file, a.test)
     if problems:
-        print(f"{a.file}: INVALID", file=sys.stderr)
-        for p in problems:
-            print(f"  {p}", file=sys.stderr)
-        return 1
+        return _report(f"{a.file}: INVALID", problems)
     print(f"{a.file}: valid ({summary['oids']} test files, {summary['rows']} rows)")
     return 0
 

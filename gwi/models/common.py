@@ -93,3 +93,16 @@ def batch_edges(edges: torch.Tensor, n_nodes: int, batch: int) -> torch.Tensor:
     """Repeat one graph's edges for ``batch`` disjoint copies: (2, E) → (2, B·E)."""
     offs = (torch.arange(batch, device=edges.device) * n_nodes).repeat_interleave(edges.shape[1])
     return edges.repeat(1, batch) + offs
+
+
+def grid_to_nodes(g: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) latent grid → (B*h*w, C) node features, row-major cells, graph by graph."""
+    b, c = g.shape[:2]
+    return g.flatten(2).transpose(1, 2).reshape(-1, c)
+
+
+def nodes_to_grid(h: torch.Tensor, batch: int, grid: tuple[int, int], dtype=None) -> torch.Tensor:
+    """Inverse of :func:`grid_to_nodes`: (B*h*w, C) → (B, C, h, w), cast to ``dtype`` if given."""
+    gh, gw = grid
+    out = h.reshape(batch, gh * gw, -1).transpose(1, 2).reshape(batch, -1, gh, gw)
+    return out.to(dtype) if dtype is not None else out

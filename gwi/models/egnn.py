@@ -48,7 +48,8 @@ from torch import nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
-from .common import GridDecoder, SeismicEncoder, batch_edges, grid_coordinates, grid_edges
+from .common import (GridDecoder, SeismicEncoder, batch_edges, grid_coordinates, grid_edges, grid_to_nodes,
+                     nodes_to_grid)
 from .registry import register_model
 
 
@@ -145,12 +146,9 @@ class EGNNFWI(nn.Module):
         gh, gw = self.grid
         n = gh * gw
         g = self.encoder(x)  # (B, C, h, w)
-        c = g.shape[1]
-        h = g.flatten(2).transpose(1, 2).reshape(b * n, c)  # (B*N, C), row-major cells, graph by graph
         pos = self.pos.repeat(b, 1)  # (B*N, 2)
-        h, _ = self.gnn(h, pos, batch_edges(self.edges, n, b))
-        g = h.to(g.dtype).reshape(b, n, c).transpose(1, 2).reshape(b, c, gh, gw)  # (B, C, h, w)
-        return self.decoder(g)
+        h, _ = self.gnn(grid_to_nodes(g), pos, batch_edges(self.edges, n, b))  # (B*N, C)
+        return self.decoder(nodes_to_grid(h, b, (gh, gw), g.dtype))  # (B, C, h, w) -> (B, 1, 70, 70)
 
 
 @register_model(

@@ -62,7 +62,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch_geometric.utils import scatter, softmax
 
-from .common import GridDecoder, SeismicEncoder, batch_edges, grid_coordinates, grid_edges
+from .common import (GridDecoder, SeismicEncoder, batch_edges, grid_coordinates, grid_edges, grid_to_nodes,
+                     nodes_to_grid)
 from .registry import register_model
 
 
@@ -176,10 +177,9 @@ class SE3TransformerFWI(nn.Module):
         gh, gw = self.grid
         n = gh * gw
         g = self.encoder(x)  # (B, C, h, w)
-        f = g.flatten(2).transpose(1, 2).reshape(b * n, -1)  # (B*N, C) as C x 0e, row-major, graph by graph
-        f = self.blocks(f, self.pos.repeat(b, 1), batch_edges(self.edges, n, b))  # (B*N, out_scalars x 0e)
-        g = f.to(g.dtype).reshape(b, n, -1).transpose(1, 2).reshape(b, -1, gh, gw)  # (B, out_scalars, h, w)
-        return self.decoder(g)
+        # node features are C x 0e; the stack returns out_scalars x 0e per node
+        f = self.blocks(grid_to_nodes(g), self.pos.repeat(b, 1), batch_edges(self.edges, n, b))
+        return self.decoder(nodes_to_grid(f, b, (gh, gw), g.dtype))  # (B, out_scalars, h, w) -> (B, 1, 70, 70)
 
 
 @register_model(
