@@ -20,6 +20,7 @@ platform dying under it:
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import json
 import math
@@ -502,6 +503,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     precision = resolve_precision(cfg, device, card)
     run = RunStore(cfg.run) if d.master else None
     hb: Heartbeat | None = None
+    model = raw_model = None
     t_start = time.time()
     try:
         # every rank pulls (each needs a local copy); the cache makes the second pull free
@@ -707,6 +709,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
             "history": history, "rank_param_sha256": digests, "resumed_from": resumed_from,
             "gwi_version": __version__, "finished": _now(),
         }
+        if d.enabled:
+            dist.barrier()  # no collective work left in flight when the group is torn down
         if d.master:
             hb.stop()
             hb.update(state="succeeded", step=step, epoch=epoch, eta_s=0)
@@ -735,4 +739,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
             shutil.rmtree(run.scratch, ignore_errors=True)
         if d.enabled and dist.is_initialized():
+            # Free DDP's reducer while the process group is still registered: if the reducer held the
+            # last reference, the group's destructor would join gloo's worker threads with the GIL
+            # held while a worker waits for the GIL to drop a tensor, and the rank would hang.
+            model = raw_model = None
+            gc.collect()
             dist.destroy_process_group()

@@ -144,7 +144,7 @@ def test_ddp_two_ranks_with_gloo(dataset, tmp_path):
         [torchrun, "--standalone", "--nproc-per-node", "2", "--", gwi, "train", "--model", "inversionnet", "--preset", "tiny",
          "--dataset", dataset, "--run", f"file://{tmp_path}/r", "--epochs", "2", "--batch-size", "4",
          "--heartbeat-s", "1", "--device", "cpu"],
-        capture_output=True, text=True, timeout=600, env=env,
+        capture_output=True, text=True, timeout=240, env=env,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
