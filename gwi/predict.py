@@ -102,9 +102,8 @@ class TestSource:
 
             root = pull(ref, progress=False) if "://" in ref and not ref.startswith("file://") else local
             self.ds = ShardedDataset(root)
-            if self.ds.oids is None:
-                raise DataError(f"{ref}: dataset has no oids; prepare test data with 'gwi data prep --test-dir'")
-            self.oids = list(self.ds.oids)
+            # a labelled dataset has no oids: its sample indices stand in (validation submissions)
+            self.oids = list(self.ds.oids) if self.ds.oids is not None else [f"{i:06d}" for i in range(len(self.ds))]
             self.files = None
         else:
             self.ds = None
@@ -113,6 +112,13 @@ class TestSource:
 
     def __len__(self) -> int:
         return len(self.oids)
+
+    def families(self) -> list[str] | None:
+        """Family of each sample when the input is a prepared dataset that records real ones."""
+        if self.ds is None:
+            return None
+        fams = [str(f) for f in self.ds.families]
+        return None if set(fams) == {"test"} else fams
 
     def _read(self, i: int) -> np.ndarray | None:
         if self.ds is not None:
@@ -232,6 +238,7 @@ def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float]
     from .models.ensemble import crf_smooth, load_ensemble, mc_dropout_std, write_plots
 
     crf = None
+    family_weights: dict = {}
     if ensemble:
         if checkpoints:
             raise ValueError("give --checkpoint or --ensemble, not both")
@@ -239,6 +246,7 @@ def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float]
         checkpoints = [m["resolved"] for m in e["members"]]
         weights = [m["weight"] for m in e["members"]]
         crf = e["crf"] if e.get("crf", {}).get("enabled") else None
+        family_weights = e.get("family_weights") or {}
     if not checkpoints:
         raise ValueError("checkpoints: expected at least one run or .pt file")
     dev, precision = resolve_device_precision(device, precision)
@@ -248,6 +256,14 @@ def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float]
     if len(weights) != len(models) or abs(sum(weights) - 1) > 1e-6:
         raise ValueError(f"weights: expected {len(models)} weights summing to 1, got {weights}")
     src = TestSource(test, skip_bad)
+    fam_of = src.families()
+    if family_weights and fam_of is not None and set(fam_of) <= set(family_weights):
+        log(f"using per-family ensemble weights for {', '.join(sorted(set(fam_of)))}")
+    else:
+        if family_weights:
+            log("the test input does not name families the ensemble has weights for: using the global weights")
+        family_weights, fam_of = {}, None
+    pos = 0
     log(f"predicting {len(src)} test samples with {len(models)} model(s) "
         f"({', '.join(m.name for m in models)}) on {dev} in {precision}" + (" with flip TTA" if tta else ""))
     fill = models[0].norm.vel_mean or (VMIN + VMAX) / 2
@@ -268,7 +284,15 @@ def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float]
                                                     disable=None if progress is None else not progress) as bar:
             f.write(HEADER + "\n")
             for oids, x, ok in src.batches(batch_size):
-                v = predict_batch(models, weights, x, dev, precision, tta)
+                if family_weights:
+                    bf = np.array(fam_of[pos:pos + len(oids)])
+                    v = np.empty((len(oids), ROWS, 70), np.float32)
+                    for fam in sorted(set(bf.tolist())):
+                        sel = np.flatnonzero(bf == fam)
+                        v[sel] = predict_batch(models, family_weights[fam], x[sel], dev, precision, tta)
+                else:
+                    v = predict_batch(models, weights, x, dev, precision, tta)
+                pos += len(oids)
                 if crf:
                     v = crf_smooth(torch.from_numpy(v), crf["lambda"], crf["sigma"]).numpy()
                 v[~ok] = fill

@@ -115,3 +115,37 @@ def test_mc_dropout_is_more_uncertain_on_the_harder_family(tmp_path):
               log=lambda *_: None)
     std = rep["members"][0]["mc_dropout_std"]
     assert std["CurveFault_B"] > 1.1 * std["FlatVel_A"] > 0
+
+
+def test_per_family_weights_are_used_when_the_input_names_families(two_runs, tmp_path):
+    root, runs = two_runs
+    rep = fit(runs, f"file://{root}/s/datasets/d", str(tmp_path / "e.json"), mc_samples=0, crf=False,
+              min_family_samples=2, log=lambda *_: None)
+    fw = rep["family_weights"]
+    assert set(fw) == {"FlatVel_A", "CurveFault_B"} and all(abs(sum(w) - 1) < 1e-6 for w in fw.values())
+    assert "val_mae_family_weights_in_sample" in rep
+    logs = []
+    predict([], f"file://{root}/s/datasets/d", str(tmp_path / "v.csv"), ensemble=str(tmp_path / "e.json"),
+            progress=False, log=logs.append)
+    assert any("using per-family ensemble weights for CurveFault_B, FlatVel_A" in m for m in logs)
+    # sample 0 is FlatVel_A: its rows are the FlatVel_A-weighted mean of the members
+    from gwi.data.shards import ShardedDataset
+    from gwi.data.sync import pull
+    from gwi.predict import COLUMNS, load_checkpoint, predict_batch
+
+    ds = ShardedDataset(pull(f"file://{root}/s/datasets/d", progress=False))
+    assert ds.families[0] == "FlatVel_A"
+    members = [load_checkpoint(r, torch.device("cpu")) for r in runs]
+    want = predict_batch(members, fw["FlatVel_A"], ds.batch([0])[0], torch.device("cpu"), "fp32")[0]
+    import csv
+
+    rows = [r for r in csv.reader(open(tmp_path / "v.csv")) if r[0].startswith("000000_y_")]
+    got = np.array([[float(v) for v in r[1:]] for r in rows])
+    np.testing.assert_allclose(got, want[:, COLUMNS], atol=0.006)
+    # a plain test folder names no families: global weights, said so
+    test = tmp_path / "t"
+    test.mkdir()
+    np.save(test / "a.npy", ds.batch([1])[0][0])
+    logs.clear()
+    predict([], str(test), str(tmp_path / "t.csv"), ensemble=str(tmp_path / "e.json"), progress=False, log=logs.append)
+    assert any("using the global weights" in m for m in logs)

@@ -126,7 +126,7 @@ def mc_dropout_std(loaded, x: torch.Tensor, n: int, precision_ctx) -> torch.Tens
 
 def fit(members: list[str], dataset: str, out: str, *, split: str | None = None, crf: bool = True,
         mc_samples: int = 8, device: str | None = None, batch_size: int = 16, plots: str | None = None,
-        log=print) -> dict:
+        min_family_samples: int = 8, log=print) -> dict:
     """Fit weights (and CRF) on ``split`` of ``dataset``; write ``ensemble.json`` to ``out``."""
     from ..data import folds
     from ..data.shards import ShardedDataset
@@ -163,6 +163,14 @@ def fit(members: list[str], dataset: str, out: str, *, split: str | None = None,
 
     weights, how = fit_weights(preds, truth)
     ens = torch.einsum("m,mnhw->nhw", torch.tensor(weights), preds)
+    # per-family weights where the fold has enough samples of a family; prediction uses them only
+    # when the input names its families (the Kaggle test set does not: global weights there)
+    family_weights = {}
+    if len(loaded) > 1:
+        for f in sorted(set(fams.tolist())):
+            sel = torch.from_numpy(np.flatnonzero(fams == f))
+            if len(sel) >= min_family_samples:
+                family_weights[f] = fit_weights(preds[:, sel], truth[sel])[0]
     crf_cfg = fit_crf(ens, truth) if crf else {"enabled": False}
     final = crf_smooth(ens, crf_cfg["lambda"], crf_cfg["sigma"]) if crf_cfg.get("enabled") else ens
 
@@ -182,11 +190,20 @@ def fit(members: list[str], dataset: str, out: str, *, split: str | None = None,
                                         if mc_samples > 1 else None)}
                     for k, (c, m, w) in enumerate(zip(members, loaded, weights))],
         "weights_chosen_as": how,
+        "family_weights": family_weights,
+        "family_weights_min_samples": min_family_samples,
         "crf": crf_cfg,
         "mc_samples": mc_samples,
         "val_mae": per_family(final),
         "val_mae_without_crf": per_family(ens),
     }
+    if family_weights:
+        fw = ens.clone()
+        for f, w in family_weights.items():
+            sel = torch.from_numpy(np.flatnonzero(fams == f))
+            fw[sel] = torch.einsum("m,mnhw->nhw", torch.tensor(w), preds[:, sel])
+        # fitted and scored on the same fold: optimistic, shown for comparison only
+        report["val_mae_family_weights_in_sample"] = per_family(fw)
     out_p = Path(out)
     out_p.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_p.with_name(out_p.name + ".partial")
