@@ -534,8 +534,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
         total = cfg.epochs * steps_per_epoch
         if cfg.max_steps:
             total = min(total, cfg.max_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.epochs * steps_per_epoch,
-                                                                 int(cfg.warmup_frac * cfg.epochs * steps_per_epoch)))
+        # warm-up and cosine span the steps this run will take: with --max-steps they end with it
+        schedule = lambda o: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(total, int(cfg.warmup_frac * total)))  # noqa: E731
+        sched = schedule(opt)
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
         step, epoch, best, history = 0, 0, float("inf"), []
@@ -562,8 +563,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             model.load_state_dict(ckpt["state_dict"])
             opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
             # the scheduler first: its constructor resets the lr, which the optimizer state then restores
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.epochs * steps_per_epoch,
-                                                                     int(cfg.warmup_frac * cfg.epochs * steps_per_epoch)))
+            sched = schedule(opt)
             opt.load_state_dict(ckpt["optimizer"])
             sched.load_state_dict(ckpt["scheduler"])
             scaler.load_state_dict(ckpt["scaler"])
