@@ -85,7 +85,7 @@ def cmd_data_synth(a) -> int:
     out = a.out or default_store_url()
     families = [f for item in a.family for f in item.split(",") if f]
     m = synthesize(families, a.samples, out, a.name, seed=a.seed, batch_size=a.batch_size, device=a.device,
-                   shard_size=a.shard_size, overwrite=a.overwrite)
+                   shard_size=a.shard_size, overwrite=a.overwrite, exist_ok=a.exist_ok)
     print(_summary(m, out.rstrip("/") + f"/datasets/{a.name}"))
     return 0
 
@@ -200,12 +200,16 @@ def cmd_train(a) -> int:
 
 def cmd_predict(a) -> int:
     from .predict import predict
+    from .store import staged_input, staged_output
 
     if bool(a.checkpoint) == bool(a.ensemble):
         raise GwiError("predict: give --checkpoint (one or more) or --ensemble FILE")
-    r = predict(a.checkpoint or [], a.test, a.out, tta=a.tta == "flip", precision=a.precision, device=a.device,
-                batch_size=a.batch_size, skip_bad=a.skip_bad, ensemble=a.ensemble, uncertainty=a.uncertainty,
-                mc_samples=a.mc_samples, plots=a.plots, log=lambda m: print(m, file=sys.stderr, flush=True))
+    # outputs given as store URLs are written locally and uploaded only when prediction succeeded
+    with staged_input(a.ensemble) as ens, staged_output(a.out) as out, staged_output(a.uncertainty) as unc, \
+            staged_output(a.plots) as plots:
+        r = predict(a.checkpoint or [], a.test, out, tta=a.tta == "flip", precision=a.precision, device=a.device,
+                    batch_size=a.batch_size, skip_bad=a.skip_bad, ensemble=ens, uncertainty=unc,
+                    mc_samples=a.mc_samples, plots=plots, log=lambda m: print(m, file=sys.stderr, flush=True))
     bad = f", {len(r['bad'])} bad file(s) filled with the training mean" if r["bad"] else ""
     print(f"wrote {a.out}: {r['files']} test files, {r['rows']} rows in {r['seconds']:.1f} s "
           f"({r['files_per_s']:.1f} files/s){bad}")
@@ -214,9 +218,11 @@ def cmd_predict(a) -> int:
 
 def cmd_ensemble_fit(a) -> int:
     from .models.ensemble import fit
+    from .store import staged_output
 
-    r = fit(a.member, a.dataset, a.out, split=a.split, crf=not a.no_crf, mc_samples=a.mc_samples,
-            device=a.device, plots=a.plots, log=lambda m: print(m, file=sys.stderr, flush=True))
+    with staged_output(a.out) as out, staged_output(a.plots) as plots:
+        r = fit(a.member, a.dataset, out, split=a.split, crf=not a.no_crf, mc_samples=a.mc_samples,
+                device=a.device, plots=plots, log=lambda m: print(m, file=sys.stderr, flush=True))
     fams = sorted(k for k in r["val_mae"] if k != "overall")
     rows = [[m["model"], f"{m['weight']:.3f}", f"{m['val_mae']['overall']:.1f}"] + [f"{m['val_mae'][f]:.1f}" for f in fams]
             for m in r["members"]]
@@ -236,6 +242,273 @@ def cmd_submission_check(a) -> int:
     print(f"{a.file}: valid ({summary['oids']} test files, {summary['rows']} rows)")
     return 0
 
+
+
+# ------------------------------------------------------------------------------------------------
+# dispatch, status and the scheduler
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _clock(t: float | None) -> str:
+    import time
+
+    return "-" if t is None else time.strftime("%H:%M:%S", time.localtime(t))
+
+
+def _status_records(s, spec: str | None = None) -> list[dict]:
+    import time
+
+    now = time.time()
+    latest = s.latest_attempts()
+    costs = s.costs()
+    out = []
+    for j in s.jobs(spec):
+        a = latest.get(j["id"])
+        prog = json.loads(a["progress"]) if a is not None and a["progress"] else {}
+        hours, cost = costs.get(j["id"], (0.0, 0.0))
+        active = a is not None and a["state"] in ("pending", "running")
+        out.append({
+            "job": j["id"], "kind": j["kind"], "state": j["state"], "reason": j["reason"],
+            "platform": a["platform"] if a is not None else None, "attempt": a["n"] if a is not None else 0,
+            "attempt_state": a["state"] if a is not None else None,
+            "epoch": prog.get("epoch"), "epochs": prog.get("epochs"), "step": prog.get("step"),
+            "total_steps": prog.get("total_steps"), "val_mae": prog.get("val_mae"),
+            "best_val_mae": prog.get("best_val_mae"),
+            "eta_s": prog.get("eta_s") if active else None,
+            "heartbeat_age_s": (now - a["beat_seen_at"]) if active and a["beat_seen_at"] else None,
+            "hours": hours, "cost_usd": cost, "progress_state": prog.get("state"),
+        })
+    return out
+
+
+def _status_table(recs: list[dict]) -> str:
+    rows = []
+    for r in recs:
+        ep = f"{r['epoch']}/{r['epochs']}" if r["epochs"] else "-"
+        mae = f"{r['val_mae']:.1f}" if isinstance(r["val_mae"], (int, float)) else "-"
+        state = r["state"]
+        if state == "running" and r["attempt_state"] == "pending":
+            state = "starting"
+        rows.append([r["job"], r["platform"] or "-", state, r["attempt"] or "-", ep, mae, _age(r["eta_s"]),
+                     _age(r["heartbeat_age_s"]), f"${r['cost_usd']:.2f}", (r["reason"] or "")[:70]])
+    return _table(rows, ["job", "platform", "state", "try", "epoch", "val MAE m/s", "ETA", "beat", "cost", "note"])
+
+
+def _platform_table(s) -> str:
+    rows = []
+    for name, p in sorted(s.profiles.items()):
+        u = s.usage(name)
+        quota = f"{u['hours_week']:.1f}/{p.quota_hours_per_week:g} h" if p.quota_hours_per_week is not None \
+            else f"{u['hours_week']:.1f} h"
+        rows.append([name, p.adapter, p.gpu or "-", f"{u['active']}/{p.capacity}", quota, f"${p.usd_per_hour:g}/h",
+                     f"${u['cost_usd']:.2f}"])
+    return _table(rows, ["platform", "adapter", "gpu", "running", "used (7 days)", "price", "spent"])
+
+
+def _print_events(s, after: int, spec: str | None = None) -> int:
+    for e in s.events(after_id=after):
+        if spec and not e["job_id"].startswith(spec + "/"):
+            after = e["id"]
+            continue
+        print(f"{_clock(e['time'])}  {e['job_id']:<28} {e['kind']:<10} {e['message']}", flush=True)
+        after = e["id"]
+    return after
+
+
+def _follow(s, spec: str | None, interval: float, forever: bool = False) -> int:
+    """Reconcile and print events until every job (of ``spec``) has finished."""
+    import time
+
+    from .scheduler import LockBusy
+
+    last = s.events()[-1]["id"] if s.events() else 0
+    try:
+        while True:
+            try:
+                s.reconcile()
+            except LockBusy:
+                pass  # another watcher acts; we only report
+            last = _print_events(s, last, spec)
+            if not forever and s.unfinished(spec) == 0:
+                break
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        print("\nstopped following; jobs keep running (gwi watch resumes, gwi status shows them)")
+        return 130
+    recs = _status_records(s, spec)
+    print()
+    print(_status_table(recs))
+    bad = [r for r in recs if r["state"] != "succeeded"]
+    return 1 if bad else 0
+
+
+def cmd_dispatch(a) -> int:
+    from .scheduler import LockBusy, Scheduler
+    from .spec import load_spec
+
+    s = Scheduler()
+    spec = load_spec(a.spec, profiles=s.profiles)
+    if a.dry_run:
+        print(f"plan for {spec.name} ({a.spec}): {len(spec.jobs)} job(s), store {spec.store}\n")
+        rows = []
+        for job in spec.jobs:
+            jid = f"{spec.name}/{job.name}"
+            known = s.db.execute("SELECT state FROM jobs WHERE id=?", (jid,)).fetchone()
+            if known is not None and known["state"] in ("succeeded", "running"):
+                rows.append([job.name, job.kind, ",".join(job.after) or "-", "-", f"already {known['state']}", ""])
+                continue
+            ch = s.choices(jid, job)
+            first = next((c for c in ch if c.ok or c.busy), None)
+            rest = [f"{c.platform}" + ("" if c.ok or c.busy else f" (skip: {c.why})") for c in ch if c is not first]
+            rows.append([job.name, job.kind, ",".join(job.after) or "-",
+                         first.platform if first else "NONE",
+                         first.why if first else "; ".join(f"{c.platform}: {c.why}" for c in ch),
+                         " > ".join(rest) or "-"])
+        print(_table(rows, ["job", "kind", "after", "first", "why", "then (fallback order)"]))
+        print()
+        print(_platform_table(s))
+        return 0
+    for line in s.submit(spec):
+        print(f"{spec.name}/{line}")
+    if a.follow:
+        return _follow(s, spec.name, a.interval)
+    try:
+        s.reconcile()
+    except LockBusy:
+        print("a gwi watch is running: it will launch the jobs")
+    print()
+    print(_status_table(_status_records(s, spec.name)))
+    print("\nfollow with: gwi watch   (or gwi status --watch; logs: gwi logs JOB)")
+    return 0
+
+
+def cmd_watch(a) -> int:
+    from .scheduler import Scheduler
+
+    return _follow(Scheduler(), a.spec, a.interval, forever=a.forever)
+
+
+def cmd_status(a) -> int:
+    import time
+
+    from .scheduler import LockBusy, Scheduler
+
+    s = Scheduler()
+    while True:
+        last = s.last_reconcile()
+        if last is None or time.time() - last > 1.0:
+            try:
+                with s.lock(wait=False):
+                    s.reconcile()
+            except LockBusy:
+                pass  # a watcher is reconciling: its view is fresh
+        if a.job:
+            jid = s.resolve(a.job)
+            out = _job_detail(s, jid, a.json)
+        else:
+            recs = _status_records(s)
+            out = json.dumps(recs, indent=1) if a.json else (_status_table(recs) + "\n\n" + _platform_table(s)
+                                                             if recs else "no jobs yet: gwi dispatch jobs/demo.yaml")
+        if not a.watch:
+            print(out)
+            return 0
+        print("\033[2J\033[H" + time.strftime("%H:%M:%S ") + "gwi status (Ctrl-C to stop)\n\n" + out, flush=True)
+        try:
+            time.sleep(a.interval)
+        except KeyboardInterrupt:
+            return 0
+
+
+def _job_detail(s, jid: str, as_json: bool) -> str:
+    j = s.db.execute("SELECT * FROM jobs WHERE id=?", (jid,)).fetchone()
+    atts = [dict(a) for a in s.attempts(jid)]
+    job = s.job_def(j)
+    if as_json:
+        for a in atts:
+            a["progress"] = json.loads(a["progress"]) if a["progress"] else None
+            a["handle"] = json.loads(a["handle"]) if a["handle"] else None
+        return json.dumps({"job": jid, "state": j["state"], "reason": j["reason"], "definition": job.to_dict(),
+                           "attempts": atts}, indent=1)
+    rec = next(r for r in _status_records(s, j["spec"]) if r["job"] == jid)
+    lines = [f"{jid}: {j['kind']} {j['state']}" + (f" ({j['reason']})" if j["reason"] else ""),
+             f"  command: {' '.join(job.argv)}", f"  platforms: {' > '.join(job.platforms)}"]
+    lines += [f"  {k}: {v}" for k, v in job.outputs.items()]
+    if rec["epochs"]:
+        lines.append(f"  progress: epoch {rec['epoch']}/{rec['epochs']}, step {rec['step']}/{rec['total_steps']}, "
+                     f"val MAE {rec['val_mae'] if rec['val_mae'] is not None else '-'} m/s, ETA {_age(rec['eta_s'])}")
+    lines += ["", _history_table(s, jid)]
+    return "\n".join(lines)
+
+
+def _history_table(s, jid: str) -> str:
+    rows = []
+    for a in s.attempts(jid):
+        rows.append([a["n"], a["platform"], a["state"], _clock(a["launched_at"]), _clock(a["ended_at"]),
+                     _age(s.attempt_hours(a) * 3600), a["resumed_from_step"] if a["resumed_from_step"] is not None else "-",
+                     "-" if a["exit_code"] is None else a["exit_code"], f"${s.attempt_hours(a) * a['usd_per_hour']:.2f}",
+                     (a["end_reason"] or a["last_error"] or "")[:90]])
+    return _table(rows, ["try", "platform", "state", "launched", "ended", "ran", "from step", "exit", "cost", "why it ended"]) \
+        if rows else "no attempts yet"
+
+
+def cmd_history(a) -> int:
+    from .scheduler import Scheduler
+
+    s = Scheduler()
+    jid = s.resolve(a.job)
+    print(_history_table(s, jid))
+    print()
+    for e in s.events(jid):
+        print(f"{_clock(e['time'])}  {e['kind']:<10} {e['message']}")
+    return 0
+
+
+def cmd_cancel(a) -> int:
+    from .scheduler import Scheduler
+
+    s = Scheduler()
+    print(s.cancel(s.resolve(a.job)))
+    return 0
+
+
+def cmd_logs(a) -> int:
+    import time
+
+    from .scheduler import Scheduler
+
+    s = Scheduler()
+    jid = s.resolve(a.job)
+    att, text = s.logs(jid, a.attempt, a.tail)
+    sys.stdout.write(text)
+    if not a.follow:
+        return 0
+    seen = len(text)
+    try:
+        while True:
+            time.sleep(1.0)
+            att, text = s.logs(jid, att["n"])
+            sys.stdout.write(text[seen:])
+            sys.stdout.flush()
+            seen = len(text)
+            row = s.db.execute("SELECT state FROM attempts WHERE id=?", (att["id"],)).fetchone()
+            if row["state"] not in ("pending", "running"):
+                return 0
+            try:
+                s.reconcile()
+            except Exception:  # noqa: BLE001 - following logs must not die on a busy lock
+                pass
+    except KeyboardInterrupt:
+        return 0
 
 # ------------------------------------------------------------------------------------------------
 
@@ -273,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--batch-size", type=int, default=16, help="velocity maps per deepwave call")
     q.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    q.add_argument("--exist-ok", action="store_true", dest="exist_ok",
+                   help="succeed without work if the dataset exists with the same families, samples and seed")
     store_args(q, "store to write to")
     q.set_defaults(fn=cmd_data_synth)
 
@@ -370,21 +645,73 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("file")
     q.add_argument("--test", metavar="DIR", help="the test folder the submission must cover")
     q.set_defaults(fn=cmd_submission_check)
+
+    q = sub.add_parser("dispatch", help="validate a job spec and launch its jobs (idempotent)")
+    q.add_argument("spec", help="a job spec, e.g. jobs/demo.yaml")
+    q.add_argument("--dry-run", action="store_true", help="print the plan: where each job goes first, why, and its fallbacks")
+    q.add_argument("--follow", action="store_true", help="stay and run the scheduler until every job has finished")
+    q.add_argument("--interval", type=float, default=2.0, help="seconds between scheduler passes (default 2)")
+    q.set_defaults(fn=cmd_dispatch)
+
+    q = sub.add_parser("status", help="which platform runs what: state, epoch, val MAE, ETA, heartbeat, cost")
+    q.add_argument("job", nargs="?", help="one job (SPEC/JOB or JOB): its attempts and outputs")
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    q.add_argument("--interval", type=float, default=2.0)
+    q.set_defaults(fn=cmd_status)
+
+    q = sub.add_parser("watch", help="run the scheduler: reconcile, fall back, launch, until all jobs finish")
+    q.add_argument("--spec", help="only wait for this spec's jobs")
+    q.add_argument("--interval", type=float, default=2.0)
+    q.add_argument("--forever", action="store_true", help="keep running when nothing is left")
+    q.set_defaults(fn=cmd_watch)
+
+    q = sub.add_parser("cancel", help="stop a job on its platform (and release the machine)")
+    q.add_argument("job")
+    q.set_defaults(fn=cmd_cancel)
+
+    q = sub.add_parser("logs", help="a job's output (latest attempt unless --attempt)")
+    q.add_argument("job")
+    q.add_argument("--attempt", type=int)
+    q.add_argument("--tail", type=int, help="last N lines")
+    q.add_argument("--follow", "-f", action="store_true")
+    q.set_defaults(fn=cmd_logs)
+
+    q = sub.add_parser("history", help="every attempt of a job and why it ended")
+    q.add_argument("job")
+    q.set_defaults(fn=cmd_history)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import progress
+
     args = build_parser().parse_args(argv)
+    # launched by the scheduler: beat from the first second, so a slow start is not taken for a stall
+    progress.start_process_heartbeat(" ".join(sys.argv[1:3] if argv is None else argv[:2]))
+    rc, err = 1, None
     try:
-        return int(args.fn(args) or 0)
+        rc = int(args.fn(args) or 0)
+        return rc
     except (GwiError, ValueError, TypeError) as e:
+        err = f"{type(e).__name__}: {e}"
         if os.environ.get("GWI_DEBUG"):
             raise
         print(f"gwi: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        err = "interrupted"
         print("gwi: interrupted", file=sys.stderr)
+        rc = 130
         return 130
+    except BaseException as e:
+        err = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        if rc == 0 and err is None:
+            progress.end_process_heartbeat("succeeded")
+        else:
+            progress.end_process_heartbeat("failed", error=err or f"exit status {rc}")
 
 
 if __name__ == "__main__":  # pragma: no cover

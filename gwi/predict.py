@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .progress import update as report_progress
 from .data.layout import SEISMIC_SHAPE, VMAX, VMIN, discover_test
 from .data.shards import MANIFEST, ShardedDataset
 from .errors import DataError, GwiError
@@ -308,6 +309,7 @@ def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float]
                 f.write(rows_csv(oids, v))
                 n += len(oids)
                 bar.update(len(oids))
+                report_progress(state="running", done=bar.n, total=len(src), unit="files")
         os.replace(tmp, out_p)
         if unc is not None:
             unc.flush()

@@ -16,8 +16,10 @@ is atomic by the service's contract.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -435,3 +437,42 @@ def open_store(url: str | os.PathLike | None = None) -> Store:
         scheme = url.split("://", 1)[0]
         raise StoreError(f"unsupported store URL scheme '{scheme}://' in {url!r}: expected file:// or s3://")
     return FileStore(url)
+
+
+def is_url(s: str | os.PathLike | None) -> bool:
+    return s is not None and "://" in str(s)
+
+
+@contextlib.contextmanager
+def staged_output(target: str | None):
+    """A local path to write ``target`` to. For a store URL the path is in a scratch folder and,
+    when the block succeeds, everything written there (the file, its sidecars, or a folder of
+    files) is uploaded beside the URL's last component; on failure nothing is uploaded."""
+    if target is None or not is_url(target):
+        yield target
+        return
+    parent, _, name = str(target).rstrip("/").rpartition("/")
+    tmp = Path(tempfile.mkdtemp(prefix="gwi-out-"))
+    try:
+        yield str(tmp / name)
+        store = open_store(parent)
+        for p in sorted(tmp.rglob("*")):
+            if p.is_file():
+                store.put_file(p, p.relative_to(tmp).as_posix())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_input(source: str | None):
+    """A local copy of a file given as a store URL (a plain path is used as it is)."""
+    if source is None or not is_url(source):
+        yield source
+        return
+    parent, _, name = str(source).rstrip("/").rpartition("/")
+    tmp = Path(tempfile.mkdtemp(prefix="gwi-in-"))
+    try:
+        open_store(parent).get_file(name, tmp / name)
+        yield str(tmp / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -28,7 +28,6 @@ import os
 import random
 import socket
 import tempfile
-import threading
 import time
 import traceback
 from contextlib import nullcontext
@@ -40,12 +39,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import __version__
+from . import __version__, progress
 from .data import folds
 from .data.shards import ShardedDataset, log_transform, sha256_file
 from .data.sync import cache_root, pull
 from .errors import GwiError, StoreError
 from .models import registry
+from .progress import Heartbeat
 from .store import Store, open_store
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -343,37 +343,6 @@ class RunStore:
         self.store.put_bytes(name, _json(obj))
 
 
-class Heartbeat(threading.Thread):
-    """Writes ``progress.json`` every ``interval`` seconds from a snapshot the loop keeps current."""
-
-    def __init__(self, run: RunStore, interval: float, base: dict):
-        super().__init__(daemon=True, name="gwi-heartbeat")
-        self.runstore, self.interval = run, interval
-        self.lock = threading.Lock()
-        self.state = dict(base)
-        self.halt = threading.Event()
-        self.errors = 0
-
-    def update(self, **kw) -> None:
-        with self.lock:
-            self.state.update(kw)
-
-    def beat(self) -> None:
-        with self.lock:
-            snap = dict(self.state, time=_now(), unix_time=time.time())
-        try:
-            self.runstore.write("progress.json", snap)
-        except Exception:  # noqa: BLE001 - a missed beat must not kill training; the next one retries
-            self.errors += 1
-
-    def run(self) -> None:  # noqa: D401 - Thread API
-        while not self.halt.wait(self.interval):
-            self.beat()
-
-    def stop(self) -> None:
-        self.halt.set()
-
-
 # ------------------------------------------------------------------------------------------------
 # helpers
 
@@ -586,7 +555,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 "started": _now(), "samples_per_s": None, "train_loss": None, "val_mae": None,
                 "val_mae_per_family": {}, "best_val_mae": None if best == float("inf") else best, "eta_s": None}
         if d.master:
-            hb = Heartbeat(run, cfg.heartbeat_s, base)
+            # the run's own file, and the scheduler's attempt file when launched by one
+            progress.take_over()
+            target = progress.attempt_target()
+            hb = Heartbeat([(run.store, "progress.json")] + ([target] if target else []), cfg.heartbeat_s, base)
             hb.beat()
             hb.start()
         say(f"training {cfg.model} ({cfg.preset}, {n_params:,} params) on {base['device']} in {precision}: "
@@ -712,18 +684,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
         if d.enabled:
             dist.barrier()  # no collective work left in flight when the group is torn down
         if d.master:
-            hb.stop()
-            hb.update(state="succeeded", step=step, epoch=epoch, eta_s=0)
-            hb.beat()
             run.write("metrics.json", metrics)
+            hb.finish("succeeded", step=step, epoch=epoch, eta_s=0, val_mae=metrics["val_mae"])
         return metrics
     except BaseException as e:
         if d.master and run is not None:
             err = f"{type(e).__name__}: {e}"
             if hb is not None:
-                hb.stop()
-                hb.update(state="failed", error=err, traceback=traceback.format_exc()[-4000:])
-                hb.beat()
+                hb.finish("failed", error=err, traceback=traceback.format_exc()[-4000:])
             else:
                 try:
                     run.write("progress.json", {"state": "failed", "error": err, "time": _now(), "unix_time": time.time(),

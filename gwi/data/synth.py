@@ -43,6 +43,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..progress import update as report_progress
 from .layout import DT, DX, FAMILIES, FREQ, N_RECEIVERS, NT, NX, NZ, RECEIVER_Z, SOURCE_X, SOURCE_Z, VMAX, VMIN
 
 GENERATOR_VERSION = 1
@@ -251,10 +252,27 @@ class ForwardModel:
 # the command
 
 
+def _existing(out: str, name: str) -> dict | None:
+    from ..errors import StoreError
+    from ..store import open_store
+    from .shards import load_manifest
+
+    store = open_store(out).child(f"datasets/{name}")
+    try:
+        if not store.exists("manifest.json"):
+            return None
+    except StoreError:
+        return None
+    return load_manifest(store)
+
+
 def synthesize(families: list[str], samples: int, out: str, name: str, *, seed: int = 0, batch_size: int = 16,
                device: str | None = None, shard_size: int = 500, overwrite: bool = False,
-               progress: bool | None = None) -> dict:
-    """Generate ``samples`` maps per family, forward-model them, write shards + manifest."""
+               progress: bool | None = None, exist_ok: bool = False) -> dict:
+    """Generate ``samples`` maps per family, forward-model them, write shards + manifest.
+
+    ``exist_ok``: when the dataset is already there from the same families, samples, seed and
+    generator, return its manifest without work (a rerun job); made otherwise, it is an error."""
     from tqdm import tqdm
 
     from .shards import DatasetWriter
@@ -266,6 +284,18 @@ def synthesize(families: list[str], samples: int, out: str, name: str, *, seed: 
         raise ValueError(f"samples: expected a positive integer, got {samples!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size: expected a positive integer, got {batch_size!r}")
+    if exist_ok and not overwrite:
+        existing = _existing(out, name)
+        if existing is not None:
+            src = existing.get("source", {})
+            want = {"families": list(families), "samples_per_family": samples, "seed": seed,
+                    "generator_version": GENERATOR_VERSION}
+            diff = {k: (src.get(k), v) for k, v in want.items() if src.get(k) != v}
+            if not diff:
+                return existing
+            raise ValueError(f"dataset {name} exists in {out} with other settings ("
+                             + ", ".join(f"{k}: {a!r} there, {b!r} asked" for k, (a, b) in diff.items())
+                             + "); use --overwrite or another --name")
     import deepwave
 
     fm = ForwardModel(device)
@@ -288,4 +318,5 @@ def synthesize(families: list[str], samples: int, out: str, name: str, *, seed: 
                 x = fm(v)
                 w.add(fam, x, v[:, None], src=f"synth:{fam}:seed={seed}", first=start)
                 bar.update(n)
+                report_progress(state="running", done=bar.n, total=bar.total, unit="samples")
         return w.finish()

@@ -1,0 +1,157 @@
+"""YAML files a user writes (job specs, platform profiles), loaded so errors can name the line.
+
+``load(path)`` returns plain dicts and lists, except that every mapping is a :class:`Node` that
+remembers the line of each key. ``Checker`` turns a mapping into checked values and raises
+:class:`ConfigError` with ``file:line: where: field 'x': expected Y, got Z``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import GwiError
+
+
+class ConfigError(GwiError, ValueError):
+    """A spec or profile is invalid; the message names the file, line, owner and field."""
+
+
+class Node(dict):
+    """A YAML mapping that knows where it and each of its keys are (1-based lines)."""
+
+    line: int = 0
+    key_lines: dict
+
+    def line_of(self, key: str) -> int:
+        return self.key_lines.get(key, self.line)
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Node:
+    loader.flatten_mapping(node)
+    out = Node()
+    out.line = node.start_mark.line + 1
+    out.key_lines = {}
+    for k_node, v_node in node.value:
+        key = loader.construct_object(k_node, deep=True)
+        if key in out:
+            raise ConfigError(f"{loader.name}:{k_node.start_mark.line + 1}: duplicate key {key!r}")
+        out[key] = loader.construct_object(v_node, deep=True)
+        out.key_lines[key] = k_node.start_mark.line + 1
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    return loads(text, str(path))
+
+
+def loads(text: str, name: str = "<string>") -> Any:
+    loader = _Loader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        line = e.problem_mark.line + 1 if e.problem_mark else 0
+        raise ConfigError(f"{name}:{line}: invalid YAML: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{name}: invalid YAML: {e}") from None
+    finally:
+        loader.dispose()
+
+
+def _type_name(v: Any) -> str:
+    if v is None:
+        return "null"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            Node: "a mapping", dict: "a mapping"}.get(type(v), type(v).__name__)
+
+
+def closest(word: str, options: Iterable[str]) -> str:
+    m = difflib.get_close_matches(str(word), list(options), n=1)
+    return f" (did you mean {m[0]!r}?)" if m else ""
+
+
+class Checker:
+    """Checks the fields of one mapping; every error names ``file:line: owner: field``."""
+
+    def __init__(self, file: str, node: Any, owner: str, parent: "Checker | None" = None, key: str | None = None):
+        self.file, self.owner = file, owner
+        line = parent.line(key) if parent is not None and key is not None else getattr(node, "line", 0)
+        if not isinstance(node, dict):
+            where = f"{file}:{line}: " if line else f"{file}: "
+            raise ConfigError(f"{where}{owner}: expected a mapping, got {_type_name(node)} ({node!r})")
+        self.node: dict = node
+
+    def line(self, key: str | None = None) -> int:
+        n = self.node
+        return n.line_of(key) if isinstance(n, Node) and key is not None else getattr(n, "line", 0)
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        line = self.line(key)
+        where = f"{self.file}:{line}" if line else self.file
+        field = f"field '{key}': " if key else ""
+        return ConfigError(f"{where}: {self.owner}: {field}{message}")
+
+    def only(self, allowed: Iterable[str]) -> None:
+        allowed = list(allowed)
+        for k in self.node:
+            if k not in allowed:
+                raise self.error(k, f"unknown field{closest(k, allowed)}; expected one of: {', '.join(sorted(allowed))}")
+
+    def get(self, key: str, kind: str, default: Any = ..., *, choices: Iterable[str] | None = None,
+            minimum: float | None = None, exclusive_min: bool = False) -> Any:
+        """``kind``: str, int, number, bool, list, mapping, str-list, any. ``...`` default = required."""
+        if key not in self.node or (self.node[key] is None and default is not ...):
+            if default is ...:
+                raise self.error(key, "required field is missing")
+            return default
+        v = self.node[key]
+        ok = {
+            "str": isinstance(v, str) and v != "",
+            "int": isinstance(v, int) and not isinstance(v, bool),
+            "number": isinstance(v, (int, float)) and not isinstance(v, bool),
+            "bool": isinstance(v, bool),
+            "list": isinstance(v, list),
+            "mapping": isinstance(v, dict),
+            "str-list": isinstance(v, list) and all(isinstance(i, str) and i for i in v),
+            "any": True,
+        }[kind]
+        if kind == "str-list" and isinstance(v, str) and v:
+            v, ok = [v], True  # a single name is a list of one
+        if not ok:
+            want = {"str": "a non-empty string", "int": "an integer", "number": "a number", "bool": "true or false",
+                    "list": "a list", "mapping": "a mapping", "str-list": "a list of names"}[kind]
+            raise self.error(key, f"expected {want}, got {_type_name(v)} ({v!r})")
+        if choices is not None:
+            choices = list(choices)
+            bad = [i for i in (v if isinstance(v, list) else [v]) if i not in choices]
+            if bad:
+                raise self.error(key, f"unknown value {bad[0]!r}{closest(bad[0], choices)}; "
+                                      f"expected one of: {', '.join(sorted(map(str, choices)))}")
+        if minimum is not None and kind in ("int", "number"):
+            if v < minimum or (exclusive_min and v == minimum):
+                op = ">" if exclusive_min else ">="
+                raise self.error(key, f"expected a value {op} {minimum:g}, got {v!r}")
+        if isinstance(v, float) and kind == "number":
+            v = float(v)
+        return v
+
+    def sub(self, key: str, owner: str | None = None) -> "Checker":
+        return Checker(self.file, self.node.get(key), owner or f"{self.owner}: field '{key}'", parent=self, key=key)
