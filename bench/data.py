@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import os
-import platform
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,6 +26,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import busy_text, load_text, machine_lines, scratch_home  # noqa: E402
 
 MB = 1e6  # decimal megabytes, like `aws` and most disk tools report
 
@@ -111,37 +111,6 @@ def alternate(label: str, repeats: int, gwi_run: Callable[[int], float],
 # header
 
 
-def cpu_busy(seconds: float = 1.0) -> float | None:
-    """Share of all CPUs busy over ``seconds`` while we sleep: the load other processes bring.
-
-    deepwave's OpenMP threads collapse (10x and worse, not 2x) when another process competes for
-    the cores, so a busy machine is worth a loud line in the header.
-    """
-    def snap():
-        f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return f[3] + f[4], sum(f)  # idle + iowait, total
-
-    try:
-        i0, t0 = snap()
-        time.sleep(seconds)
-        i1, t1 = snap()
-    except (OSError, ValueError, IndexError):
-        return None
-    return 1 - (i1 - i0) / max(t1 - t0, 1)
-
-
-def busy_text() -> str:
-    busy = cpu_busy()
-    if busy is None:
-        return "CPU use by others unknown"
-    text = f"{busy:.0%} of CPUs busy with other work"
-    return text + ("  <- WARNING: timings will be unreliable" if busy > 0.15 else "")
-
-
-def load_text() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def aws_exe() -> str:
     # the awscli installed next to this interpreter, so the baseline is the one the venv pins
     here = Path(sys.executable).with_name("aws")
@@ -154,27 +123,11 @@ def machine_header(argv: list[str]) -> str:
     import moto
     import torch
 
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    ram = "unknown"
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        kb = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines()
-                  if l.startswith("MemTotal:"))
-        ram = f"{kb / 2**20:.1f} GiB"
     awscli = subprocess.run([aws_exe(), "--version"], capture_output=True, text=True).stdout.strip()
-    return "\n".join([
-        f"machine : {cpu}, {os.cpu_count()} cores, {ram} RAM, {platform.system()} {platform.release()}",
-        f"load    : {load_text()} (1/5/15 min) at start; {busy_text()}",
-        f"date    : {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"python  : {platform.python_version()}  torch {torch.__version__} ({torch.get_num_threads()} threads)  "
-        f"deepwave {getattr(deepwave, '__version__', '?')}  numpy {np.__version__}",
-        f"s3      : boto3 {boto3.__version__}  moto {moto.__version__}  {awscli or 'aws: not found'}",
-        f"command : {' '.join([sys.executable, *argv])}",
-    ])
+    lines = machine_lines(argv, f"torch {torch.__version__} ({torch.get_num_threads()} threads)  "
+                                f"deepwave {getattr(deepwave, '__version__', '?')}  numpy {np.__version__}")
+    lines.insert(4, f"s3      : boto3 {boto3.__version__}  moto {moto.__version__}  {awscli or 'aws: not found'}")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -467,21 +420,10 @@ def main(argv: list[str]) -> int:
     print(flush=True)
 
     start = time.perf_counter()
-    saved = {k: os.environ.get(k) for k in ("GWI_HOME", "GWI_CACHE")}
-    with tempfile.TemporaryDirectory(prefix="gwi-bench-") as tmp:
-        work = Path(tmp)
-        # nothing gwi writes by default may land outside the temp dir
-        os.environ["GWI_HOME"], os.environ["GWI_CACHE"] = str(work / "home"), str(work / "cache")
-        try:
-            rows = bench_synth(cfg, work, device)
-            prep_row, dataset = bench_prep(cfg, work)
-            rows += [prep_row, bench_pull(cfg, work, dataset)]
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    with scratch_home("gwi-bench-") as work:
+        rows = bench_synth(cfg, work, device)
+        prep_row, dataset = bench_prep(cfg, work)
+        rows += [prep_row, bench_pull(cfg, work, dataset)]
 
     print(table(rows))
     print()

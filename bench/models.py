@@ -39,13 +39,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import math
 import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +54,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gwi.models import registry  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import busy_text, cpu_busy, load_text, machine_lines, proc_stat, scratch_home  # noqa: E402
 
 FAMILIES = ["FlatVel_A", "CurveVel_A", "FlatFault_A", "Style_A"]
 SPLIT = "kfold:5:0"
@@ -88,25 +88,6 @@ def log(msg: str) -> None:
 # header and load (the same header as bench/data.py)
 
 
-def _proc_stat() -> tuple[float, float]:
-    """(busy, total) CPU seconds over all CPUs since boot."""
-    f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    hz = os.sysconf("SC_CLK_TCK")
-    idle, total = f[3] + f[4], sum(f[:8])  # idle + iowait; guest time is already inside user
-    return (total - idle) / hz, total / hz
-
-
-def cpu_busy(seconds: float = 1.0) -> float | None:
-    """Share of all CPUs busy over ``seconds`` while we sleep: the load other processes bring."""
-    try:
-        b0, t0 = _proc_stat()
-        time.sleep(seconds)
-        b1, t1 = _proc_stat()
-    except (OSError, ValueError, IndexError):
-        return None
-    return (b1 - b0) / max(t1 - t0, 1e-9)
-
-
 class OthersCPU:
     """Share of all CPUs that other processes used between ``start()`` and ``stop()``: the machine's
     busy time from /proc/stat minus this process's own CPU time (all its threads)."""
@@ -116,7 +97,7 @@ class OthersCPU:
 
     def start(self) -> OthersCPU:
         try:
-            self._b, self._t = _proc_stat()
+            self._b, self._t = proc_stat()
         except (OSError, ValueError, IndexError):
             self._b = None
         self._own = sum(os.times()[:2])
@@ -126,7 +107,7 @@ class OthersCPU:
         if self._b is None:
             return None
         try:
-            b, t = _proc_stat()
+            b, t = proc_stat()
         except (OSError, ValueError, IndexError):
             return None
         own = sum(os.times()[:2]) - self._own
@@ -139,14 +120,6 @@ def others_text(share: float | None) -> str:
         return "CPU use by others unknown"
     return f"other processes used {share:.0%} of the CPUs" + \
         ("  <- WARNING: timings unreliable" if share > 0.15 else "")
-
-
-def busy_text() -> str:
-    busy = cpu_busy()
-    if busy is None:
-        return "CPU use by others unknown"
-    text = f"{busy:.0%} of CPUs busy with other work"
-    return text + ("  <- WARNING: timings will be unreliable" if busy > 0.15 else "")
 
 
 def wait_idle(max_s: float, label: str) -> None:
@@ -166,34 +139,14 @@ def wait_idle(max_s: float, label: str) -> None:
         time.sleep(4.0)
 
 
-def load_text() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def machine_header(argv: list[str]) -> str:
     import deepwave
 
     import gwi
 
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    ram = "unknown"
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        kb = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines()
-                  if l.startswith("MemTotal:"))
-        ram = f"{kb / 2**20:.1f} GiB"
-    return "\n".join([
-        f"machine : {cpu}, {os.cpu_count()} cores, {ram} RAM, {platform.system()} {platform.release()}",
-        f"load    : {load_text()} (1/5/15 min) at start; {busy_text()}",
-        f"date    : {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        (f"python  : {platform.python_version()}  torch {torch.__version__} ({torch.get_num_threads()} threads)  "
-         f"deepwave {getattr(deepwave, '__version__', '?')}  numpy {np.__version__}  gwi {gwi.__version__}"),
-        f"command : {' '.join([sys.executable, *argv])}",
-    ])
+    return "\n".join(machine_lines(
+        argv, f"torch {torch.__version__} ({torch.get_num_threads()} threads)  "
+              f"deepwave {getattr(deepwave, '__version__', '?')}  numpy {np.__version__}  gwi {gwi.__version__}"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -538,40 +491,29 @@ def main(argv: list[str]) -> int:
 
     start = time.perf_counter()
     failed = False
-    saved = {k: os.environ.get(k) for k in ("GWI_HOME", "GWI_CACHE")}
-    with tempfile.TemporaryDirectory(prefix="gwi-bench-models-") as tmp:
-        work = Path(tmp)
-        # nothing gwi writes by default (cache, pulled data, run scratch) may land outside the temp dir
-        os.environ["GWI_HOME"], os.environ["GWI_CACHE"] = str(work / "home"), str(work / "cache")
-        try:
-            log(f"speed: {len(names)} models, {cfg.tiny_repeats} repeats tiny, {cfg.default_repeats} default")
-            rows, others = bench_speed(names, cfg)
-            failed |= any(r.error for r in rows)
-            print("1. speed on CPU (inference in eval mode under no_grad; median of repeats after warm-up; "
-                  "samples/s)")
-            print()
-            print(speed_table(rows))
-            print()
-            print(speed_spread(rows, others))
-            print(flush=True)
+    with scratch_home("gwi-bench-models-") as work:
+        log(f"speed: {len(names)} models, {cfg.tiny_repeats} repeats tiny, {cfg.default_repeats} default")
+        rows, others = bench_speed(names, cfg)
+        failed |= any(r.error for r in rows)
+        print("1. speed on CPU (inference in eval mode under no_grad; median of repeats after warm-up; "
+              "samples/s)")
+        print()
+        print(speed_table(rows))
+        print()
+        print(speed_spread(rows, others))
+        print(flush=True)
 
-            floor = {r.name: statistics.median(r.times["tiny_step"]) for r in rows if r.times.get("tiny_step")}
-            qrows, described = bench_quality(quality_names, cfg, args.lr, work, args.wait_idle, floor)
-            failed |= any(q.error for q in qrows)
-            print(f"2. quality at a fixed budget of {cfg.budget_s:.0f} s wall per model")
-            print()
-            print(described)
-            print()
-            print(quality_table(qrows))
-            print()
-            print(quality_notes(qrows, cfg.budget_s))
-            print(flush=True)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        floor = {r.name: statistics.median(r.times["tiny_step"]) for r in rows if r.times.get("tiny_step")}
+        qrows, described = bench_quality(quality_names, cfg, args.lr, work, args.wait_idle, floor)
+        failed |= any(q.error for q in qrows)
+        print(f"2. quality at a fixed budget of {cfg.budget_s:.0f} s wall per model")
+        print()
+        print(described)
+        print()
+        print(quality_table(qrows))
+        print()
+        print(quality_notes(qrows, cfg.budget_s))
+        print(flush=True)
 
     print(f"total {time.perf_counter() - start:.0f} s; load {load_text()} at end; {busy_text()}")
     return 1 if failed else 0
