@@ -348,6 +348,12 @@ def _follow(s, spec: str | None, interval: float, forever: bool = False) -> int:
     recs = _status_records(s, spec)
     print()
     print(_status_table(recs))
+    outputs = [(j["id"], k, v) for j in s.jobs(spec) if j["state"] == "succeeded"
+               for k, v in s.job_def(j).outputs.items() if k != "run" and j["kind"] != "synth"]
+    if outputs:
+        print("\noutputs:")
+        for jid, k, v in outputs:
+            print(f"  {jid:<28} {k:<12} {v}")
     bad = [r for r in recs if r["state"] != "succeeded"]
     return 1 if bad else 0
 

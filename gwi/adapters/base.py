@@ -1,0 +1,223 @@
+"""What every platform adapter is: four functions over a launch, one state enum, one error type.
+
+An adapter turns a :class:`LaunchRequest` (the ``gwi`` command line a job runs, its environment and
+its limits) into a running process somewhere, and answers for it afterwards:
+
+- ``launch(req) -> handle``: start it. Idempotent on ``req.attempt_id``: a scheduler that died
+  between asking and recording may ask again and must get the same launch back, not a second one.
+- ``query(handle) -> Status``: the platform's view, mapped onto :class:`State`.
+- ``cancel(handle)``: stop it and release what it holds (an instance, a kernel). Safe to repeat.
+- ``logs(handle, tail)``: its output so far.
+
+A handle is a JSON-serialisable dict; the scheduler stores it and passes it back. Provider errors
+go through the adapter's ``translate`` into :class:`PlatformError`, whose ``kind`` tells the
+scheduler whether to wait and retry, move to the next platform, or give up.
+
+Profiles (``platforms/<name>.yaml``) hold what is not code: GPU, quota, session cap, price,
+capacity, credential variable names, and the adapter's own options.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import GwiError
+from ..yamlfile import Checker, ConfigError, load
+
+
+class State(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    LOST = "lost"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (State.SUCCEEDED, State.FAILED, State.LOST, State.CANCELLED)
+
+
+@dataclass
+class Status:
+    state: State
+    exit_code: int | None = None
+    message: str = ""
+
+
+class PlatformError(GwiError):
+    """A platform refused or failed. ``kind`` decides what the scheduler does next:
+
+    - ``retryable``: transient (rate limit, 5xx, network); try the same call again later;
+    - ``capacity`` / ``quota``: this platform cannot take the job now; move to the next one;
+    - ``auth`` / ``config``: credentials or settings are wrong; move on and tell the user;
+    - ``fatal``: anything else.
+    """
+
+    KINDS = ("retryable", "capacity", "quota", "auth", "config", "fatal")
+
+    def __init__(self, message: str, kind: str = "fatal"):
+        if kind not in self.KINDS:
+            raise ValueError(f"PlatformError kind: expected one of {self.KINDS}, got {kind!r}")
+        super().__init__(message)
+        self.kind = kind
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind == "retryable"
+
+
+# ------------------------------------------------------------------------------------------------
+# profiles
+
+ADAPTERS = {
+    "local": "gwi.adapters.local:LocalAdapter",
+    "kaggle": "gwi.adapters.kaggle:KaggleAdapter",
+    "colab": "gwi.adapters.colab:ColabAdapter",
+    "lambda": "gwi.adapters.lambda_cloud:LambdaAdapter",
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    adapter: str
+    path: str
+    description: str = ""
+    gpu: str | None = None  # e.g. "P100", "A100"; None: none or whatever the machine has
+    gpus: int = 0
+    quota_hours_per_week: float | None = None  # GPU-hours; None: unlimited
+    session_hours: float | None = None  # the platform's cap on one run; becomes the attempt's hour limit
+    usd_per_hour: float = 0.0
+    capacity: int = 1  # attempts at once
+    credentials: tuple[str, ...] = ()  # names of environment variables, never their values
+    start_timeout_s: float = 300.0  # launch to first heartbeat
+    options: dict = field(default_factory=dict)  # the adapter's own settings, checked by the adapter
+
+    def missing_credentials(self) -> list[str]:
+        return [v for v in self.credentials if not os.environ.get(v)]
+
+
+PROFILE_FIELDS = ("adapter", "description", "gpu", "gpus", "quota_hours_per_week", "session_hours", "usd_per_hour",
+                  "capacity", "credentials", "start_timeout_s", "options")
+
+
+def parse_profile(path: str | Path) -> Profile:
+    path = Path(path)
+    node = load(path)
+    c = Checker(str(path), node, f"platform '{path.stem}'")
+    c.only(PROFILE_FIELDS)
+    gpu = c.node.get("gpu")
+    if gpu is not None and not isinstance(gpu, str):
+        raise c.error("gpu", f"expected a GPU name or null, got {gpu!r}")
+    quota = c.get("quota_hours_per_week", "number", None, minimum=0)
+    session = c.get("session_hours", "number", None, minimum=0, exclusive_min=True)
+    return Profile(
+        name=path.stem,
+        adapter=c.get("adapter", "str", choices=ADAPTERS),
+        path=str(path),
+        description=c.get("description", "str", ""),
+        gpu=gpu,
+        gpus=c.get("gpus", "int", 0, minimum=0),
+        quota_hours_per_week=None if quota is None else float(quota),
+        session_hours=None if session is None else float(session),
+        usd_per_hour=float(c.get("usd_per_hour", "number", 0.0, minimum=0)),
+        capacity=c.get("capacity", "int", 1, minimum=1),
+        credentials=tuple(c.get("credentials", "str-list", [])),
+        start_timeout_s=float(c.get("start_timeout_s", "number", 300.0, minimum=0, exclusive_min=True)),
+        options=dict(c.get("options", "mapping", {})),
+    )
+
+
+def profile_dirs() -> list[Path]:
+    """Where profiles are found, later ones overriding earlier ones of the same name: the repo's
+    ``platforms/``, ``$GWI_HOME/platforms``, ``./platforms``, then each folder in ``$GWI_PLATFORMS``."""
+    dirs = [Path(__file__).resolve().parents[2] / "platforms",
+            Path(os.environ.get("GWI_HOME", ".gwi")) / "platforms", Path("platforms")]
+    dirs += [Path(p) for p in os.environ.get("GWI_PLATFORMS", "").split(os.pathsep) if p]
+    seen, out = set(), []
+    for d in dirs:
+        r = d.resolve()
+        if r not in seen:
+            seen.add(r)
+            out.append(d)
+    return out
+
+
+def load_profiles(dirs: list[Path] | None = None) -> dict[str, Profile]:
+    profiles: dict[str, Profile] = {}
+    for d in dirs if dirs is not None else profile_dirs():
+        if d.is_dir():
+            for p in sorted(d.glob("*.yaml")) + sorted(d.glob("*.yml")):
+                profiles[p.stem] = parse_profile(p)
+    return profiles
+
+
+# ------------------------------------------------------------------------------------------------
+# launches
+
+
+@dataclass
+class LaunchRequest:
+    attempt_id: str  # unique and stable: "<spec>.<job>.<n>"
+    job: str
+    kind: str  # synth | train | ensemble | predict
+    argv: list[str]  # the gwi command, e.g. ["gwi", "train", "--model", ...]
+    env: dict[str, str]  # non-secret settings (GWI_ATTEMPT, GWI_HEARTBEAT, ...); secrets come from the platform
+    store_url: str
+    heartbeat_url: str  # the attempt's progress.json, as a store URL
+    workdir: str  # local folder for this attempt's files (logs, rendered kernels)
+    gpus: int = 0
+    hours_limit: float | None = None
+
+
+class Adapter(ABC):
+    """One platform. Subclasses set nothing but the four calls (and, if they can, ``available``)."""
+
+    def __init__(self, profile: Profile):
+        self.profile = profile
+        self.name = profile.name
+
+    def available(self) -> str | None:
+        """Why this platform cannot take a job now (missing credentials, no engine), or None."""
+        missing = self.profile.missing_credentials()
+        if missing:
+            return f"credentials not set: {', '.join(missing)}"
+        return None
+
+    @abstractmethod
+    def launch(self, req: LaunchRequest) -> dict: ...
+
+    @abstractmethod
+    def query(self, handle: dict) -> Status: ...
+
+    @abstractmethod
+    def cancel(self, handle: dict) -> None: ...
+
+    @abstractmethod
+    def logs(self, handle: dict, tail: int | None = None) -> str: ...
+
+    def translate(self, exc: Exception) -> PlatformError:
+        if isinstance(exc, PlatformError):
+            return exc
+        return PlatformError(f"{self.name}: {type(exc).__name__}: {exc}", "fatal")
+
+
+def get_adapter(profile: Profile) -> Adapter:
+    target = ADAPTERS.get(profile.adapter)
+    if target is None:
+        raise ConfigError(f"{profile.path}: unknown adapter {profile.adapter!r}; expected one of {', '.join(ADAPTERS)}")
+    mod, _, cls = target.partition(":")
+    try:
+        module = importlib.import_module(mod)
+    except ModuleNotFoundError as e:
+        if e.name == mod:
+            raise PlatformError(f"platform {profile.name}: the {profile.adapter} adapter is not available yet",
+                                "config") from None
+        raise
+    return getattr(module, cls)(profile)

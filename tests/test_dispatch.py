@@ -1,0 +1,174 @@
+"""End to end with the real local adapter (process runtime): real `gwi` processes, killed, stalled,
+and a scheduler killed mid-plan."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gwi.adapters.base import load_profiles
+from gwi.data.synth import synthesize
+from gwi.scheduler import Scheduler
+from gwi.spec import load_spec
+from gwi.store import open_store
+
+PROFILE = """adapter: local
+capacity: {cap}
+start_timeout_s: 120
+options: {{runtime: process, grace_s: 2}}
+"""
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A store with a small labelled dataset, and two local platform profiles."""
+    root = tmp_path_factory.mktemp("dispatch")
+    store = f"file://{root}/store"
+    synthesize(["FlatVel_A"], 16, store, "d", seed=3, batch_size=16, progress=False)
+    plat = root / "platforms"
+    plat.mkdir()
+    (plat / "local-a.yaml").write_text(PROFILE.format(cap=2))
+    (plat / "local-b.yaml").write_text(PROFILE.format(cap=2))
+    return root, store, plat
+
+
+@pytest.fixture
+def sched(world, tmp_path, monkeypatch):
+    root, store, plat = world
+    monkeypatch.setenv("GWI_PLATFORMS", str(plat))
+    s = Scheduler(tmp_path / "home", profiles=load_profiles([plat]))
+    yield s
+    for a in s.db.execute("SELECT * FROM attempts WHERE state IN ('pending','running')").fetchall():
+        s.adapter(a["platform"]).cancel(json.loads(a["handle"]))  # never leave a process behind
+    s.close()
+
+
+def write_spec(tmp_path, store, body, name="e2e"):
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(f"name: {name}\nstore: {store}\n" + body)
+    return p
+
+
+TRAIN = """
+jobs:
+  - name: tr
+    kind: train
+    model: inversionnet
+    preset: tiny
+    dataset: d
+    platforms: [local-a, local-b]
+    heartbeat_s: 0.5
+    limits: {{stall_s: {stall}}}
+    config: {{epochs: 30, batch_size: 4, lr: 0.003, fold: 0, folds: 4, checkpoint_every: 5, keep_checkpoints: 2}}
+"""
+
+
+def run_until(s, cond, timeout, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s.reconcile()
+        v = cond()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s; events:\n" + "\n".join(
+        f"{e['job_id']} {e['kind']} {e['message']}" for e in s.events()))
+
+
+def progress(s, attempt_id):
+    a = s.db.execute("SELECT progress FROM attempts WHERE id=?", (attempt_id,)).fetchone()
+    return json.loads(a["progress"]) if a and a["progress"] else {}
+
+
+def latest_step(store):
+    try:
+        return json.loads(open_store(store + "/runs/e2e/tr/checkpoints").get_bytes("latest.json"))["latest"]["step"]
+    except Exception:  # noqa: BLE001 - not there yet
+        return None
+
+
+def test_killed_training_moves_to_the_next_platform_and_resumes(sched, world, tmp_path):
+    root, store, _ = world
+    s = sched
+    s.submit(load_spec(write_spec(tmp_path, store, TRAIN.format(stall=30)), profiles=s.profiles))
+    run_until(s, lambda: (latest_step(store) or 0) >= 10 and progress(s, "e2e.tr.1").get("step", 0) >= 12, 120)
+    os.kill(progress(s, "e2e.tr.1")["pid"], signal.SIGKILL)  # the training process dies mid-run
+    run_until(s, lambda: s.jobs()[0]["state"] == "succeeded", 180)
+    a1, a2 = s.attempts("e2e/tr")
+    assert (a1["platform"], a1["state"], a1["exit_code"]) == ("local-a", "failed", 137)
+    assert a1["end_reason"].startswith("killed by SIGKILL")
+    assert (a2["platform"], a2["state"]) == ("local-b", "succeeded")
+    # it continued from the last checkpoint, not from scratch: the step count goes on
+    assert 10 <= a2["resumed_from_step"] < 90 and a2["resumed_from_step"] % 5 == 0
+    metrics = json.loads(open_store(store + "/runs/e2e/tr").get_bytes("metrics.json"))
+    assert metrics["resumed_from"] == f"checkpoints/step-{a2['resumed_from_step']}.pt"
+    assert metrics["steps"] == 90 and metrics["epochs"] == 30
+    assert "resumed from checkpoints/step-" in Path(s.home, "attempts", "e2e.tr.2", "log").read_text()
+    kinds = [e["kind"] for e in s.events("e2e/tr")]
+    assert kinds.count("launched") == 2 and "failed" in kinds and kinds[-1] == "succeeded"
+
+
+def test_stalled_attempt_is_declared_lost_stopped_and_moved(sched, world, tmp_path):
+    root, store, _ = world
+    s = sched
+    s.submit(load_spec(write_spec(tmp_path, store, TRAIN.format(stall=3)), profiles=s.profiles))
+    run_until(s, lambda: progress(s, "e2e.tr.1").get("step", 0) >= 3, 120)
+    pid = progress(s, "e2e.tr.1")["pid"]
+    os.kill(pid, signal.SIGSTOP)  # alive but silent: no heartbeat
+    run_until(s, lambda: len(s.attempts("e2e/tr")) == 2, 60)
+    a1 = s.attempts("e2e/tr")[0]
+    assert a1["state"] == "lost" and a1["end_reason"].startswith("heartbeat stalled: none for ")
+    time.sleep(0.5)
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
+    run_until(s, lambda: s.jobs()[0]["state"] == "succeeded", 180)
+    assert s.attempts("e2e/tr")[1]["platform"] == "local-b"
+
+
+def test_killed_scheduler_restarts_and_completes_without_double_launch(world, tmp_path, monkeypatch):
+    root, store, plat = world
+    monkeypatch.setenv("GWI_PLATFORMS", str(plat))
+    home = tmp_path / "home"
+    monkeypatch.setenv("GWI_HOME", str(home))
+    spec = write_spec(tmp_path, store, """
+defaults: {platforms: [local-a, local-b], heartbeat_s: 0.5, limits: {stall_s: 20}}
+jobs:
+  - {name: d2, kind: synth, dataset: d2, families: [FlatVel_A], samples: 4}
+  - {name: tr, kind: train, model: inversionnet, preset: tiny, dataset: d,
+     config: {epochs: 10, batch_size: 4, fold: 0, folds: 4}}
+  - {name: ens, kind: ensemble, members: [tr], dataset: d, config: {mc_samples: 2}}
+""")
+    gwi = [sys.executable, "-m", "gwi"]
+    out = subprocess.run(gwi + ["dispatch", str(spec)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    s = Scheduler(home)
+    assert {a["job_id"] for a in s.db.execute("SELECT job_id FROM attempts")} == {"e2e/d2", "e2e/tr"}
+    watch = subprocess.Popen(gwi + ["watch", "--interval", "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not progress(s, "e2e.tr.1").get("step"):
+        time.sleep(0.2)
+    watch.kill()  # the scheduler dies mid-plan; its jobs keep running
+    watch.wait()
+    # two watchers at once, restarted: the lock keeps them from launching anything twice
+    watchers = [subprocess.Popen(gwi + ["watch", "--interval", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True) for _ in range(2)]
+    for w in watchers:
+        w.wait(timeout=240)
+    assert [w.returncode for w in watchers] == [0, 0], watchers[0].stdout.read()
+    rows = s.db.execute("SELECT job_id, COUNT(*) AS n FROM attempts GROUP BY job_id").fetchall()
+    assert {r["job_id"]: r["n"] for r in rows} == {"e2e/d2": 1, "e2e/tr": 1, "e2e/ens": 1}
+    assert {j["name"]: j["state"] for j in s.jobs()} == {"d2": "succeeded", "tr": "succeeded", "ens": "succeeded"}
+    assert sorted(p.name for p in (home / "attempts").iterdir()) == ["e2e.d2.1", "e2e.ens.1", "e2e.tr.1"]
+    launched = [e for e in s.events() if e["kind"] == "launched"]
+    assert len(launched) == 3
+    ens = json.loads(open_store(store + "/runs/e2e/ens").get_bytes("ensemble.json"))
+    assert ens["format"] == "gwi-ensemble"
+    st = subprocess.run(gwi + ["status", "--json"], capture_output=True, text=True, timeout=60)
+    assert [r["state"] for r in json.loads(st.stdout)] == ["succeeded"] * 3
+    s.close()

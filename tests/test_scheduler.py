@@ -1,0 +1,365 @@
+"""Scheduler transitions against a scripted fake adapter and a fake clock (no processes, no sleeps)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gwi.adapters.base import Adapter, PlatformError, Profile, State, Status
+from gwi.errors import GwiError
+from gwi.scheduler import LockBusy, Scheduler
+from gwi.spec import load_spec
+from gwi.store import open_store
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1_000_000.0
+
+    def __call__(self):
+        return self.t
+
+    def advance(self, s):
+        self.t += s
+
+
+class Fake(Adapter):
+    """A platform whose attempts do what the test says."""
+
+    def __init__(self, profile):
+        super().__init__(profile)
+        self.launched, self.cancelled, self.states = [], [], {}
+        self.launch_error: Exception | None = None
+        self.unavailable: str | None = None
+
+    def available(self):
+        return self.unavailable
+
+    def launch(self, req):
+        if self.launch_error is not None:
+            raise self.launch_error
+        if req.attempt_id not in self.states:  # idempotent on the attempt id, like every adapter
+            self.launched.append(req)
+            self.states[req.attempt_id] = Status(State.RUNNING)
+        return {"id": req.attempt_id}
+
+    def query(self, handle):
+        return self.states[handle["id"]]
+
+    def cancel(self, handle):
+        self.cancelled.append(handle["id"])
+        self.states[handle["id"]] = Status(State.CANCELLED, None, "cancelled")
+
+    def logs(self, handle, tail=None):
+        return f"log of {handle['id']}\n"
+
+    # test controls
+    def finish(self, attempt_id, code=0, message=""):
+        self.states[attempt_id] = Status(State.SUCCEEDED if code == 0 else State.FAILED, code, message)
+
+
+def profile(name, **kw):
+    return Profile(name=name, adapter="local", path=f"platforms/{name}.yaml", **kw)
+
+
+@pytest.fixture
+def env(tmp_path):
+    clock = Clock()
+    profiles = {"a": profile("a", start_timeout_s=60, capacity=3), "b": profile("b", start_timeout_s=60, capacity=3),
+                "paid": profile("paid", usd_per_hour=2.0, start_timeout_s=60),
+                "quota": profile("quota", quota_hours_per_week=1.0, start_timeout_s=60)}
+    s = Scheduler(tmp_path / "home", profiles=profiles, clock=clock)
+    fakes = {n: Fake(p) for n, p in profiles.items()}
+    s._adapters.update(fakes)
+    store = f"file://{tmp_path}/store"
+
+    def spec(text, name="t"):
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(f"name: {name}\nstore: {store}\n" + text)
+        return load_spec(p, profiles=profiles)
+
+    def beat(attempt_id, **kw):
+        a = s.db.execute("SELECT heartbeat_url FROM attempts WHERE id=?", (attempt_id,)).fetchone()
+        head, _, key = a["heartbeat_url"].rpartition("/")
+        beat.n += 1
+        open_store(head).put_bytes(key, json.dumps({"state": "running", "beat": beat.n, "unix_time": clock(), **kw}).encode())
+
+    beat.n = 0
+    yield s, fakes, clock, spec, beat
+    s.close()
+
+
+def jobs(s):
+    return {r["name"]: (r["state"], r["reason"]) for r in s.jobs()}
+
+
+def attempts(s, job):
+    return [(a["platform"], a["state"], a["end_reason"]) for a in s.attempts(f"t/{job}")]
+
+
+SYNTH = """
+jobs:
+  - {name: data, kind: synth, dataset: d, families: [FlatVel_A], samples: 2, platforms: [a, b]}
+  - {name: tr, kind: train, model: inversionnet, preset: tiny, dataset: d, platforms: [a, b], heartbeat_s: 5,
+     limits: {stall_s: 30}}
+"""
+
+
+def test_happy_path_runs_dependencies_in_order(env):
+    s, fakes, clock, spec, beat = env
+    s.submit(spec(SYNTH))
+    s.reconcile()
+    assert jobs(s)["data"][0] == "running" and jobs(s)["tr"][0] == "waiting"  # implicit after: tr needs d
+    assert [r.attempt_id for r in fakes["a"].launched] == ["t.data.1"]
+    req = fakes["a"].launched[0]
+    assert req.argv[:3] == ["gwi", "data", "synth"] and req.env["GWI_ATTEMPT"] == "t.data.1"
+    assert req.heartbeat_url.endswith("/runs/t/data/attempts/1/progress.json")
+    beat("t.data.1")
+    s.reconcile()
+    assert s.attempts("t/data")[0]["state"] == "running"
+    fakes["a"].finish("t.data.1")
+    s.reconcile()
+    assert jobs(s)["data"][0] == "succeeded"
+    assert jobs(s)["tr"][0] == "running" and fakes["a"].launched[-1].attempt_id == "t.tr.1"
+    beat("t.tr.1", epoch=1, epochs=3, val_mae=420.5)
+    s.reconcile()
+    ev = [e["message"] for e in s.events("t/tr")]
+    assert "epoch 1/3: val MAE 420.5 m/s" in ev
+    fakes["a"].finish("t.tr.1")
+    s.reconcile()
+    assert jobs(s) == {"data": ("succeeded", ""), "tr": ("succeeded", "")}
+    assert s.unfinished() == 0
+
+
+def test_failure_moves_to_next_platform_and_exhaustion_fails_with_every_reason(env):
+    s, fakes, clock, spec, beat = env
+    s.submit(spec(SYNTH))
+    s.reconcile()
+    fakes["a"].finish("t.data.1", 1, "exit status 1: boom")
+    s.reconcile()
+    assert attempts(s, "data") == [("a", "failed", "exit status 1: boom"), ("b", "pending", "")]
+    assert fakes["b"].launched[0].attempt_id == "t.data.2"
+    fakes["b"].finish("t.data.2", 137, "killed by SIGKILL")
+    s.reconcile()
+    state, reason = jobs(s)["data"]
+    assert state == "failed"
+    assert reason == "no platform left: a: used: 1 attempt(s), retries 0; b: used: 1 attempt(s), retries 0"
+    # the dependent job fails with its cause, and is never launched
+    assert jobs(s)["tr"] == ("failed", "dependency data failed")
+    assert len(fakes["a"].launched) == 1
+
+
+def test_retries_stay_on_the_same_platform(env):
+    s, fakes, clock, spec, beat = env
+    s.submit(spec("""
+jobs:
+  - {name: data, kind: synth, dataset: d, families: [FlatVel_A], samples: 2, platforms: [a, b], limits: {retries: 1}}
+"""))
+    s.reconcile()
+    fakes["a"].finish("t.data.1", 1)
+    s.reconcile()
+    assert [a[0] for a in attempts(s, "data")] == ["a", "a"]
+    fakes["a"].finish("t.data.2", 1)
+    s.reconcile()
+    assert [a[0] for a in attempts(s, "data")] == ["a", "a", "b"]
+
+
+def test_no_heartbeat_within_start_deadline_is_lost_and_cancelled(env):
+    s, fakes, clock, spec, beat = env
+    s.submit(spec(SYNTH))
+    s.reconcile()
+    clock.advance(59)
+    s.reconcile()
+    assert attempts(s, "data") == [("a", "pending", "")]
+    clock.advance(2)
+    s.reconcile()
+    assert attempts(s, "data")[0] == ("a", "lost", "no heartbeat within 60 s of launch")
+    assert fakes["a"].cancelled == ["t.data.1"]  # stopped there: a lost attempt may still be running
+    assert attempts(s, "data")[1][:2] == ("b", "pending")
+
+
+def test_stalled_heartbeat_is_lost_measured_from_when_a_new_beat_was_seen(env):
+    s, fakes, clock, spec, beat = env
+    s.submit(spec(SYNTH))
+    s.reconcile()
+    fakes["a"].finish("t.data.1")
+    beat("t.data.1")
+    s.reconcile()
+    s.reconcile()
+    beat("t.tr.1")
+    s.reconcile()
+    for _ in range(3):  # beats keep coming: alive, however long it runs
+        clock.advance(25)
+        beat("t.tr.1")
+        s.reconcile()
+    assert attempts(s, "tr") == [("a", "running", "")]
+    clock.advance(29)
+    s.reconcile()
+    assert attempts(s, "tr") == [("a", "running", "")]
+    clock.advance(2)
+    s.reconcile()
+    assert attempts(s, "tr")[0] == ("a", "lost", "heartbeat stalled: none for 31 s (limit 30 s)")
+    assert "t.tr.1" in fakes["a"].cancelled
+    assert attempts(s, "tr")[1][:2] == ("b", "pending")
+
+
+def test_a_restarted_scheduler_does_not_call_a_live_attempt_lost(env, tmp_path):
+    s, fakes, clock, spec, beat = env
+    s.submit(spec(SYNTH))
+    s.reconcile()
+    beat("t.data.1")
+    s.reconcile()
+    clock.advance(3600)  # the scheduler was down for an hour; the attempt kept beating
+    beat("t.data.1")
+    s2 = Scheduler(s.home, profiles=s.profiles, clock=clock)
+    s2._adapters.update(fakes)
+    s2.reconcile()
+    assert attempts(s2, "data") == [("a", "running", "")]
+    s2.close()
+
+
+def test_over_budget_hours_and_dollars(env):
+    s, fakes, clock, spec, beat = env
+    s.submit(spec("""
+jobs:
+  - {name: p, kind: synth, dataset: d, families: [FlatVel_A], samples: 2, platforms: [paid, a],
+     limits: {max_cost_usd: 3, stall_s: 100000}}
+  - {name: h, kind: synth, dataset: e, families: [FlatVel_A], samples: 2, platforms: [b, a], limits: {max_hours: 1, stall_s: 100000}}
+"""))
+    s.reconcile()
+    beat("t.p.1")
+    beat("t.h.1")
+    s.reconcile()
+    clock.advance(1.4 * 3600)  # $2.80 spent on paid; 1.4 h > 1 h on b
+    beat("t.p.1")
+    s.reconcile()
+    assert attempts(s, "h")[0] == ("b", "cancelled", "over budget: ran 1.40 h, limit 1 h")
+    assert "t.h.1" in fakes["b"].cancelled
+    assert jobs(s)["h"] == ("failed", "no platform left: b: used: 1 attempt(s), retries 0; a: job hours spent (1.40 of 1 h)")
+    assert attempts(s, "p") == [("paid", "running", "")]
+    clock.advance(0.2 * 3600)  # $3.20 > $3
+    beat("t.p.1")
+    s.reconcile()
+    assert attempts(s, "p")[0] == ("paid", "cancelled", "over budget: $3.20 spent, limit $3")
+    assert attempts(s, "p")[1][:2] == ("a", "pending")  # the free platform may go on
+    hours, cost = s.job_cost("t/p")
+    assert cost == pytest.approx(3.2)
+
+
+def test_quota_capacity_credentials_and_launch_errors_choose_the_platform(env):
+    s, fakes, clock, spec, beat = env
+    s.submit(spec("""
+jobs:
+  - {name: q1, kind: synth, dataset: d1, families: [FlatVel_A], samples: 2, platforms: [quota, a], limits: {stall_s: 100000}}
+  - {name: q2, kind: synth, dataset: d2, families: [FlatVel_A], samples: 2, platforms: [quota, a], limits: {stall_s: 100000}}
+  - {name: q3, kind: synth, dataset: d3, families: [FlatVel_A], samples: 2, platforms: [b], limits: {stall_s: 100000}}
+"""))
+    fakes["b"].unavailable = "credentials not set: B_KEY"
+    s.reconcile()
+    # q1 takes quota's only slot, q2 goes to a, q3's only platform is unusable
+    assert attempts(s, "q1")[0][0] == "quota" and attempts(s, "q2")[0][0] == "a"
+    assert jobs(s)["q3"] == ("failed", "no platform left: b: credentials not set: B_KEY")
+    beat("t.q1.1")
+    beat("t.q2.1")
+    s.reconcile()
+    clock.advance(1.5 * 3600)
+    beat("t.q1.1")
+    beat("t.q2.1")
+    fakes["quota"].finish("t.q1.1")
+    fakes["a"].finish("t.q2.1", 1)
+    s.reconcile()
+    # q2 failed on a; quota has a free slot but its weekly hour is used up: nothing left
+    assert jobs(s)["q2"][0] == "failed" and "quota: weekly quota used (1.5 of 1 h)" in jobs(s)["q2"][1]
+    assert s.usage("quota")["hours_week"] == pytest.approx(1.5)
+    clock.advance(7 * 24 * 3600)  # a week later the quota is back
+    assert s.usage("quota")["hours_week"] == 0
+
+
+def test_launch_errors(env):
+    s, fakes, clock, spec, beat = env
+    s.submit(spec(SYNTH))
+    fakes["a"].launch_error = PlatformError("a: rate limited", "retryable")
+    s.reconcile()
+    assert attempts(s, "data") == [("a", "pending", "")] and fakes["a"].launched == []
+    fakes["a"].launch_error = None
+    s.reconcile()  # the same attempt is launched on the next pass
+    assert [r.attempt_id for r in fakes["a"].launched] == ["t.data.1"]
+    s.submit(spec(SYNTH.replace("name: data", "name: data2").replace("dataset: d,", "dataset: d2,"), name="u"))
+    fakes["a"].launch_error = PlatformError("a: no capacity in any region", "capacity")
+    s.reconcile()
+    assert [(a["platform"], a["state"], a["end_reason"]) for a in s.attempts("u/data2")][:2] == [
+        ("a", "failed", "launch failed (capacity): a: no capacity in any region"), ("b", "pending", "")]
+
+
+def test_redispatch_is_idempotent_and_a_crash_before_launch_is_recovered(env):
+    s, fakes, clock, spec, beat = env
+    sp = spec(SYNTH)
+    assert s.submit(sp) == ["data: new", "tr: new"]
+    s.reconcile()
+    assert s.submit(sp) == ["data: already running", "tr: already waiting"]
+    s.reconcile()
+    assert len(fakes["a"].launched) == 1 and len(s.attempts("t/data")) == 1
+    # an attempt recorded but never launched (the scheduler died in between) is launched once, same id
+    fakes["a"].finish("t.data.1", 1)
+    s.reconcile()
+    s.db.execute("UPDATE attempts SET handle=NULL WHERE id='t.data.2'")
+    fakes["b"].states.clear()
+    fakes["b"].launched.clear()
+    s.reconcile()
+    s.reconcile()
+    assert [r.attempt_id for r in fakes["b"].launched] == ["t.data.2"]
+    # a failed job dispatched again is queued again
+    fakes["b"].finish("t.data.2", 1)
+    s.reconcile()
+    assert jobs(s)["data"][0] == "failed"
+    assert s.submit(sp)[0] == "data: failed before, queued again"
+
+
+def test_cancel_stops_the_attempt_and_fails_dependents(env):
+    s, fakes, clock, spec, beat = env
+    s.submit(spec(SYNTH))
+    s.reconcile()
+    assert s.cancel("t/data") == "t/data cancelled; attempt 1 on a stopped"
+    assert fakes["a"].cancelled == ["t.data.1"]
+    s.reconcile()
+    assert jobs(s) == {"data": ("cancelled", "cancelled by user"), "tr": ("failed", "dependency data cancelled")}
+    assert s.cancel("t/data") == "t/data already cancelled"
+    assert s.resolve("tr") == "t/tr"
+    with pytest.raises(GwiError, match="no job 'nope'; known: t/data, t/tr"):
+        s.resolve("nope")
+
+
+def test_the_lock_keeps_a_second_scheduler_out(env):
+    s, fakes, clock, spec, beat = env
+    other = Scheduler(s.home, profiles=s.profiles)
+    with s.lock():
+        with pytest.raises(LockBusy, match=r"another gwi scheduler \(pid \d+\) holds"):
+            with other.lock(wait=False):
+                pass
+    with other.lock(wait=False):
+        pass
+    other.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(GwiError, match="schema 99, this gwi knows 1"):
+        Scheduler(tmp_path, profiles={})
+
+
+def test_logs_and_history(env):
+    s, fakes, clock, spec, beat = env
+    s.submit(spec(SYNTH))
+    s.reconcile()
+    att, text = s.logs("t/data")
+    assert text == "log of t.data.1\n" and att["n"] == 1
+    with pytest.raises(GwiError, match="t/tr has no attempt yet"):
+        s.logs("t/tr")
+    kinds = [e["kind"] for e in s.events("t/data")]
+    assert kinds == ["dispatched", "queued", "assigned", "launched"]
+    assert Path(s.home, "state.db").exists()
