@@ -172,3 +172,39 @@ jobs:
     st = subprocess.run(gwi + ["status", "--json"], capture_output=True, text=True, timeout=60)
     assert [r["state"] for r in json.loads(st.stdout)] == ["succeeded"] * 3
     s.close()
+
+
+@pytest.mark.slow
+def test_the_demo_plan_completes_with_status_readable_throughout(tmp_path):
+    """The README's main command: jobs/demo.yaml on the embedded store, followed to the end."""
+    import shutil
+
+    from gwi.predict import check_submission
+
+    repo = Path(__file__).resolve().parents[1]
+    cwd = tmp_path / "fresh"
+    cwd.mkdir()
+    shutil.copytree(repo / "jobs", cwd / "jobs")
+    gwi = [sys.executable, "-m", "gwi"]
+    proc = subprocess.Popen(gwi + ["dispatch", "jobs/demo.yaml", "--follow", "--interval", "1"], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = set()
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        st = subprocess.run(gwi + ["status", "--json"], cwd=cwd, capture_output=True, text=True, timeout=60)
+        assert st.returncode == 0, st.stderr
+        for r in json.loads(st.stdout or "[]"):
+            if r["state"] == "running" and r["epochs"]:
+                seen.add((r["job"], r["platform"]))
+        time.sleep(2)
+    out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert ("demo/inversionnet", "local") in seen or ("demo/heat-kernel", "local") in seen
+    home = Path(os.environ["GWI_HOME"])
+    sub = home / "store/runs/demo/submission"
+    summary, problems = check_submission(str(sub / "submission.csv"))
+    assert problems == [] and summary["oids"] == 12 and summary["rows"] == 840
+    assert len(list((sub / "plots").glob("*.png"))) >= 3
+    ens = json.loads((home / "store/runs/demo/ensemble/ensemble.json").read_text())
+    assert ens["val_mae"]["overall"] <= min(m["val_mae"]["overall"] for m in ens["members"]) + 1e-6
+    assert "outputs:" in out and "submission.csv" in out

@@ -73,3 +73,51 @@ def test_offline_docker_predict_writes_a_valid_submission(image, tmp_path):
                        timeout=300)
     assert r.returncode == 0 and all(m in r.stdout for m in ("egnn", "se3_transformer", "heat_kernel"))
     assert Path(data / "submission.csv").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_local_adapter_runs_jobs_in_the_image_and_cancels_them(image, tmp_path):
+    """The local platform with ``runtime: docker``: the job runs in a container of the gwi image
+    (named after the attempt, the file store mounted at its own path), beats, and ends; a cancelled
+    job's container is stopped."""
+    import json
+    import time
+
+    from gwi.adapters.base import load_profiles
+    from gwi.scheduler import Scheduler
+    from gwi.spec import load_spec
+    from gwi.store import open_store
+
+    plat = tmp_path / "platforms"
+    plat.mkdir()
+    (plat / "box.yaml").write_text(f"adapter: local\ncapacity: 2\nstart_timeout_s: 120\n"
+                                   f"options: {{runtime: docker, image: '{image}', grace_s: 2}}\n")
+    store = f"file://{tmp_path}/store"
+    spec = tmp_path / "d.yaml"
+    spec.write_text(f"""name: dk
+store: {store}
+defaults: {{platforms: [box], heartbeat_s: 1, limits: {{stall_s: 60}}}}
+jobs:
+  - {{name: data, kind: synth, dataset: d, families: [FlatVel_A], samples: 2}}
+  - {{name: long, kind: synth, dataset: big, families: [CurveVel_B], samples: 5000}}
+""")
+    s = Scheduler(tmp_path / "home", profiles=load_profiles([plat]))
+    s.submit(load_spec(spec, profiles=s.profiles))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        s.reconcile()
+        states = {j["name"]: j["state"] for j in s.jobs()}
+        if states["data"] in ("succeeded", "failed") and s.attempts("dk/long")[0]["state"] == "running":
+            break
+        time.sleep(0.5)
+    a = s.attempts("dk/data")[0]
+    assert states["data"] == "succeeded", (a["end_reason"], s.logs("dk/data")[1][-2000:])
+    assert json.loads(a["handle"])["container"] == "gwi-dk-data-1"
+    assert json.loads(open_store(store + "/datasets/d").get_bytes("manifest.json"))["num_samples"] == 2
+    assert json.loads(open_store(store + "/runs/dk/data/attempts/1").get_bytes("progress.json"))["state"] == "succeeded"
+    assert "dataset d at" in s.logs("dk/data")[1]
+    assert s.cancel("dk/long") == "dk/long cancelled; attempt 1 on box stopped"
+    r = subprocess.run(["docker", "inspect", "-f", "{{.State.Status}}", "gwi-dk-long-1"], capture_output=True, text=True)
+    assert r.stdout.strip() == "exited"
+    subprocess.run(["docker", "rm", "-f", "gwi-dk-data-1", "gwi-dk-long-1"], capture_output=True)
+    s.close()
