@@ -353,15 +353,16 @@ class Scheduler:
                 self._launch(job_row, job, a)
             return
         handle = json.loads(a["handle"])
+        status, reason = None, None
         try:
             status = adapter.query(handle)
         except Exception as e:  # noqa: BLE001 - one bad platform must not stop the pass
             err = adapter.translate(e)
             self.db.execute("UPDATE attempts SET last_error=? WHERE id=?", (str(err), a["id"]))
-            if err.retryable:
-                return
-            status = None
-            reason = f"platform query failed: {err}"
+            # a transient failure (an SSH drop, an API hiccup) leaves the platform's view unknown:
+            # the heartbeat still decides; anything else is a verdict
+            if not err.retryable:
+                reason = f"platform query failed: {err}"
         prog = self._read_progress(a["heartbeat_url"])
         beat_key = None if prog is None else f"{prog.get('unix_time')}:{prog.get('beat')}"
         seen_at = a["beat_seen_at"]
@@ -375,10 +376,13 @@ class Scheduler:
 
         end_state = end_reason = None
         exit_code = None
-        if status is None:
-            end_state = State.LOST.value
-            end_reason = reason
-        elif status.state.terminal:
+        # the process's own last word; some platforms (Colab) can say nothing else, and on others
+        # it covers a platform that cannot be asked right now
+        final = prog.get("state") if prog and prog.get("state") in ("succeeded", "failed") else None
+        grace = max(2 * job.heartbeat_s, 10.0)
+        if reason is not None:
+            end_state, end_reason = State.LOST.value, reason
+        elif status is not None and status.state.terminal:
             end_state, exit_code = status.state.value, status.exit_code
             end_reason = status.message or ("exited 0" if status.state == State.SUCCEEDED else status.state.value)
             if status.state != State.SUCCEEDED and prog and prog.get("error") and prog["error"] not in end_reason:
@@ -387,7 +391,13 @@ class Scheduler:
             limit = job.limits.start_timeout_s or self.profiles[a["platform"]].start_timeout_s
             hours = self.attempt_hours(a, now)
             _, cost = self.job_cost(a["job_id"])
-            if seen_at is None and now - a["launched_at"] > limit:
+            if final and seen_at is not None and now - seen_at > grace:
+                # it said it finished, and the platform has not reported the end since: believe it,
+                # and release whatever the platform still holds
+                end_state = final
+                end_reason = "finished (by its heartbeat)" if final == "succeeded" else \
+                    f"failed (by its heartbeat): {str(prog.get('error', '?'))[:300]}"
+            elif seen_at is None and now - a["launched_at"] > limit:
                 end_state, end_reason = State.LOST.value, f"no heartbeat within {limit:g} s of launch"
             elif seen_at is not None and now - seen_at > job.limits.stall_s:
                 end_state, end_reason = State.LOST.value, (f"heartbeat stalled: none for {now - seen_at:.0f} s "
@@ -396,7 +406,7 @@ class Scheduler:
                 end_state, end_reason = "over_budget", f"over budget: ran {hours:.2f} h, limit {a['hours_limit']:g} h"
             elif job.limits.max_cost_usd is not None and a["usd_per_hour"] > 0 and cost > job.limits.max_cost_usd:
                 end_state, end_reason = "over_budget", f"over budget: ${cost:.2f} spent, limit ${job.limits.max_cost_usd:g}"
-            elif status.state == State.RUNNING and prog is not None and a["state"] == State.PENDING.value:
+            elif prog is not None and a["state"] == State.PENDING.value:
                 updates["state"] = State.RUNNING.value
                 self.event(a["job_id"], "running", f"first heartbeat from {prog.get('host', '?')}", a["id"])
             if end_state is not None:

@@ -97,7 +97,7 @@ from typing import Any, Iterable
 import yaml
 
 from .errors import StoreError
-from .yamlfile import Checker, ConfigError, Node, _type_name, closest, loads
+from .yamlfile import Checker, ConfigError, Node, type_name, closest, loads
 
 KINDS = ("synth", "train", "ensemble", "predict")
 TOP_FIELDS = ("name", "store", "defaults", "jobs")
@@ -221,7 +221,7 @@ class _Fields(Checker):
         if v is None:
             v = _node(self.line(key))
         if not isinstance(v, dict):
-            raise self.error(key, f"expected a mapping, got {_type_name(v)} ({v!r})")
+            raise self.error(key, f"expected a mapping, got {type_name(v)} ({v!r})")
         return _Fields(self.file, v, self.owner if owner is None else owner, self.prefix + key + ".")
 
     def name(self, key: str, default: Any = ...) -> str:
@@ -374,7 +374,7 @@ class _Loader:
             raise ConfigError(f"{self.file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         root = loads(text, self.file)
         if not isinstance(root, dict):
-            raise ConfigError(f"{self.file}: expected a mapping with a 'jobs' list, got {_type_name(root)}")
+            raise ConfigError(f"{self.file}: expected a mapping with a 'jobs' list, got {type_name(root)}")
         top = _Fields(self.file, root, "")
         top.only(TOP_FIELDS)
         if "name" in root:
@@ -438,7 +438,7 @@ class _Loader:
 
     def _job(self, top: _Fields, i: int, raw: Any) -> list[_Draft]:
         if not isinstance(raw, dict):
-            raise ConfigError(f"{self.file}:{top.line('jobs')}: job #{i}: expected a mapping, got {_type_name(raw)} "
+            raise ConfigError(f"{self.file}:{top.line('jobs')}: job #{i}: expected a mapping, got {type_name(raw)} "
                               f"({raw!r})")
         own = _Fields(self.file, raw, f"job #{i}")
         name = own.name("name")

@@ -76,7 +76,7 @@ def loads(text: str, name: str = "<string>") -> Any:
         loader.dispose()
 
 
-def _type_name(v: Any) -> str:
+def type_name(v: Any) -> str:
     if v is None:
         return "null"
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
@@ -96,7 +96,7 @@ class Checker:
         line = parent.line(key) if parent is not None and key is not None else getattr(node, "line", 0)
         if not isinstance(node, dict):
             where = f"{file}:{line}: " if line else f"{file}: "
-            raise ConfigError(f"{where}{owner}: expected a mapping, got {_type_name(node)} ({node!r})")
+            raise ConfigError(f"{where}{owner}: expected a mapping, got {type_name(node)} ({node!r})")
         self.node: dict = node
 
     def line(self, key: str | None = None) -> int:
@@ -138,7 +138,7 @@ class Checker:
         if not ok:
             want = {"str": "a non-empty string", "int": "an integer", "number": "a number", "bool": "true or false",
                     "list": "a list", "mapping": "a mapping", "str-list": "a list of names"}[kind]
-            raise self.error(key, f"expected {want}, got {_type_name(v)} ({v!r})")
+            raise self.error(key, f"expected {want}, got {type_name(v)} ({v!r})")
         if choices is not None:
             choices = list(choices)
             bad = [i for i in (v if isinstance(v, list) else [v]) if i not in choices]

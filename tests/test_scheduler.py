@@ -363,3 +363,49 @@ def test_logs_and_history(env):
     kinds = [e["kind"] for e in s.events("t/data")]
     assert kinds == ["dispatched", "queued", "assigned", "launched"]
     assert Path(s.home, "state.db").exists()
+
+
+def test_unreachable_platform_defers_to_the_heartbeat(env):
+    s, fakes, clock, spec, beat = env
+    s.submit(spec(SYNTH))
+    s.reconcile()
+    beat("t.data.1")
+    s.reconcile()
+    fakes["a"].states["t.data.1"] = None  # querying it now raises (an SSH drop, an API hiccup)
+
+    def flaky(handle):
+        raise PlatformError("a: connection reset", "retryable")
+
+    fakes["a"].query = flaky
+    for _ in range(3):  # still beating: still running, whatever the platform says
+        clock.advance(20)
+        beat("t.data.1")
+        s.reconcile()
+    a = s.attempts("t/data")[0]
+    assert (a["state"], a["last_error"]) == ("running", "a: connection reset")
+    # the process reports its own end; after a grace for the platform to confirm, it is believed
+    beat("t.data.1", state="succeeded")
+    s.reconcile()
+    clock.advance(39)  # grace: 2 heartbeats (20 s default)
+    s.reconcile()
+    assert s.attempts("t/data")[0]["state"] == "running"
+    clock.advance(2)
+    s.reconcile()
+    assert attempts(s, "data")[0] == ("a", "succeeded", "finished (by its heartbeat)")
+    assert fakes["a"].cancelled == ["t.data.1"]  # whatever the platform still holds is released
+
+
+def test_unreachable_platform_and_silent_attempt_is_lost(env):
+    s, fakes, clock, spec, beat = env
+    s.submit(spec(SYNTH))
+    s.reconcile()
+    beat("t.data.1")
+    s.reconcile()
+
+    def flaky(handle):
+        raise PlatformError("a: connection reset", "retryable")
+
+    fakes["a"].query = flaky
+    clock.advance(121)  # 6 x the default 20 s heartbeat
+    s.reconcile()
+    assert attempts(s, "data")[0] == ("a", "lost", "heartbeat stalled: none for 121 s (limit 120 s)")
