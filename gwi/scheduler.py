@@ -255,10 +255,12 @@ class Scheduler:
             cost += h * a["usd_per_hour"]
         return hours, cost
 
-    def choices(self, job_id: str, job: Job) -> list[Choice]:
+    def choices(self, job_id: str, job: Job, spec_store: str | None = None) -> list[Choice]:
         """Each platform of the job, in preference order, with whether it can take the job now and why."""
         out = []
         hours_used, cost_used = self.job_cost(job_id) if job_id else (0.0, 0.0)
+        row = self.db.execute("SELECT store FROM specs WHERE name=?", (job_id.split("/")[0],)).fetchone()
+        store = row["store"] if row else spec_store
         for name in job.platforms:
             prof = self.profiles.get(name)
             if prof is None:
@@ -270,7 +272,8 @@ class Scheduler:
                 out.append(Choice(name, False, False, f"used: {tries} attempt(s), retries {job.limits.retries}"))
                 continue
             try:
-                why_not = self.adapter(name).available()
+                adapter = self.adapter(name)
+                why_not = adapter.available() or (adapter.reachable_store(store) if store else None)
             except (GwiError, PlatformError) as e:
                 why_not = str(e)
             if why_not:
@@ -380,8 +383,9 @@ class Scheduler:
         # it covers a platform that cannot be asked right now
         final = prog.get("state") if prog and prog.get("state") in ("succeeded", "failed") else None
         grace = max(2 * job.heartbeat_s, 10.0)
+        stop_it = False  # ended by our verdict, not the platform's: stop it there
         if reason is not None:
-            end_state, end_reason = State.LOST.value, reason
+            end_state, end_reason, stop_it = State.LOST.value, reason, True
         elif status is not None and status.state.terminal:
             end_state, exit_code = status.state.value, status.exit_code
             end_reason = status.message or ("exited 0" if status.state == State.SUCCEEDED else status.state.value)
@@ -391,7 +395,9 @@ class Scheduler:
             limit = job.limits.start_timeout_s or self.profiles[a["platform"]].start_timeout_s
             hours = self.attempt_hours(a, now)
             _, cost = self.job_cost(a["job_id"])
-            if final and seen_at is not None and now - seen_at > grace:
+            if status is not None and status.silent:
+                pass  # no heartbeat can come: its platform's state and the hour limit decide
+            elif final and seen_at is not None and now - seen_at > grace:
                 # it said it finished, and the platform has not reported the end since: believe it,
                 # and release whatever the platform still holds
                 end_state = final
@@ -402,20 +408,27 @@ class Scheduler:
             elif seen_at is not None and now - seen_at > job.limits.stall_s:
                 end_state, end_reason = State.LOST.value, (f"heartbeat stalled: none for {now - seen_at:.0f} s "
                                                            f"(limit {job.limits.stall_s:g} s)")
+            if end_state is not None:
+                pass
             elif a["hours_limit"] is not None and hours > a["hours_limit"]:
                 end_state, end_reason = "over_budget", f"over budget: ran {hours:.2f} h, limit {a['hours_limit']:g} h"
             elif job.limits.max_cost_usd is not None and a["usd_per_hour"] > 0 and cost > job.limits.max_cost_usd:
                 end_state, end_reason = "over_budget", f"over budget: ${cost:.2f} spent, limit ${job.limits.max_cost_usd:g}"
-            elif prog is not None and a["state"] == State.PENDING.value:
+            elif a["state"] == State.PENDING.value and prog is not None:
                 updates["state"] = State.RUNNING.value
                 self.event(a["job_id"], "running", f"first heartbeat from {prog.get('host', '?')}", a["id"])
-            if end_state is not None:
-                try:
-                    adapter.cancel(handle)  # stop it there: a lost attempt may still run, and bill
-                except Exception as e:  # noqa: BLE001
-                    end_reason += f"; cancel failed: {adapter.translate(e)}"
-                if end_state == "over_budget":
-                    end_state = State.CANCELLED.value
+            elif a["state"] == State.PENDING.value and status is not None and status.silent \
+                    and status.state == State.RUNNING:
+                updates["state"] = State.RUNNING.value
+                self.event(a["job_id"], "running", "running by its platform (it cannot heartbeat)", a["id"])
+            stop_it = end_state is not None
+        if stop_it:
+            try:
+                adapter.cancel(handle)  # a lost attempt may still run, and bill
+            except Exception as e:  # noqa: BLE001
+                end_reason += f"; cancel failed: {adapter.translate(e)}"
+            if end_state == "over_budget":
+                end_state = State.CANCELLED.value
         with self.tx():
             sets = ", ".join(f"{k}=?" for k in updates)
             self.db.execute(f"UPDATE attempts SET {sets} WHERE id=?", (*updates.values(), a["id"]))

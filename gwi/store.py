@@ -422,11 +422,31 @@ def default_store_url() -> str:
     return "file://" + str(Path(home, "store").resolve())
 
 
+def _mapped(url: str) -> str:
+    """``GWI_STORE_MAP`` (JSON ``{url prefix: replacement}``) serves a store from a mirror, e.g. an
+    offline Kaggle kernel reading ``s3://b/runs/...`` from ``/kaggle/input/<dataset>/runs/...``.
+    The longest matching prefix wins."""
+    raw = os.environ.get("GWI_STORE_MAP")
+    if not raw:
+        return url
+    import json
+
+    try:
+        table = json.loads(raw)
+    except ValueError:
+        raise StoreError(f"GWI_STORE_MAP is not a JSON object: {raw[:200]!r}") from None
+    for prefix in sorted(table, key=len, reverse=True):
+        p = prefix.rstrip("/")
+        if url == p or url.startswith(p + "/"):
+            return str(table[prefix]).rstrip("/") + url[len(p):]
+    return url
+
+
 def open_store(url: str | os.PathLike | None = None) -> Store:
     """A store for ``file:///abs``, ``file://rel/path``, a plain path, or ``s3://bucket/prefix``."""
     if url is None:
         url = default_store_url()
-    url = str(url)
+    url = _mapped(str(url))
     if url.startswith("s3://"):
         rest = url[len("s3://"):]
         bucket, _, prefix = rest.partition("/")

@@ -48,6 +48,7 @@ class Status:
     state: State
     exit_code: int | None = None
     message: str = ""
+    silent: bool = False  # the attempt cannot heartbeat (an offline kernel): judge it by this state alone
 
 
 class PlatformError(GwiError):
@@ -188,6 +189,10 @@ class Adapter(ABC):
         missing = self.profile.missing_credentials()
         if missing:
             return f"credentials not set: {', '.join(missing)}"
+        return None
+
+    def reachable_store(self, store_url: str) -> str | None:
+        """Why jobs here cannot read and write ``store_url`` (a remote machine and a file:// store), or None."""
         return None
 
     @abstractmethod
