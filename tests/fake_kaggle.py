@@ -1,0 +1,125 @@
+"""A fake Kaggle API (kagglesdk's RPC paths) on 127.0.0.1 that really runs the kernels pushed to it.
+
+A pushed script runs as a local subprocess with what a Kaggle kernel has: a ``kaggle_secrets``
+module backed by this fake's secret store, and none of the caller's AWS settings in its
+environment. Its exit status becomes COMPLETE or ERROR; its output is the kernel log.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+SECRETS_MODULE = '''
+import json, os
+class UserSecretsClient:
+    def get_secret(self, label):
+        store = json.load(open(os.environ["FAKE_KAGGLE_SECRETS"]))
+        if label not in store:
+            raise Exception(f"secret {label} not attached")
+        return store[label]
+'''
+
+
+class KaggleState:
+    def __init__(self, root: Path, username: str, key: str, secrets: dict):
+        self.root, self.username, self.key = root, username, key
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "mod").mkdir(exist_ok=True)
+        (root / "mod" / "kaggle_secrets.py").write_text(SECRETS_MODULE)
+        (root / "secrets.json").write_text(json.dumps(secrets))
+        self.pushes: list[dict] = []
+        self.kernels: dict[str, dict] = {}  # "owner/slug" -> {proc, log, id, cancelled}
+        self.lock = threading.Lock()
+        self.next_id = 100
+
+    def status(self, ref: str) -> tuple[str, str]:
+        k = self.kernels[ref]
+        if k["cancelled"]:
+            return "CANCEL_ACKNOWLEDGED", ""
+        code = k["proc"].poll()
+        if code is None:
+            return "RUNNING", ""
+        return ("COMPLETE", "") if code == 0 else ("ERROR", f"script exited with {code}")
+
+    def stop_all(self) -> None:
+        for k in self.kernels.values():
+            if k["proc"].poll() is None:
+                k["proc"].kill()
+                k["proc"].wait()
+
+
+def make_handler(st: KaggleState):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def _send(self, code: int, obj) -> None:
+            body = json.dumps(obj).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            want = "Basic " + base64.b64encode(f"{st.username}:{st.key}".encode()).decode()
+            if self.headers.get("Authorization") != want:
+                return self._send(401, {"code": 401, "message": "Unauthenticated"})
+            method = self.path.rsplit("/", 1)[-1]
+            if method == "SaveKernel":
+                return self._save(body)
+            ref = f"{body.get('userName')}/{body.get('kernelSlug')}"
+            if method in ("GetKernelSessionStatus", "ListKernelSessionOutput") and ref not in st.kernels:
+                return self._send(404, {"code": 404, "message": "Notebook not found"})
+            if method == "GetKernelSessionStatus":
+                status, msg = st.status(ref)
+                return self._send(200, {"status": status, "failureMessage": msg or None})
+            if method == "ListKernelSessionOutput":
+                k = st.kernels[ref]
+                log = Path(k["dir"], "stdout").read_text(errors="replace")
+                return self._send(200, {"files": [], "log": json.dumps([{"stream_name": "stdout", "time": 0.0,
+                                                                         "data": log}]), "nextPageToken": ""})
+            if method == "CancelKernelSession":
+                for k in st.kernels.values():
+                    if k["id"] == body.get("kernelSessionId"):
+                        k["cancelled"] = True
+                        k["proc"].kill()
+                        return self._send(200, {})
+                return self._send(200, {"errorMessage": "no such session"})
+            self._send(404, {"code": 404, "message": f"unknown method {method}"})
+
+        def _save(self, body: dict) -> None:
+            ref = body["slug"]
+            with st.lock:
+                st.pushes.append(body)
+                st.next_id += 1
+                kid = st.next_id
+            kdir = st.root / "kernels" / ref.replace("/", "__") / str(kid)
+            (kdir / "working").mkdir(parents=True)
+            (kdir / "gwi_job.py").write_text(body["text"])
+            env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # a kernel has none of ours
+            env.update(PYTHONPATH=str(st.root / "mod"), FAKE_KAGGLE_SECRETS=str(st.root / "secrets.json"),
+                       GWI_KAGGLE_INPUT=str(st.root / "input"))
+            proc = subprocess.Popen([sys.executable, str(kdir / "gwi_job.py")], cwd=kdir / "working", env=env,
+                                    stdout=open(kdir / "stdout", "w"), stderr=subprocess.STDOUT)
+            st.kernels[ref] = {"proc": proc, "dir": str(kdir), "id": kid, "cancelled": False, "started": time.time()}
+            owner, slug = ref.split("/", 1)
+            self._send(200, {"ref": f"/code/{ref}", "url": f"https://www.kaggle.com/code/{ref}", "versionNumber": 1,
+                             "kernelId": kid})
+
+    return Handler
+
+
+def serve(st: KaggleState) -> tuple[ThreadingHTTPServer, str]:
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(st))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}"

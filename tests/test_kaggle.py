@@ -1,0 +1,146 @@
+"""The Kaggle adapter through the official kaggle package against a fake Kaggle API on 127.0.0.1
+that runs the pushed kernel; the store is S3 (moto), its credentials only in the secret store."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from gwi.adapters.base import LaunchRequest, load_profiles
+from gwi.adapters.kaggle import KaggleAdapter, _slug
+from gwi.scheduler import Scheduler
+from gwi.spec import load_spec
+from gwi.store import open_store
+
+from .fake_kaggle import KaggleState, serve
+
+ACCESS, SECRET = "AKIAKAGGLETESTSECRET1", "s3cr3t-value-never-in-a-file"
+
+
+@pytest.fixture
+def kg(tmp_path, monkeypatch, s3, moto_server):
+    monkeypatch.setenv("KAGGLE_USERNAME", "alice")
+    monkeypatch.setenv("KAGGLE_KEY", "kaggle-key-xyz")
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kcfg"))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS)  # moto takes any; distinctive values to search for
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    st = KaggleState(tmp_path / "kaggle", "alice", "kaggle-key-xyz", {
+        "AWS_ACCESS_KEY_ID": ACCESS, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_ENDPOINT_URL": moto_server,
+        "AWS_DEFAULT_REGION": "us-east-1"})
+    srv, url = serve(st)
+    plat = tmp_path / "platforms"
+    plat.mkdir()
+    (plat / "kaggle.yaml").write_text(json.dumps({
+        "adapter": "kaggle", "gpus": 1, "quota_hours_per_week": 30, "session_hours": 12, "capacity": 2,
+        "credentials": ["KAGGLE_USERNAME", "KAGGLE_KEY"], "start_timeout_s": 120,
+        "options": {"api_endpoint": url, "machine_shape": "NvidiaTeslaT4", "wheel_dataset": "alice/gwi-wheels",
+                    "competitions": ["waveform-inversion"]}}))
+    s = Scheduler(tmp_path / "home", profiles=load_profiles([plat]))
+    yield {"st": st, "s": s, "store": s3, "tmp": tmp_path, "plat": plat}
+    st.stop_all()
+    s.close()
+    srv.shutdown()
+
+
+def run_until(s, cond, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s.reconcile()
+        if cond():
+            return
+        time.sleep(0.3)
+    raise AssertionError("timed out; events:\n" + "\n".join(f"{e['job_id']} {e['kind']} {e['message']}" for e in s.events()))
+
+
+def submit(kg, body, name="kg"):
+    p = kg["tmp"] / f"{name}.yaml"
+    p.write_text(f"name: {name}\nstore: {kg['store']}\ndefaults: {{platforms: [kaggle], heartbeat_s: 1}}\njobs:\n" + body)
+    kg["s"].submit(load_spec(p, profiles=kg["s"].profiles))
+
+
+def test_a_job_runs_as_a_kaggle_kernel_with_secrets_from_the_secret_store(kg):
+    s, st = kg["s"], kg["st"]
+    submit(kg, "  - {name: data, kind: synth, dataset: d, families: [FlatVel_A], samples: 2}\n")
+    run_until(s, lambda: s.jobs()[0]["state"] in ("succeeded", "failed"), 180)
+    a = s.attempts("kg/data")[0]
+    assert (a["state"], a["platform"]) == ("succeeded", "kaggle"), (a["end_reason"], s.logs("kg/data")[1][-3000:])
+    assert a["hours_limit"] == 12  # the session cap
+    push = st.pushes[0]
+    assert push["slug"] == "alice/gwi-kg-data-1" and push["language"] == "python" and push["kernelType"] == "script"
+    assert (push["isPrivate"], push["enableGpu"], push["enableInternet"]) == (True, True, True)
+    assert push["machineShape"] == "NvidiaTeslaT4"
+    assert push["datasetDataSources"] == ["alice/gwi-wheels"] and push["competitionDataSources"] == ["waveform-inversion"]
+    # the kernel wrote to S3 with credentials it could only have had from the secret store, and beat
+    assert json.loads(open_store(kg["store"] + "/datasets/d").get_bytes("manifest.json"))["num_samples"] == 2
+    hb = json.loads(open_store(kg["store"] + "/runs/kg/data/attempts/1").get_bytes("progress.json"))
+    assert hb["state"] == "succeeded" and hb["attempt"] == "kg.data.1"
+    assert "dataset d at" in s.logs("kg/data")[1]
+    # no secret in anything pushed or rendered
+    work = Path(s.home, "attempts", "kg.data.1", "kernel")
+    meta = json.loads((work / "kernel-metadata.json").read_text())
+    assert meta["id"] == "alice/gwi-kg-data-1" and meta["code_file"] == "gwi_job.py" and meta["is_private"] is True
+    pushed = json.dumps(push) + "".join(p.read_text() for p in work.iterdir())
+    for secret in (SECRET, ACCESS, "kaggle-key-xyz"):
+        assert secret not in pushed
+
+
+def test_failed_and_cancelled_kernels(kg):
+    s, st = kg["s"], kg["st"]
+    submit(kg, "  - {name: bad, kind: synth, dataset: x, families: [FlatVel_A], samples: 2}\n"
+               "  - {name: long, kind: synth, dataset: big, families: [CurveVel_B], samples: 4000}\n")
+    open_store(kg["store"] + "/datasets/x").put_bytes("manifest.json", b"{not json")  # makes 'bad' fail in the kernel
+    run_until(s, lambda: s.jobs()[0]["state"] == "failed" and s.attempts("kg/long")
+              and s.attempts("kg/long")[0]["state"] == "running", 180)
+    a = s.attempts("kg/bad")[0]
+    assert a["state"] == "failed" and "script exited with 1" in a["end_reason"]
+    assert "manifest" in s.logs("kg/bad")[1]
+    assert s.cancel("kg/long") == "kg/long cancelled; attempt 1 on kaggle stopped"
+    assert st.status("alice/gwi-kg-long-1")[0] == "CANCEL_ACKNOWLEDGED"
+
+
+def test_pushed_before_the_answer_was_recorded_is_adopted(kg, tmp_path):
+    st = kg["st"]
+    ad = KaggleAdapter(kg["s"].profiles["kaggle"])
+    req = LaunchRequest(attempt_id="a.b.1", job="a/b", kind="synth", argv=["gwi", "--version"], env={},
+                        store_url=kg["store"], heartbeat_url=kg["store"] + "/runs/a/b/attempts/1/progress.json",
+                        workdir=str(tmp_path / "w1"))
+    ad.launch(req)
+    req.workdir = str(tmp_path / "w2")
+    h = KaggleAdapter(kg["s"].profiles["kaggle"]).launch(req)
+    assert len(st.pushes) == 1 and h["kernel"] == "alice/gwi-a-b-1"
+
+
+def test_an_offline_kernel_reads_a_mirror_and_writes_to_kaggle_working(kg, tmp_path, monkeypatch):
+    prof = load_profiles([kg["plat"]])["kaggle"]
+    from dataclasses import replace
+
+    off = replace(prof, options={**prof.options, "internet": False, "offline_store": "alice/gwi-store-mirror"})
+    ad = KaggleAdapter(off)
+    store = kg["store"]
+    req = LaunchRequest(attempt_id="day7.submit.1", job="day7/submit", kind="predict",
+                        argv=["gwi", "predict", "--ensemble", f"{store}/runs/day5/ens/ensemble.json", "--test",
+                              "/kaggle/input/waveform-inversion/test", "--out", f"{store}/runs/day7/submit/submission.csv"],
+                        env={"GWI_ATTEMPT": "day7.submit.1", "GWI_HEARTBEAT": f"{store}/runs/day7/submit/attempts/1/progress.json",
+                             "GWI_HEARTBEAT_S": "20"},
+                        store_url=store, heartbeat_url=f"{store}/runs/day7/submit/attempts/1/progress.json",
+                        workdir=str(tmp_path / "w"))
+    meta = ad.render(req, tmp_path / "k")
+    assert meta["enable_internet"] is False
+    assert meta["dataset_sources"] == ["alice/gwi-wheels", "alice/gwi-store-mirror"]
+    script = (tmp_path / "k" / "gwi_job.py").read_text()
+    env = json.loads(script.split("ENV = ", 1)[1].split("\n", 1)[0])
+    assert "GWI_HEARTBEAT" not in env and env["GWI_OFFLINE"] == "1"
+    mapping = json.loads(env["GWI_STORE_MAP"])
+    monkeypatch.setenv("GWI_STORE_MAP", env["GWI_STORE_MAP"])
+    assert str(open_store(f"{store}/runs/day5/ens")) .endswith("/kaggle/input/gwi-store-mirror/runs/day5/ens')")
+    assert str(open_store(f"{store}/runs/day7/submit")).endswith("/kaggle/working')")
+    assert mapping[f"{store}/runs/day7/submit"] == "/kaggle/working"
+
+
+def test_slugs_fit_kaggle_limits():
+    assert _slug("gwi-day2.specproj-unet.1") == "gwi-day2-specproj-unet-1"
+    long = _slug("gwi-" + "x" * 80 + ".1")
+    assert len(long) == 50 and long != _slug("gwi-" + "x" * 80 + ".2")
