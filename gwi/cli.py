@@ -373,7 +373,7 @@ def cmd_dispatch(a) -> int:
             if known is not None and known["state"] in ("succeeded", "running"):
                 rows.append([job.name, job.kind, ",".join(job.after) or "-", "-", f"already {known['state']}", ""])
                 continue
-            ch = s.choices(jid, job)
+            ch = s.choices(jid, job, spec.store)
             first = next((c for c in ch if c.ok or c.busy), None)
             rest = [f"{c.platform}" + ("" if c.ok or c.busy else f" (skip: {c.why})") for c in ch if c is not first]
             rows.append([job.name, job.kind, ",".join(job.after) or "-",
@@ -515,6 +515,18 @@ def cmd_logs(a) -> int:
                 pass
     except KeyboardInterrupt:
         return 0
+
+def cmd_kaggle_package(a) -> int:
+    from .adapters.kaggle import package
+
+    r = package(a.out, a.id, runs=a.run, ensembles=a.ensemble, wheel=a.wheel, with_deps=a.with_deps, title=a.title,
+                log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(f"wrote {r['folder']}: {len(r['wheels'])} wheel(s), {len(r['mirrored'])} file(s) of the store mirrored")
+    for f in r["mirrored"]:
+        print(f"  {f}")
+    print(f"\nupload: kaggle datasets create -p {r['folder']}   (later: kaggle datasets version -p {r['folder']} -m NOTE)")
+    return 0
+
 
 # ------------------------------------------------------------------------------------------------
 
@@ -686,6 +698,18 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("history", help="every attempt of a job and why it ended")
     q.add_argument("job")
     q.set_defaults(fn=cmd_history)
+    q = sub.add_parser("kaggle", help="Kaggle helpers")
+    ksub = q.add_subparsers(dest="kcmd", required=True)
+    q = ksub.add_parser("package", help="the dataset a Kaggle kernel attaches: gwi wheel(s) + a store mirror of runs")
+    q.add_argument("--out", required=True, metavar="DIR")
+    q.add_argument("--id", required=True, metavar="OWNER/SLUG", help="the Kaggle dataset id")
+    q.add_argument("--run", action="append", default=[], metavar="URL", help="a run whose latest checkpoint to include")
+    q.add_argument("--ensemble", action="append", default=[], metavar="URL",
+                   help="an ensemble.json to include, with its members' checkpoints")
+    q.add_argument("--wheel", metavar="FILE", help="a gwi wheel (default: build one from this source tree)")
+    q.add_argument("--with-deps", action="store_true", help="also the dependencies' wheels, for kernels without internet")
+    q.add_argument("--title")
+    q.set_defaults(fn=cmd_kaggle_package)
     return p
 
 

@@ -50,11 +50,12 @@ class LoadedModel:
 
 def load_checkpoint(ref: str, device: torch.device, *, use_ema: bool = True) -> LoadedModel:
     """A run URL (``.../runs/RUN``: its ``latest.json``, verified) or a ``.pt`` file/URL."""
-    from .store import open_store
+    from .store import open_store, resolve_url
     from .train import Normalizer, RunStore
 
     ref = str(ref)
     if ref.endswith(".pt"):
+        ref = resolve_url(ref)  # an offline mirror of the store (GWI_STORE_MAP) serves it
         p = Path(ref[len("file://"):] if ref.startswith("file://") else ref)
         if "://" in ref and not ref.startswith("file://"):
             base, _, name = ref.rpartition("/")

@@ -422,7 +422,7 @@ def default_store_url() -> str:
     return "file://" + str(Path(home, "store").resolve())
 
 
-def _mapped(url: str) -> str:
+def resolve_url(url: str) -> str:
     """``GWI_STORE_MAP`` (JSON ``{url prefix: replacement}``) serves a store from a mirror, e.g. an
     offline Kaggle kernel reading ``s3://b/runs/...`` from ``/kaggle/input/<dataset>/runs/...``.
     The longest matching prefix wins."""
@@ -446,7 +446,7 @@ def open_store(url: str | os.PathLike | None = None) -> Store:
     """A store for ``file:///abs``, ``file://rel/path``, a plain path, or ``s3://bucket/prefix``."""
     if url is None:
         url = default_store_url()
-    url = _mapped(str(url))
+    url = resolve_url(str(url))
     if url.startswith("s3://"):
         rest = url[len("s3://"):]
         bucket, _, prefix = rest.partition("/")

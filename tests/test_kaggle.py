@@ -144,3 +144,49 @@ def test_slugs_fit_kaggle_limits():
     assert _slug("gwi-day2.specproj-unet.1") == "gwi-day2-specproj-unet-1"
     long = _slug("gwi-" + "x" * 80 + ".1")
     assert len(long) == 50 and long != _slug("gwi-" + "x" * 80 + ".2")
+
+
+def test_package_mirrors_runs_and_an_offline_predict_reads_the_mirror(tmp_path, monkeypatch):
+    """`gwi kaggle package` then, as in an offline kernel, predict with store URLs mapped onto it."""
+    from gwi.cli import main
+    from gwi.data.synth import synthesize
+    from gwi.models.ensemble import fit
+    from gwi.predict import check_submission
+    from gwi.train import TrainConfig, train
+
+    store = f"file://{tmp_path}/store"
+    synthesize(["FlatVel_A"], 8, store, "d", seed=2, batch_size=8, progress=False)
+    run = f"{store}/runs/day3/inv"
+    train(TrainConfig(model="inversionnet", preset="tiny", dataset=f"{store}/datasets/d", run=run, epochs=1, batch_size=4,
+                      heartbeat_s=30, split="kfold:4:0"), log=lambda *_: None)
+    fit([run], f"{store}/datasets/d", str(tmp_path / "ensemble.json"), mc_samples=0, crf=False, log=lambda *_: None)
+    open_store(f"{store}/runs/day5/ens").put_file(tmp_path / "ensemble.json", "ensemble.json")
+    wheel = tmp_path / "gwi-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"PK\x05\x06" + b"\0" * 18)  # building a real wheel is pip's business; the folder is ours
+    out = tmp_path / "ds"
+    assert main(["kaggle", "package", "--out", str(out), "--id", "alice/gwi-models", "--wheel", str(wheel),
+                 "--ensemble", f"{store}/runs/day5/ens/ensemble.json"]) == 0
+    meta = json.loads((out / "dataset-metadata.json").read_text())
+    assert meta["id"] == "alice/gwi-models" and meta["licenses"] == [{"name": "CC0-1.0"}]
+    assert (out / "wheels" / wheel.name).exists() and (out / "runs/day5/ens/ensemble.json").exists()
+    ptr = json.loads((out / "runs/day3/inv/checkpoints/latest.json").read_text())
+    assert (out / "runs/day3/inv" / ptr["latest"]["path"]).exists() and ptr["history"] == []
+    # the store is gone (no internet); its URLs now read the mirror, and outputs land in "working"
+    work = tmp_path / "working"
+    monkeypatch.setenv("GWI_STORE_MAP", json.dumps({store: str(out), f"{store}/runs/day7/submit": str(work)}))
+    import shutil
+
+    shutil.move(tmp_path / "store", tmp_path / "store-away")
+    test = tmp_path / "test"
+    test.mkdir()
+    import numpy as np
+
+    np.save(test / "a1.npy", np.zeros((5, 1000, 70), np.float32))
+    assert main(["predict", "--ensemble", f"{store}/runs/day5/ens/ensemble.json", "--test", str(test),
+                 "--out", f"{store}/runs/day7/submit/submission.csv"]) == 0
+    summary, problems = check_submission(str(work / "submission.csv"))
+    assert problems == [] and summary["oids"] == 1
+    with pytest.raises(ValueError, match="dataset id: expected OWNER/SLUG"):
+        from gwi.adapters.kaggle import package
+
+        package(out, "no-slash", wheel=str(wheel))

@@ -304,3 +304,87 @@ def _kind(message: str) -> str:
     if "maximum" in m and "session" in m or "concurrent" in m:
         return "capacity"
     return "fatal"
+
+
+# ------------------------------------------------------------------------------------------------
+# `gwi kaggle package`: the dataset a kernel attaches
+
+
+def package(out: str | os.PathLike, dataset_id: str, *, runs: list[str] = (), ensembles: list[str] = (),
+            wheel: str | None = None, with_deps: bool = False, title: str | None = None, log=print) -> dict:
+    """Write a Kaggle dataset folder: the gwi wheel (and, ``with_deps``, its dependencies' wheels
+    for offline kernels), and a mirror of the store holding each run's latest verified checkpoint
+    and each ensemble with its members: what an offline kernel reads through ``GWI_STORE_MAP``.
+    Upload it with ``kaggle datasets create -p OUT`` (or ``version``)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from ..store import open_store
+    from ..train import RunStore
+
+    if not re.fullmatch(r"[^/\s]+/[a-z0-9][a-z0-9-]{4,49}", dataset_id or ""):
+        raise ValueError(f"dataset id: expected OWNER/SLUG with a 5-50 character slug of a-z, 0-9 and '-', "
+                         f"got {dataset_id!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    wheels = out / "wheels"
+    wheels.mkdir(exist_ok=True)
+    if wheel:
+        shutil.copy(wheel, wheels)
+    else:
+        src = Path(__file__).resolve().parents[2]
+        if not (src / "pyproject.toml").exists():
+            raise GwiError("gwi was not installed from a source tree: build a wheel and pass --wheel FILE")
+        log(f"building the gwi wheel from {src}")
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                        str(wheels), str(src)], check=True)
+    if with_deps:
+        from importlib.metadata import requires
+
+        # first-level requirements, torch excepted: every Kaggle GPU image has a CUDA torch
+        reqs = [r.split(";")[0].strip() for r in requires("gwi") or [] if "extra ==" not in r]
+        reqs = [r for r in reqs if not r.lower().startswith("torch>") and r.lower() != "torch"]
+        log(f"downloading {len(reqs)} dependency wheels")
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d",
+                        str(wheels), *reqs], check=True)
+
+    copied = []
+
+    def mirror_run(url: str) -> None:
+        url = url.rstrip("/")
+        if "/runs/" not in url:
+            raise ValueError(f"run: expected STORE/runs/..., got {url!r}")
+        rel = "runs/" + url.split("/runs/", 1)[1]
+        rs = RunStore(url)
+        try:
+            ck, entry = rs.load_latest(log)
+        finally:
+            shutil.rmtree(rs.scratch, ignore_errors=True)
+        if ck is None:
+            raise GwiError(f"{url}: no usable checkpoint to package")
+        dest = out / rel / entry["path"]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        open_store(url).get_file(entry["path"], dest)
+        (out / rel / "checkpoints" / "latest.json").write_text(json.dumps({"latest": entry, "history": []}, indent=1))
+        copied.append(f"{rel}/{entry['path']}")
+
+    for url in ensembles:
+        parent, _, name = url.rstrip("/").rpartition("/")
+        rel = "runs/" + parent.split("/runs/", 1)[1] if "/runs/" in parent else None
+        if rel is None:
+            raise ValueError(f"ensemble: expected STORE/runs/.../ensemble.json, got {url!r}")
+        data = open_store(parent).get_bytes(name)
+        (out / rel).mkdir(parents=True, exist_ok=True)
+        (out / rel / name).write_bytes(data)
+        copied.append(f"{rel}/{name}")
+        for m in json.loads(data).get("members", []):
+            ref = m.get("checkpoint") or m.get("run") or m.get("source")
+            if ref and "/runs/" in ref:
+                mirror_run(ref.split("/checkpoints/")[0])
+    for url in runs:
+        mirror_run(url)
+    meta = {"id": dataset_id, "title": (title or f"gwi {dataset_id.split('/')[1]}")[:50].ljust(6, "-"),
+            "licenses": [{"name": "CC0-1.0"}]}
+    (out / "dataset-metadata.json").write_text(json.dumps(meta, indent=1))
+    return {"folder": str(out), "wheels": sorted(p.name for p in wheels.iterdir()), "mirrored": copied}
