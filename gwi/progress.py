@@ -39,9 +39,11 @@ def split_url(url: str) -> tuple[Store, str]:
 class Heartbeat(threading.Thread):
     """Writes a snapshot to every target every ``interval`` seconds; the owner keeps it current."""
 
-    def __init__(self, targets: list[tuple[Store, str]], interval: float, base: dict):
+    def __init__(self, targets: list[tuple[Store, str]], interval: float, base: dict,
+                 cancel: tuple[Store, str] | None = None):
         super().__init__(daemon=True, name="gwi-heartbeat")
         self.targets, self.interval = list(targets), interval
+        self.cancel = cancel  # a flag object the scheduler leaves where it cannot signal (Colab)
         self.lock = threading.Lock()
         self.state = dict(base)
         self.halt = threading.Event()
@@ -70,6 +72,21 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:  # noqa: D401 - Thread API
         while not self.halt.wait(self.interval):
             self.beat()
+            if self.cancel is not None and self._cancelled():
+                import signal
+                import sys
+
+                print("gwi: cancelled by the scheduler (cancel flag in the store); stopping", file=sys.stderr, flush=True)
+                self.finish("cancelled")
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    def _cancelled(self) -> bool:
+        store, key = self.cancel
+        try:
+            return store.exists(key)
+        except Exception:  # noqa: BLE001 - an unreachable store is not a cancel
+            return False
 
     def stop(self) -> None:
         self.halt.set()
@@ -89,6 +106,12 @@ def attempt_target() -> tuple[Store, str] | None:
     return split_url(url) if url else None
 
 
+def cancel_flag() -> tuple[Store, str] | None:
+    """The ``cancel`` object beside the attempt's heartbeat."""
+    target = attempt_target()
+    return (target[0], "cancel") if target else None
+
+
 def interval_from_env(default: float = 20.0) -> float:
     try:
         return max(0.05, float(os.environ.get(ENV_INTERVAL, default)))
@@ -104,7 +127,7 @@ def start_process_heartbeat(command: str) -> Heartbeat | None:
         return _process
     _process = Heartbeat([target], interval_from_env(), {
         "state": "starting", "command": command, "attempt": os.environ.get(ENV_ATTEMPT),
-        "host": socket.gethostname(), "pid": os.getpid(), "started": now_iso()})
+        "host": socket.gethostname(), "pid": os.getpid(), "started": now_iso()}, cancel=cancel_flag())
     _process.beat()
     _process.start()
     return _process

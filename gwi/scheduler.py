@@ -397,12 +397,13 @@ class Scheduler:
             _, cost = self.job_cost(a["job_id"])
             if status is not None and status.silent:
                 pass  # no heartbeat can come: its platform's state and the hour limit decide
-            elif final and seen_at is not None and now - seen_at > grace:
-                # it said it finished, and the platform has not reported the end since: believe it,
-                # and release whatever the platform still holds
-                end_state = final
-                end_reason = "finished (by its heartbeat)" if final == "succeeded" else \
-                    f"failed (by its heartbeat): {str(prog.get('error', '?'))[:300]}"
+            elif final and seen_at is not None:
+                # it said it finished (so silence is expected now); once the platform has had a grace
+                # to report the end and has not, believe it, and release what the platform still holds
+                if now - seen_at > grace:
+                    end_state = final
+                    end_reason = "finished (by its heartbeat)" if final == "succeeded" else \
+                        f"failed (by its heartbeat): {str(prog.get('error', '?'))[:300]}"
             elif seen_at is None and now - a["launched_at"] > limit:
                 end_state, end_reason = State.LOST.value, f"no heartbeat within {limit:g} s of launch"
             elif seen_at is not None and now - seen_at > job.limits.stall_s:
@@ -551,7 +552,8 @@ class Scheduler:
         with self.tx():
             self.db.execute("UPDATE attempts SET handle=? WHERE id=?", (json.dumps(handle), a["id"]))
             resumed = f", resuming from step {a['resumed_from_step']}" if a["resumed_from_step"] else ""
-            self.event(job_row["id"], "launched", f"attempt {a['n']} on {a['platform']}{resumed}", a["id"])
+            note = f": {handle['note']}" if handle.get("note") else ""  # what a person must do (Colab)
+            self.event(job_row["id"], "launched", f"attempt {a['n']} on {a['platform']}{resumed}{note}", a["id"])
 
     # -- user actions -------------------------------------------------------------------------------
 

@@ -558,7 +558,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
             # the run's own file, and the scheduler's attempt file when launched by one
             progress.take_over()
             target = progress.attempt_target()
-            hb = Heartbeat([(run.store, "progress.json")] + ([target] if target else []), cfg.heartbeat_s, base)
+            hb = Heartbeat([(run.store, "progress.json")] + ([target] if target else []), cfg.heartbeat_s, base,
+                           cancel=progress.cancel_flag())
             hb.beat()
             hb.start()
         say(f"training {cfg.model} ({cfg.preset}, {n_params:,} params) on {base['device']} in {precision}: "
