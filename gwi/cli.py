@@ -499,7 +499,7 @@ def cmd_logs(a) -> int:
     sys.stdout.write(text)
     if not a.follow:
         return 0
-    seen = len(text)
+    seen = len(s.logs(jid, att["n"])[1]) if a.tail else len(text)  # follow from the end of the whole log
     try:
         while True:
             time.sleep(1.0)

@@ -44,7 +44,13 @@ from .errors import GwiError, StoreError
 from .progress import ENV_ATTEMPT, ENV_INTERVAL, ENV_URL, split_url
 from .spec import Job, Spec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# what each version adds to the one before (v1 is _SCHEMA without these columns)
+_MIGRATIONS = {
+    2: ["ALTER TABLE attempts ADD COLUMN cleanup TEXT",  # a stop that failed: retried every pass
+        "ALTER TABLE attempts ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN generation INTEGER NOT NULL DEFAULT 0"],
+}
 WEEK_S = 7 * 24 * 3600
 
 # job states
@@ -121,8 +127,22 @@ class Scheduler:
             raise GwiError(f"{path}: state written by a newer gwi (schema {version}, this gwi knows {SCHEMA_VERSION}); "
                            "upgrade gwi or point GWI_HOME elsewhere")
         if version < SCHEMA_VERSION:
-            db.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS), so two first-time processes may race
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                version = db.execute("PRAGMA user_version").fetchone()[0]  # another process may have migrated
+                if version == 0:
+                    for stmt in _SCHEMA.split(";"):
+                        if stmt.strip():
+                            db.execute(stmt)
+                    version = 1
+                for v in range(version + 1, SCHEMA_VERSION + 1):
+                    for stmt in _MIGRATIONS[v]:
+                        db.execute(stmt)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         return db
 
     @contextlib.contextmanager
@@ -202,8 +222,9 @@ class Scheduler:
                     continue
                 changed = row["definition"] != definition
                 if row["state"] in (FAILED, CANCELLED):
+                    # a new generation: the platforms' tries and the hour limit start again
                     db.execute("UPDATE jobs SET state=?, reason='', definition=?, position=?, updated_at=?, "
-                               "finished_at=NULL WHERE id=?", (WAITING, definition, pos, now, jid))
+                               "finished_at=NULL, generation=generation+1 WHERE id=?", (WAITING, definition, pos, now, jid))
                     self.event(jid, "requeued", f"re-dispatched after it {row['state']}"
                                                 + (" (definition changed)" if changed else ""))
                     out.append(f"{job.name}: {row['state']} before, queued again")
@@ -226,7 +247,7 @@ class Scheduler:
 
     def attempt_hours(self, a, now: float | None = None, since: float | None = None) -> float:
         now = self.clock() if now is None else now
-        start = a["started_at"] or a["launched_at"]
+        start = a["launched_at"]  # a paid instance bills from its launch, boot and image pull included
         end = a["ended_at"] or now
         if since is not None:
             start = max(start, since)
@@ -246,10 +267,15 @@ class Scheduler:
                                  (platform, *ACTIVE)).fetchone()[0]
         return {"hours_week": hours, "cost_usd": cost, "active": active}
 
+    def _generation(self, job_id: str) -> int:
+        r = self.db.execute("SELECT generation FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return r["generation"] if r else 0
+
     def job_cost(self, job_id: str) -> tuple[float, float]:
-        """(hours, dollars) over every attempt of a job."""
+        """(hours, dollars) over the attempts of a job since it was last dispatched."""
         hours = cost = 0.0
-        for a in self.db.execute("SELECT * FROM attempts WHERE job_id=?", (job_id,)):
+        for a in self.db.execute("SELECT * FROM attempts WHERE job_id=? AND generation=?",
+                                 (job_id, self._generation(job_id))):
             h = self.attempt_hours(a)
             hours += h
             cost += h * a["usd_per_hour"]
@@ -266,8 +292,8 @@ class Scheduler:
             if prof is None:
                 out.append(Choice(name, False, False, "no profile"))
                 continue
-            tries = self.db.execute("SELECT COUNT(*) FROM attempts WHERE job_id=? AND platform=?",
-                                    (job_id, name)).fetchone()[0]
+            tries = self.db.execute("SELECT COUNT(*) FROM attempts WHERE job_id=? AND platform=? AND generation=?",
+                                    (job_id, name, self._generation(job_id))).fetchone()[0]
             if tries >= 1 + job.limits.retries:
                 out.append(Choice(name, False, False, f"used: {tries} attempt(s), retries {job.limits.retries}"))
                 continue
@@ -312,14 +338,16 @@ class Scheduler:
         with self.lock():
             for a in self.db.execute("SELECT * FROM attempts WHERE state IN (?,?) ORDER BY launched_at",
                                      ACTIVE).fetchall():
-                self._check_attempt(a)
+                self._isolated(a["job_id"], a["id"], self._check_attempt, a)
+            for a in self.db.execute("SELECT * FROM attempts WHERE cleanup IS NOT NULL").fetchall():
+                self._isolated(a["job_id"], a["id"], self._retry_cleanup, a)
             self._promote()
             if launch:
                 for row in self.db.execute("SELECT * FROM jobs WHERE state=? ORDER BY created_at, position",
                                            (QUEUED,)).fetchall():
                     # a launch refused at once (no capacity there) moves on to the next platform now
                     for _ in range(len(self.job_def(row).platforms) * 4):
-                        if self._assign(row) is None:
+                        if self._isolated(row["id"], None, self._assign, row) is None:
                             break
                         row = self.db.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone()
                         if row["state"] != QUEUED:
@@ -328,18 +356,59 @@ class Scheduler:
             self.db.execute("INSERT INTO meta(key, value) VALUES ('last_reconcile', ?) "
                             "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(self.clock()),))
 
-    def _read_progress(self, url: str) -> dict | None:
+    def _isolated(self, job_id: str, attempt_id: str | None, fn, *args):
+        """Run one job's step; an error is recorded on the job and the pass goes on with the others."""
+        try:
+            return fn(*args)
+        except LockBusy:
+            raise
+        except Exception as e:  # noqa: BLE001 - one bad platform or profile must not stop every job
+            msg = f"{type(e).__name__}: {e}"[:500]
+            try:
+                if attempt_id:
+                    self.db.execute("UPDATE attempts SET last_error=? WHERE id=?", (msg, attempt_id))
+                last = self.db.execute("SELECT message FROM events WHERE job_id=? ORDER BY id DESC LIMIT 1",
+                                       (job_id,)).fetchone()
+                if last is None or last["message"] != msg:
+                    self.event(job_id, "error", msg, attempt_id)
+            except sqlite3.Error:
+                pass
+            return None
+
+    def _store_for(self, url: str):
         head, _, name = url.rpartition("/")
         store = self._stores.get(head)
         if store is None:
             store, _ = split_url(url)
             self._stores[head] = store
+        return store, name
+
+    def _read_progress(self, url: str) -> tuple[dict | None, bool]:
+        """(the heartbeat, whether the store answered). An unreachable store is not a stalled job."""
+        store, name = self._store_for(url)
         try:
-            return json.loads(store.get_bytes(name))
-        except StoreError:
-            return None
+            prog = json.loads(store.get_bytes(name))
+        except StoreError as e:
+            return None, "no such object" in str(e)
         except ValueError:
-            return None  # caught mid-write on a store without atomic puts; the next look will do
+            return None, True  # caught mid-write on a store without atomic puts; the next look will do
+        return (prog, True) if isinstance(prog, dict) else (None, True)
+
+    def _retry_cleanup(self, a) -> None:
+        """Stop again what an earlier stop failed to stop (a paid instance must not be forgotten)."""
+        adapter = self.adapter(a["platform"])
+        try:
+            adapter.cancel(json.loads(a["handle"]))
+        except Exception as e:  # noqa: BLE001
+            err = adapter.translate(e)
+            if err.retryable:
+                self.db.execute("UPDATE attempts SET cleanup=? WHERE id=?", (str(err)[:500], a["id"]))
+                return
+            self.event(a["job_id"], "error", f"could not stop attempt {a['n']} on {a['platform']}: {err}; "
+                                             "stop it by hand", a["id"])
+        else:
+            self.event(a["job_id"], "stopped", f"attempt {a['n']} on {a['platform']} stopped on retry", a["id"])
+        self.db.execute("UPDATE attempts SET cleanup=NULL WHERE id=?", (a["id"],))
 
     def _check_attempt(self, a) -> None:
         now = self.clock()
@@ -362,11 +431,11 @@ class Scheduler:
         except Exception as e:  # noqa: BLE001 - one bad platform must not stop the pass
             err = adapter.translate(e)
             self.db.execute("UPDATE attempts SET last_error=? WHERE id=?", (str(err), a["id"]))
-            # a transient failure (an SSH drop, an API hiccup) leaves the platform's view unknown:
-            # the heartbeat still decides; anything else is a verdict
-            if not err.retryable:
+            # a transient failure (an SSH drop, an API hiccup) or missing credentials in this shell
+            # leave the platform's view unknown: the heartbeat still decides; 'fatal' is a verdict
+            if err.kind == "fatal":
                 reason = f"platform query failed: {err}"
-        prog = self._read_progress(a["heartbeat_url"])
+        prog, store_ok = self._read_progress(a["heartbeat_url"])
         beat_key = None if prog is None else f"{prog.get('unix_time')}:{prog.get('beat')}"
         seen_at = a["beat_seen_at"]
         if beat_key is not None and beat_key != a["beat_key"]:
@@ -386,17 +455,23 @@ class Scheduler:
         stop_it = False  # ended by our verdict, not the platform's: stop it there
         if reason is not None:
             end_state, end_reason, stop_it = State.LOST.value, reason, True
+        elif job_row["state"] == CANCELLED:  # cancelled while the scheduler could not stop it
+            end_state, end_reason, stop_it = State.CANCELLED.value, "cancelled by user", True
         elif status is not None and status.state.terminal:
             end_state, exit_code = status.state.value, status.exit_code
+            stop_it = status.state == State.LOST  # e.g. its wrapper died; what it started may live on
             end_reason = status.message or ("exited 0" if status.state == State.SUCCEEDED else status.state.value)
-            if status.state != State.SUCCEEDED and prog and prog.get("error") and prog["error"] not in end_reason:
-                end_reason += f" ({prog['error'][:300]})"
+            err_text = str(prog.get("error") or "") if prog else ""
+            if status.state != State.SUCCEEDED and err_text and err_text not in end_reason:
+                end_reason += f" ({err_text[:300]})"
         else:
             limit = job.limits.start_timeout_s or self.profiles[a["platform"]].start_timeout_s
             hours = self.attempt_hours(a, now)
             _, cost = self.job_cost(a["job_id"])
             if status is not None and status.silent:
                 pass  # no heartbeat can come: its platform's state and the hour limit decide
+            elif not store_ok:
+                pass  # the store is unreachable from here: no verdict on silence this pass
             elif final and seen_at is not None:
                 # it said it finished (so silence is expected now); once the platform has had a grace
                 # to report the end and has not, believe it, and release what the platform still holds
@@ -427,7 +502,10 @@ class Scheduler:
             try:
                 adapter.cancel(handle)  # a lost attempt may still run, and bill
             except Exception as e:  # noqa: BLE001
-                end_reason += f"; cancel failed: {adapter.translate(e)}"
+                err = adapter.translate(e)
+                end_reason += f"; stop failed: {err}" + ("; retrying" if err.retryable else "; stop it by hand")
+                if err.retryable:
+                    updates["cleanup"] = str(err)[:500]  # retried every pass until it is stopped
             if end_state == "over_budget":
                 end_state = State.CANCELLED.value
         with self.tx():
@@ -440,7 +518,7 @@ class Scheduler:
         if not prog:
             return
         old = json.loads(a["progress"]) if a["progress"] else {}
-        if prog.get("epoch") != old.get("epoch") and prog.get("val_mae") is not None and prog.get("epoch"):
+        if prog.get("epoch") != old.get("epoch") and isinstance(prog.get("val_mae"), (int, float)) and prog.get("epoch"):
             self.event(a["job_id"], "progress", f"epoch {prog['epoch']}/{prog.get('epochs', '?')}: "
                                                 f"val MAE {prog['val_mae']:.1f} m/s", a["id"])
 
@@ -506,13 +584,20 @@ class Scheduler:
             if prof.quota_hours_per_week is not None:
                 limits.append(prof.quota_hours_per_week - self.usage(pick.platform)["hours_week"])
             db.execute("INSERT INTO attempts(id, job_id, n, platform, state, heartbeat_url, launched_at, usd_per_hour, "
-                       "hours_limit, resumed_from_step) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       "hours_limit, resumed_from_step, generation) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                        (aid, row["id"], n, pick.platform, State.PENDING.value, hb, self.clock(), prof.usd_per_hour,
-                        min(limits) if limits else None, self._resume_step(row, job)))
+                        min(limits) if limits else None, self._resume_step(row, job), row["generation"]))
             db.execute("UPDATE jobs SET state=?, reason=?, updated_at=? WHERE id=?",
                        (RUNNING, f"on {pick.platform}", self.clock(), row["id"]))
             self.event(row["id"], "assigned", f"attempt {n} -> {pick.platform} ({pick.why})", aid)
         a = self.db.execute("SELECT * FROM attempts WHERE id=?", (aid,)).fetchone()
+        # a heartbeat or cancel flag at this path from an earlier state (a reset GWI_HOME) is not this attempt's
+        store, name = self._store_for(hb)
+        for key in (name, "cancel"):
+            try:
+                store.delete(key)
+            except StoreError:
+                pass
         self._launch(self.db.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone(), job, a)
         return aid
 
@@ -536,7 +621,9 @@ class Scheduler:
             attempt_id=a["id"], job=job_row["id"], kind=job.kind, argv=list(job.argv),
             env={ENV_ATTEMPT: a["id"], ENV_URL: a["heartbeat_url"], ENV_INTERVAL: str(job.heartbeat_s)},
             store_url=spec["store"], heartbeat_url=a["heartbeat_url"], workdir=str(self.home / "attempts" / a["id"]),
-            gpus=job.resources.gpus, hours_limit=a["hours_limit"])
+            gpus=job.resources.gpus, hours_limit=a["hours_limit"],
+            scrub_env=tuple(sorted({v for p in self.profiles.values() for v in p.credentials}
+                                   - set(self.profiles[a["platform"]].credentials) | {"GWI_COLAB_DRIVE_TOKEN"})))
         adapter = self.adapter(a["platform"])
         try:
             handle = adapter.launch(req)
@@ -581,15 +668,20 @@ class Scheduler:
             msgs = [f"{job_id} cancelled"]
             for a in self.db.execute("SELECT * FROM attempts WHERE job_id=? AND state IN (?,?)", (job_id, *ACTIVE)).fetchall():
                 adapter = self.adapter(a["platform"])
+                cleanup = None
                 if a["handle"]:
                     try:
                         adapter.cancel(json.loads(a["handle"]))
                     except Exception as e:  # noqa: BLE001
-                        msgs.append(f"cancel on {a['platform']} failed: {adapter.translate(e)}")
+                        err = adapter.translate(e)
+                        cleanup = str(err)[:500] if err.retryable else None
+                        msgs.append(f"stopping attempt {a['n']} on {a['platform']} failed: {err}"
+                                    + ("; gwi retries it at every pass" if err.retryable else "; stop it by hand"))
                 with self.tx():
-                    self.db.execute("UPDATE attempts SET state=?, ended_at=?, end_reason=? WHERE id=?",
-                                    (State.CANCELLED.value, self.clock(), "cancelled by user", a["id"]))
-                msgs.append(f"attempt {a['n']} on {a['platform']} stopped")
+                    self.db.execute("UPDATE attempts SET state=?, ended_at=?, end_reason=?, cleanup=? WHERE id=?",
+                                    (State.CANCELLED.value, self.clock(), "cancelled by user", cleanup, a["id"]))
+                if not msgs[-1].startswith("stopping"):
+                    msgs.append(f"attempt {a['n']} on {a['platform']} stopped")
             return "; ".join(msgs)
 
     def logs(self, job_id: str, attempt: int | None = None, tail: int | None = None) -> tuple[dict, str]:

@@ -208,3 +208,35 @@ def test_the_demo_plan_completes_with_status_readable_throughout(tmp_path):
     ens = json.loads((home / "store/runs/demo/ensemble/ensemble.json").read_text())
     assert ens["val_mae"]["overall"] <= min(m["val_mae"]["overall"] for m in ens["members"]) + 1e-6
     assert "outputs:" in out and "submission.csv" in out
+
+
+def test_a_lost_wrapper_is_stopped_with_what_it_started(tmp_path):
+    """The wrapper dies (SIGKILL) but its child lives on, re-parented: query says lost, and cancel
+    finds the child by its attempt id and stops it."""
+    from gwi.adapters.base import LaunchRequest, State
+    from gwi.adapters.local import LocalAdapter, _attempt_processes
+
+    plat = tmp_path / "p"
+    plat.mkdir()
+    (plat / "box.yaml").write_text(PROFILE.format(cap=1))
+    ad = LocalAdapter(load_profiles([plat])["box"])
+    req = LaunchRequest(attempt_id="w.x.1", job="w/x", kind="synth", argv=["sleep", "600"], env={"GWI_ATTEMPT": "w.x.1"},
+                        store_url=f"file://{tmp_path}", heartbeat_url=f"file://{tmp_path}/hb.json",
+                        workdir=str(tmp_path / "w.x.1"), scrub_env=("LAMBDA_API_KEY",))
+    os.environ["LAMBDA_API_KEY"] = "must-not-leak"
+    try:
+        h = ad.launch(req)
+    finally:
+        del os.environ["LAMBDA_API_KEY"]
+    deadline = time.monotonic() + 10
+    while not _attempt_processes("w.x.1") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = [p for p in _attempt_processes("w.x.1") if p != h["pid"]]
+    assert child and b"LAMBDA_API_KEY" not in Path(f"/proc/{child[0]}/environ").read_bytes()
+    os.kill(h["pid"], signal.SIGKILL)
+    time.sleep(0.3)
+    st = ad.query(h)
+    assert st.state == State.LOST and "gone without an exit status" in st.message
+    ad.cancel(h)
+    time.sleep(0.3)
+    assert _attempt_processes("w.x.1") == []

@@ -108,9 +108,11 @@ def test_pushed_before_the_answer_was_recorded_is_adopted(kg, tmp_path):
                         store_url=kg["store"], heartbeat_url=kg["store"] + "/runs/a/b/attempts/1/progress.json",
                         workdir=str(tmp_path / "w1"))
     ad.launch(req)
-    req.workdir = str(tmp_path / "w2")
+    (tmp_path / "w1" / "handle.json").unlink()  # the scheduler died before it recorded the answer
     h = KaggleAdapter(kg["s"].profiles["kaggle"]).launch(req)
     assert len(st.pushes) == 1 and h["kernel"] == "alice/gwi-a-b-1"
+    with pytest.raises(Exception, match="no session id for alice/gwi-a-b-1"):  # adopted: cannot be cancelled by API
+        KaggleAdapter(kg["s"].profiles["kaggle"]).cancel(h)
 
 
 def test_an_offline_kernel_reads_a_mirror_and_writes_to_kaggle_working(kg, tmp_path, monkeypatch):

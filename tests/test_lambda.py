@@ -208,10 +208,24 @@ def test_a_lost_launch_answer_is_adopted_not_repeated(cloud, tmp_path):
     req = LaunchRequest(attempt_id="x.y.1", job="x/y", kind="synth", argv=["gwi", "--version"], env={},
                         store_url=c["store"], heartbeat_url=c["store"] + "/hb.json", workdir=str(tmp_path / "w1"))
     h1 = ad.launch(req)
-    req.workdir = str(tmp_path / "w2")  # the scheduler died before it recorded the answer
+    (tmp_path / "w1" / "handle.json").unlink()  # the scheduler died before it recorded the answer
     h2 = LambdaAdapter(c["s"].profiles["lam"]).launch(req)
     assert h1["instance_id"] == h2["instance_id"] and len(st.instances) == 1
+    # two answers lost (a launch that timed out, then another): one is kept, the other terminated
+    import copy
+
+    dup = copy.deepcopy(st.instances[h1["instance_id"]])
+    dup["id"] = "dup"
+    st.instances["dup"] = dup
+    (tmp_path / "w1" / "handle.json").unlink()
+    h3 = LambdaAdapter(c["s"].profiles["lam"]).launch(req)
+    assert h3["instance_id"] == h1["instance_id"] and st.instances["dup"]["status"] == "terminated"
+    # a fresh state reusing the attempt id (GWI_HOME reset) does not adopt the old instance
+    req.workdir = str(tmp_path / "w2")
+    h4 = LambdaAdapter(c["s"].profiles["lam"]).launch(req)
+    assert h4["instance_id"] not in (h1["instance_id"], "dup")
     ad.cancel(h1)
+    ad.cancel(h4)
     assert st.running() == []
 
 

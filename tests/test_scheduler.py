@@ -348,7 +348,7 @@ def test_a_newer_schema_is_refused(tmp_path):
     db = sqlite3.connect(tmp_path / "state.db")
     db.execute("PRAGMA user_version=99")
     db.close()
-    with pytest.raises(GwiError, match="schema 99, this gwi knows 1"):
+    with pytest.raises(GwiError, match="schema 99, this gwi knows 2"):
         Scheduler(tmp_path, profiles={})
 
 
@@ -409,3 +409,91 @@ def test_unreachable_platform_and_silent_attempt_is_lost(env):
     clock.advance(121)  # 6 x the default 20 s heartbeat
     s.reconcile()
     assert attempts(s, "data")[0] == ("a", "lost", "heartbeat stalled: none for 121 s (limit 120 s)")
+
+
+def test_a_version_1_state_is_migrated(tmp_path):
+    from gwi.scheduler import _SCHEMA
+
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.executescript(_SCHEMA)
+    db.execute("PRAGMA user_version=1")
+    db.close()
+    s = Scheduler(tmp_path, profiles={})
+    cols = {r[1] for r in s.db.execute("PRAGMA table_info(attempts)")}
+    assert {"cleanup", "generation"} <= cols and s.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    s.close()
+
+
+def test_redispatch_after_failure_gets_fresh_tries(env):
+    s, fakes, clock, spec, beat = env
+    sp = spec(SYNTH)
+    s.submit(sp)
+    s.reconcile()
+    fakes["a"].finish("t.data.1", 1)
+    s.reconcile()
+    fakes["b"].finish("t.data.2", 1)
+    s.reconcile()
+    assert jobs(s)["data"][0] == "failed"
+    s.submit(sp)
+    s.reconcile()
+    assert jobs(s)["data"][0] == "running" and attempts(s, "data")[2][:2] == ("a", "pending")
+
+
+def test_a_failed_stop_is_retried_until_it_works(env):
+    s, fakes, clock, spec, beat = env
+    s.submit(spec(SYNTH))
+    s.reconcile()
+    real_cancel = fakes["a"].cancel
+
+    def down(handle):
+        raise PlatformError("a: API down", "retryable")
+
+    fakes["a"].cancel = down
+    clock.advance(61)  # no heartbeat: lost, and the stop fails
+    s.reconcile()
+    a = s.attempts("t/data")[0]
+    assert a["state"] == "lost" and a["cleanup"] == "a: API down"
+    assert a["end_reason"].endswith("; stop failed: a: API down; retrying")
+    s.reconcile()
+    assert s.attempts("t/data")[0]["cleanup"] == "a: API down"
+    fakes["a"].cancel = real_cancel
+    s.reconcile()
+    assert s.attempts("t/data")[0]["cleanup"] is None and fakes["a"].cancelled == ["t.data.1"]
+    assert "attempt 1 on a stopped on retry" in [e["message"] for e in s.events("t/data")]
+
+
+def test_an_unreachable_store_is_not_a_stall_and_missing_credentials_are_not_a_verdict(env, monkeypatch):
+    s, fakes, clock, spec, beat = env
+    s.submit(spec(SYNTH))
+    s.reconcile()
+    beat("t.data.1")
+    s.reconcile()
+    from gwi.errors import StoreError
+
+    monkeypatch.setattr(s, "_read_progress", lambda url: (None, False))  # the scheduler's network is down
+
+    def no_key(handle):
+        raise PlatformError("a: API key not set", "auth")
+
+    fakes["a"].query = no_key
+    clock.advance(500)
+    s.reconcile()
+    assert attempts(s, "data")[0] == ("a", "running", "")
+    assert StoreError  # (imported for the reader: what _read_progress swallows)
+
+
+def test_one_broken_platform_does_not_stop_the_others(env):
+    s, fakes, clock, spec, beat = env
+    s.submit(spec(SYNTH))
+    s.submit(spec(SYNTH.replace("name: data,", "name: other,").replace("dataset: d,", "dataset: o,")
+                  .replace("platforms: [a, b]}", "platforms: [b]}"), name="u"))
+    s.reconcile()
+
+    def broken(handle):
+        raise RuntimeError("adapter bug")
+
+    fakes["a"].query = broken
+    fakes["b"].finish("u.other.1")
+    s.reconcile()
+    assert s.jobs("u")[0]["state"] == "succeeded"  # the other job went on
+    assert any(e["kind"] == "error" or "adapter bug" in e["message"] for e in s.events("t/data"))

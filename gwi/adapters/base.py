@@ -175,6 +175,7 @@ class LaunchRequest:
     workdir: str  # local folder for this attempt's files (logs, rendered kernels)
     gpus: int = 0
     hours_limit: float | None = None
+    scrub_env: tuple[str, ...] = ()  # other platforms' credential variables: never passed to the job
 
 
 class Adapter(ABC):

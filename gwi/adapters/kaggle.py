@@ -210,12 +210,15 @@ class KaggleAdapter(Adapter):
             return json.loads((work / "handle.json").read_text())
         meta = self.render(req, work / "kernel")
         handle = {"kernel": meta["id"], "workdir": str(work), "silent": not self.internet}
-        try:  # pushed before, answer lost: the per-attempt slug says so
-            self.api.kernels_status(meta["id"])
-            adopted = True
-        except Exception:  # noqa: BLE001 - not found: push it
-            adopted = False
+        adopted = False
+        if (work / "pushing").exists():  # we pushed before and never heard back: is it there?
+            try:
+                self.api.kernels_status(meta["id"])
+                adopted = True
+            except Exception:  # noqa: BLE001 - not found: push it
+                adopted = False
         if not adopted:
+            (work / "pushing").touch()
             try:
                 resp = self.api.kernels_push(str(work / "kernel"))
             except Exception as e:  # noqa: BLE001
@@ -247,7 +250,8 @@ class KaggleAdapter(Adapter):
     def cancel(self, handle: dict) -> None:
         Path(handle["workdir"], "cancelled").touch()
         if handle.get("kernel_id") is None:
-            return
+            raise PlatformError(f"{self.name}: no session id for {handle['kernel']} (its push answer was lost); stop "
+                                f"it at https://www.kaggle.com/code/{handle['kernel']}", "fatal")
         try:  # the SDK's cancel call; KaggleApi itself has none
             from kagglesdk.kernels.types.kernels_api_service import ApiCancelKernelSessionRequest
 

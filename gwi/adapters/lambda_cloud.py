@@ -85,10 +85,12 @@ class LambdaAPI:
         self.session.headers.update({"Authorization": f"Bearer {api_key}", "Accept": "application/json",
                                      "User-Agent": "gwi"})
 
-    def request(self, method: str, path: str, body: dict | None = None) -> dict:
+    def request(self, method: str, path: str, body: dict | None = None, retry: bool = True) -> dict:
+        """``retry=False`` for calls that are not idempotent (a launch whose answer was lost may have
+        made an instance): their transient errors go to the caller, which looks before trying again."""
         import requests
 
-        deadline = time.monotonic() + self.deadline_s
+        deadline = time.monotonic() + (self.deadline_s if retry else 0)
         delay = 1.0
         while True:
             try:
@@ -129,7 +131,8 @@ class LambdaAPI:
 
     def launch(self, region: str, itype: str, ssh_key: str, name: str) -> str:
         data = self.request("POST", "/instance-operations/launch", {
-            "region_name": region, "instance_type_name": itype, "ssh_key_names": [ssh_key], "quantity": 1, "name": name})
+            "region_name": region, "instance_type_name": itype, "ssh_key_names": [ssh_key], "quantity": 1, "name": name},
+            retry=False)
         return data["instance_ids"][0]
 
     def instance(self, instance_id: str) -> dict:
@@ -213,11 +216,17 @@ class LambdaAdapter(Adapter):
             "attempt_id": req.attempt_id, "argv": req.argv, "env": req.env, "kind": req.kind, "store": req.store_url}))
         name = "gwi-" + req.attempt_id
         handle = None
-        for inst in self.api.instances():  # launched before, answer lost: adopt it
-            if inst.get("name") == name and inst.get("status") not in ("terminating", "terminated"):
+        if (work / "launching").exists():  # we asked before and never heard back: adopt what we made
+            mine = [i for i in self.api.instances()
+                    if i.get("name") == name and i.get("status") not in ("terminating", "terminated")]
+            for extra in mine[1:]:  # more than one answer lost: keep one, stop paying for the rest
+                self.api.terminate(extra["id"])
+            if mine:
+                inst = mine[0]
                 handle = {"instance_id": inst["id"], "name": name, "type": inst.get("instance_type", {}).get("name"),
                           "region": inst.get("region", {}).get("name"), "workdir": str(work)}
         if handle is None:
+            (work / "launching").touch()
             handle = self._launch_new(name, work)
         tmp = work / "handle.json.tmp"
         tmp.write_text(json.dumps(handle))
@@ -271,6 +280,7 @@ class LambdaAdapter(Adapter):
         if not ip:
             return Status(State.PENDING)
         if not (work / "started").exists():
+            (work / "starting").touch()
             self._start(handle, ip)
             (work / "started").write_text(ip)
             return Status(State.RUNNING)
@@ -409,8 +419,10 @@ class LambdaAdapter(Adapter):
             finally:
                 sftp.close()
             # every descriptor away from the channel, or the channel stays open as long as the job
-            _, out, _ = client.exec_command(f"cd {shlex.quote(rdir)} && (setsid nohup sh run.sh >/dev/null 2>&1 "
-                                            "</dev/null &) && echo ok", timeout=60)
+            # once only: a start whose answer was lost must not start a second copy (mkdir is atomic)
+            _, out, _ = client.exec_command(f"cd {shlex.quote(rdir)} && if mkdir started.lock 2>/dev/null; then "
+                                            "(setsid nohup sh run.sh >/dev/null 2>&1 </dev/null &); fi; echo ok",
+                                            timeout=60)
             if out.read().decode().strip() != "ok":
                 raise PlatformError(f"{self.name}: could not start the job on {ip}", "retryable")
         except PlatformError:

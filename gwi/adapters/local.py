@@ -153,6 +153,12 @@ class LocalAdapter(Adapter):
         (work / "cancelled").touch()
         pid = handle["pid"]
         if _proc_start_time(pid) != handle.get("start_time"):
+            # the wrapper is gone; what it started may live on (re-parented): find it by its attempt id
+            for orphan in _attempt_processes(Path(handle["workdir"]).name):
+                try:
+                    os.kill(orphan, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             return
         for sig in (signal.SIGTERM, signal.SIGCONT):  # a stopped process only acts on TERM once continued
             try:
@@ -209,7 +215,8 @@ class LocalAdapter(Adapter):
         argv = list(req.argv)
         if argv and argv[0] == "gwi":
             argv = [sys.executable, "-m", "gwi"] + argv[1:]  # the same install as the scheduler's
-        env = dict(os.environ, **req.env, PYTHONUNBUFFERED="1")
+        env = {k: v for k, v in os.environ.items() if k not in req.scrub_env}  # other platforms' keys stay here
+        env.update(req.env, PYTHONUNBUFFERED="1")
         (work / "launching").write_text(json.dumps({"argv": argv, "time": time.time()}))
         (work / "command").write_text(" ".join(argv) + "\n")
         try:
@@ -268,7 +275,7 @@ class LocalAdapter(Adapter):
 
         cache = str(cache_root())
         volumes[cache] = {"bind": cache, "mode": "rw"}
-        env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        env = {k: v for k, v in os.environ.items() if k.startswith("AWS_") and k not in req.scrub_env}
         env.update(req.env, GWI_CACHE=cache, PYTHONUNBUFFERED="1", HOME="/tmp")
         gpus = [DeviceRequest(count=-1, capabilities=[["gpu"]])] if req.gpus and _has_nvidia() else []
         try:
@@ -294,7 +301,8 @@ class LocalAdapter(Adapter):
         if c.status != "exited":
             return Status(DOCKER_STATES.get(c.status, State.RUNNING))
         code = int(c.attrs["State"]["ExitCode"])
-        Path(handle["workdir"], "log").write_bytes(c.logs())  # kept after the container is removed
+        Path(handle["workdir"], "log").write_bytes(c.logs())  # kept: the container goes now
+        c.remove()
         if code == 0:
             return Status(State.SUCCEEDED, 0)
         if Path(handle["workdir"], "cancelled").exists():
@@ -337,6 +345,21 @@ class LocalAdapter(Adapter):
         if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
             return PlatformError(f"{self.name}: docker engine not answering: {exc}", "retryable")
         return super().translate(exc)
+
+
+def _attempt_processes(attempt_id: str) -> list[int]:
+    """Live processes whose environment names this attempt (GWI_ATTEMPT), on Linux."""
+    want = f"GWI_ATTEMPT={attempt_id}".encode()
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit() or int(p.name) == os.getpid():
+            continue
+        try:
+            if want in (p / "environ").read_bytes().split(b"\0") and _proc_start_time(int(p.name)) is not None:
+                out.append(int(p.name))
+        except OSError:
+            continue
+    return out
 
 
 def _tail(text: str, n: int | None) -> str:
