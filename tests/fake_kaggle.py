@@ -51,9 +51,17 @@ class KaggleState:
 
     def stop_all(self) -> None:
         for k in self.kernels.values():
-            if k["proc"].poll() is None:
-                k["proc"].kill()
-                k["proc"].wait()
+            _kill(k["proc"])
+            k["proc"].wait()
+
+
+def _kill(proc) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def make_handler(st: KaggleState):
@@ -92,7 +100,7 @@ def make_handler(st: KaggleState):
                 for k in st.kernels.values():
                     if k["id"] == body.get("kernelSessionId"):
                         k["cancelled"] = True
-                        k["proc"].kill()
+                        _kill(k["proc"])
                         return self._send(200, {})
                 return self._send(200, {"errorMessage": "no such session"})
             self._send(404, {"code": 404, "message": f"unknown method {method}"})
@@ -109,8 +117,9 @@ def make_handler(st: KaggleState):
             env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # a kernel has none of ours
             env.update(PYTHONPATH=str(st.root / "mod"), FAKE_KAGGLE_SECRETS=str(st.root / "secrets.json"),
                        GWI_KAGGLE_INPUT=str(st.root / "input"))
+            # its own process group: stopping a kernel stops what its script started too
             proc = subprocess.Popen([sys.executable, str(kdir / "gwi_job.py")], cwd=kdir / "working", env=env,
-                                    stdout=open(kdir / "stdout", "w"), stderr=subprocess.STDOUT)
+                                    stdout=open(kdir / "stdout", "w"), stderr=subprocess.STDOUT, start_new_session=True)
             st.kernels[ref] = {"proc": proc, "dir": str(kdir), "id": kid, "cancelled": False, "started": time.time()}
             owner, slug = ref.split("/", 1)
             self._send(200, {"ref": f"/code/{ref}", "url": f"https://www.kaggle.com/code/{ref}", "versionNumber": 1,

@@ -140,10 +140,11 @@ def test_uploaded_to_drive_followed_by_heartbeat_and_cancelled_by_flag(tmp_path,
     # a person opens the notebook and runs it; its credentials come from Colab's Secrets
     env = fake_colab(tmp_path, {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                                 "AWS_ENDPOINT_URL": moto_server, "AWS_DEFAULT_REGION": "us-east-1"})
-    run1 = subprocess.Popen([sys.executable, "-c", code_of(nb)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    run1 = subprocess.Popen([sys.executable, "-c", code_of(nb)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     nb2 = nbformat.reads(drive.files["file2"]["content"].decode(), as_version=4)
     run2 = subprocess.Popen([sys.executable, "-c", code_of(nb2)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -159,9 +160,13 @@ def test_uploaded_to_drive_followed_by_heartbeat_and_cancelled_by_flag(tmp_path,
         p = json.loads(open_store(f"{s3}/runs/c/long/attempts/1").get_bytes("progress.json"))
         assert p["state"] == "cancelled"
     finally:
-        for r in (run1, run2):
-            if r.poll() is None:
-                r.kill()
+        import signal
+
+        for r in (run1, run2):  # the notebook and the gwi it started
+            try:
+                os.killpg(r.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         drive.srv.shutdown()
         s.close()
 
