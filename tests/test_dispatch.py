@@ -119,7 +119,7 @@ def test_stalled_attempt_is_declared_lost_stopped_and_moved(sched, world, tmp_pa
     root, store, _ = world
     s = sched
     # its own spec name, so its own run: the store is shared with the other tests of this module
-    s.submit(load_spec(write_spec(tmp_path, store, TRAIN.format(stall=3), name="stall"), profiles=s.profiles))
+    s.submit(load_spec(write_spec(tmp_path, store, TRAIN.format(stall=5), name="stall"), profiles=s.profiles))
     run_until(s, lambda: progress(s, "stall.tr.1").get("step", 0) >= 3, 120)
     pid = progress(s, "stall.tr.1")["pid"]
     os.kill(pid, signal.SIGSTOP)  # alive but silent: no heartbeat

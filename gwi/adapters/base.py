@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+import json
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -212,6 +213,31 @@ class Adapter(ABC):
         if isinstance(exc, PlatformError):
             return exc
         return PlatformError(f"{self.name}: {type(exc).__name__}: {exc}", "fatal")
+
+    # -- helpers for subclasses ---------------------------------------------------------------------
+
+    def checked_options(self, allowed: tuple[str, ...]) -> dict:
+        """The profile's options, refusing a key this adapter does not know (a typo would be silent)."""
+        bad = [k for k in self.profile.options if k not in allowed]
+        if bad:
+            raise GwiError(f"{self.profile.path}: options: unknown key {bad[0]!r}; expected one of: {', '.join(allowed)}")
+        return dict(self.profile.options)
+
+    @staticmethod
+    def recorded(workdir: str | Path) -> dict | None:
+        """The handle of a launch already made for this attempt (its folder exists from now on)."""
+        work = Path(workdir)
+        work.mkdir(parents=True, exist_ok=True)
+        h = work / "handle.json"
+        return json.loads(h.read_text()) if h.exists() else None
+
+    @staticmethod
+    def record(workdir: str | Path, handle: dict) -> dict:
+        """Save the handle atomically: a half-written one would be worse than none."""
+        tmp = Path(workdir, "handle.json.tmp")
+        tmp.write_text(json.dumps(handle))
+        os.replace(tmp, Path(workdir, "handle.json"))
+        return handle
 
 
 def get_adapter(profile: Profile) -> Adapter:

@@ -72,10 +72,7 @@ if rc != 0:
 class ColabAdapter(Adapter):
     def __init__(self, profile: Profile):
         super().__init__(profile)
-        o = dict(profile.options)
-        bad = [k for k in o if k not in OPTIONS]
-        if bad:
-            raise GwiError(f"{profile.path}: options: unknown key {bad[0]!r}; expected one of: {', '.join(OPTIONS)}")
+        o = self.checked_options(OPTIONS)
         if o.get("mode", "notebook") != "notebook":
             raise GwiError(f"{profile.path}: options.mode: only 'notebook' is supported (no Colab launch API is "
                            f"reachable from gwi), got {o.get('mode')!r}")
@@ -115,10 +112,10 @@ class ColabAdapter(Adapter):
     def launch(self, req: LaunchRequest) -> dict:
         import nbformat
 
+        done = self.recorded(req.workdir)
+        if done:
+            return done
         work = Path(req.workdir)
-        work.mkdir(parents=True, exist_ok=True)
-        if (work / "handle.json").exists():
-            return json.loads((work / "handle.json").read_text())
         nb = self.render(req)
         name = f"gwi-{req.attempt_id}.ipynb"
         local = work / name
@@ -135,10 +132,7 @@ class ColabAdapter(Adapter):
             store.put_file(local, name)
             handle.update(note=f"open {local} in Colab (File > Upload notebook) and run all; also at "
                                f"{req.heartbeat_url.rsplit('/', 1)[0]}/{name}")
-        tmp = work / "handle.json.tmp"
-        tmp.write_text(json.dumps(handle))
-        os.replace(tmp, work / "handle.json")
-        return handle
+        return self.record(work, handle)
 
     def _upload(self, path: Path, name: str, token: str) -> str:
         import requests

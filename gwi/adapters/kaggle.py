@@ -104,10 +104,7 @@ def _slug(text: str) -> str:
 class KaggleAdapter(Adapter):
     def __init__(self, profile: Profile):
         super().__init__(profile)
-        o = dict(profile.options)
-        bad = [k for k in o if k not in OPTIONS]
-        if bad:
-            raise GwiError(f"{profile.path}: options: unknown key {bad[0]!r}; expected one of: {', '.join(OPTIONS)}")
+        o = self.checked_options(OPTIONS)
         self.owner = o.get("owner")
         self.prefix = o.get("slug_prefix", "gwi")
         self.machine_shape = o.get("machine_shape")
@@ -204,10 +201,10 @@ class KaggleAdapter(Adapter):
     # -- the four calls -------------------------------------------------------------------------
 
     def launch(self, req: LaunchRequest) -> dict:
+        done = self.recorded(req.workdir)
+        if done:
+            return done
         work = Path(req.workdir)
-        work.mkdir(parents=True, exist_ok=True)
-        if (work / "handle.json").exists():
-            return json.loads((work / "handle.json").read_text())
         meta = self.render(req, work / "kernel")
         handle = {"kernel": meta["id"], "workdir": str(work), "silent": not self.internet}
         adopted = False
@@ -227,10 +224,7 @@ class KaggleAdapter(Adapter):
                 raise PlatformError(f"{self.name}: push refused: {resp.error}", _kind(resp.error))
             handle.update(url=getattr(resp, "url", ""), version=getattr(resp, "version_number", None),
                           kernel_id=getattr(resp, "kernel_id", None))
-        tmp = work / "handle.json.tmp"
-        tmp.write_text(json.dumps(handle))
-        os.replace(tmp, work / "handle.json")
-        return handle
+        return self.record(work, handle)
 
     def query(self, handle: dict) -> Status:
         try:

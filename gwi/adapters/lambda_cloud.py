@@ -152,10 +152,7 @@ class LambdaAPI:
 class LambdaAdapter(Adapter):
     def __init__(self, profile: Profile):
         super().__init__(profile)
-        o = dict(profile.options)
-        bad = [k for k in o if k not in OPTIONS]
-        if bad:
-            raise GwiError(f"{profile.path}: options: unknown key {bad[0]!r}; expected one of: {', '.join(OPTIONS)}")
+        o = self.checked_options(OPTIONS)
         self.api_url = o.get("api_url", DEFAULT_API)
         self.types = list(o.get("instance_types") or [])
         if not self.types:
@@ -205,10 +202,10 @@ class LambdaAdapter(Adapter):
     # -- launch ---------------------------------------------------------------------------------
 
     def launch(self, req: LaunchRequest) -> dict:
+        done = self.recorded(req.workdir)
+        if done:
+            return done
         work = Path(req.workdir)
-        work.mkdir(parents=True, exist_ok=True)
-        if (work / "handle.json").exists():
-            return json.loads((work / "handle.json").read_text())
         why = self.reachable_store(req.store_url)
         if why:
             raise PlatformError(why, "config")
@@ -228,10 +225,7 @@ class LambdaAdapter(Adapter):
         if handle is None:
             (work / "launching").touch()
             handle = self._launch_new(name, work)
-        tmp = work / "handle.json.tmp"
-        tmp.write_text(json.dumps(handle))
-        os.replace(tmp, work / "handle.json")
-        return handle
+        return self.record(work, handle)
 
     def _launch_new(self, name: str, work: Path) -> dict:
         offered = self.api.instance_types()

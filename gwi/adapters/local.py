@@ -65,9 +65,7 @@ def _proc_start_time(pid: int) -> str | None:
 class LocalAdapter(Adapter):
     def __init__(self, profile: Profile):
         super().__init__(profile)
-        bad = [k for k in profile.options if k not in OPTIONS]
-        if bad:
-            raise GwiError(f"{profile.path}: options: unknown key {bad[0]!r}; expected one of: {', '.join(OPTIONS)}")
+        self.checked_options(OPTIONS)
         self.runtime_opt = profile.options.get("runtime", "auto")
         if self.runtime_opt not in RUNTIMES:
             raise GwiError(f"{profile.path}: options.runtime: expected one of {', '.join(RUNTIMES)}, "
@@ -113,16 +111,12 @@ class LocalAdapter(Adapter):
 
     def launch(self, req: LaunchRequest) -> dict:
         work = Path(req.workdir)
-        work.mkdir(parents=True, exist_ok=True)
-        existing = self._existing(work)
+        existing = self.recorded(work) or self._existing(work)
         if existing:
             return existing
         runtime = self.runtime()
         handle = self._launch_docker(req, work) if runtime == "docker" else self._launch_process(req, work)
-        tmp = work / "handle.json.tmp"
-        tmp.write_text(json.dumps(handle))
-        os.replace(tmp, work / "handle.json")
-        return handle
+        return self.record(work, handle)
 
     def query(self, handle: dict) -> Status:
         if handle["runtime"] == "docker":
@@ -195,9 +189,6 @@ class LocalAdapter(Adapter):
     def _existing(self, work: Path) -> dict | None:
         """A launch that already happened for this attempt: its recorded handle, or the wrapper that
         was started before a scheduler died (its pid file is written before ``gwi`` starts)."""
-        h = work / "handle.json"
-        if h.exists():
-            return json.loads(h.read_text())
         if (work / "launching").exists():
             pid_file = work / "pid"
             for _ in range(30):  # the wrapper writes its pid first thing
