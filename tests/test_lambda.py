@@ -114,7 +114,7 @@ def test_job_runs_on_an_instance_over_ssh_and_the_instance_is_terminated(cloud):
     assert "dataset d at" in (work / "log").read_text()  # the log came back before termination
     assert f"[127.0.0.1]:{c['sshd'].port}" in (work / "known_hosts").read_text()  # host key recorded
     rdir = c["remote"] / "gwi-lc.data.1"
-    assert stat.S_IMODE((rdir / "env").stat().st_mode) == 0o600
+    assert stat.S_IMODE((rdir / "env").stat().st_mode) == 0o600 == stat.S_IMODE((rdir / "docker.env").stat().st_mode)
     assert "GWI_HEARTBEAT=" in (rdir / "env").read_text()
     assert KEY not in (rdir / "run.sh").read_text() and KEY not in (rdir / "env").read_text()
     assert json.loads(Path(c["store"][7:], "datasets/d/manifest.json").read_text())["num_samples"] == 2
@@ -236,7 +236,7 @@ def test_multi_gpu_training_runs_under_torchrun(cloud):
                                   "train --model egnn")
     assert ad.command(req, 1) == f"{sys.executable} -m gwi train --model egnn"
     ad.runtime, ad.image = "docker", "ghcr.io/team/gwi:1"
-    assert ad.command(req, 4) == ("docker run --rm --name gwi-a.b.1 --gpus all --network host --shm-size 16g --env-file env "
+    assert ad.command(req, 4) == ("docker run --rm --name gwi-a.b.1 --gpus all --network host --shm-size 16g --env-file docker.env "
                                   "--entrypoint torchrun ghcr.io/team/gwi:1 --standalone --nproc-per-node=4 --no-python "
                                   "-- gwi train --model egnn")
     assert ad.command({**req, "kind": "predict"}, 4).endswith("ghcr.io/team/gwi:1 train --model egnn")

@@ -379,7 +379,7 @@ class LambdaAdapter(Adapter):
         multi = req["kind"] == "train" and gpus > 1
         if self.runtime == "docker":
             head = ["docker", "run", "--rm", "--name", "gwi-" + req["attempt_id"], "--gpus", "all", "--network", "host",
-                    "--shm-size", "16g", "--env-file", "env"]
+                    "--shm-size", "16g", "--env-file", "docker.env"]
             if multi:
                 return shlex.join(head + ["--entrypoint", "torchrun", self.image, "--standalone",
                                           f"--nproc-per-node={gpus}", "--no-python", "--", "gwi"] + argv)
@@ -394,7 +394,12 @@ class LambdaAdapter(Adapter):
         env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}  # the store's credentials
         env.update(self.env)
         env.update(req["env"])
-        env_text = "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))
+        bad = [k for k, v in env.items() if "\n" in v]
+        if bad:
+            raise PlatformError(f"{self.name}: environment variable {bad[0]} holds a newline; it cannot be passed", "config")
+        # the same variables twice: shell-quoted for run.sh, raw for docker --env-file (which does not unquote)
+        files = {"env": "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(env.items())),
+                 "docker.env": "".join(f"{k}={v}\n" for k, v in sorted(env.items()))}
         rdir = self._rdir(handle)
         client = self._client(ip, handle)
         try:
@@ -403,9 +408,10 @@ class LambdaAdapter(Adapter):
                 _, out, _ = client.exec_command(f"mkdir -p {shlex.quote(rdir)} && cd {shlex.quote(rdir)} && pwd",
                                                 timeout=60)
                 home_dir = out.read().decode().strip()
-                with sftp.open(posixpath.join(home_dir, "env"), "w") as f:
-                    sftp.chmod(posixpath.join(home_dir, "env"), 0o600)  # secrets: owner only
-                    f.write(env_text)
+                for fname, text in files.items():
+                    with sftp.open(posixpath.join(home_dir, fname), "w") as f:
+                        sftp.chmod(posixpath.join(home_dir, fname), 0o600)  # secrets: owner only
+                        f.write(text)
                 with sftp.open(posixpath.join(home_dir, "run.sh"), "w") as f:
                     f.write(_RUN_SH.format(command=self.command(req, int(handle.get("gpus") or 1))))
                 if self.runtime == "docker" and self.image_archive:
