@@ -269,6 +269,8 @@ def _clock(t: float | None) -> str:
 def _status_records(s, spec: str | None = None) -> list[dict]:
     import time
 
+    from .scheduler import ACTIVE
+
     now = time.time()
     latest = s.latest_attempts()
     costs = s.costs()
@@ -277,7 +279,7 @@ def _status_records(s, spec: str | None = None) -> list[dict]:
         a = latest.get(j["id"])
         prog = json.loads(a["progress"]) if a is not None and a["progress"] else {}
         hours, cost = costs.get(j["id"], (0.0, 0.0))
-        active = a is not None and a["state"] in ("pending", "running")
+        active = a is not None and a["state"] in ACTIVE
         out.append({
             "job": j["id"], "kind": j["kind"], "state": j["state"], "reason": j["reason"],
             "platform": a["platform"] if a is not None else None, "attempt": a["n"] if a is not None else 0,
@@ -330,15 +332,10 @@ def _follow(s, spec: str | None, interval: float, forever: bool = False) -> int:
     """Reconcile and print events until every job (of ``spec``) has finished."""
     import time
 
-    from .scheduler import LockBusy
-
-    last = s.events()[-1]["id"] if s.events() else 0
+    last = s.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
     try:
         while True:
-            try:
-                s.reconcile()
-            except LockBusy:
-                pass  # another watcher acts; we only report
+            s.reconcile()  # waits while another watcher holds the lock, then acts on what it left
             last = _print_events(s, last, spec)
             if not forever and s.unfinished(spec) == 0:
                 break
@@ -360,7 +357,7 @@ def _follow(s, spec: str | None, interval: float, forever: bool = False) -> int:
 
 
 def cmd_dispatch(a) -> int:
-    from .scheduler import LockBusy, Scheduler
+    from .scheduler import Scheduler
     from .spec import load_spec
 
     s = Scheduler()
@@ -389,10 +386,7 @@ def cmd_dispatch(a) -> int:
         print(f"{spec.name}/{line}")
     if a.follow:
         return _follow(s, spec.name, a.interval)
-    try:
-        s.reconcile()
-    except LockBusy:
-        print("a gwi watch is running: it will launch the jobs")
+    s.reconcile()
     print()
     print(_status_table(_status_records(s, spec.name)))
     print("\nfollow with: gwi watch   (or gwi status --watch; logs: gwi logs JOB)")
@@ -491,7 +485,7 @@ def cmd_cancel(a) -> int:
 def cmd_logs(a) -> int:
     import time
 
-    from .scheduler import Scheduler
+    from .scheduler import ACTIVE, Scheduler
 
     s = Scheduler()
     jid = s.resolve(a.job)
@@ -507,13 +501,9 @@ def cmd_logs(a) -> int:
             sys.stdout.write(text[seen:])
             sys.stdout.flush()
             seen = len(text)
-            row = s.db.execute("SELECT state FROM attempts WHERE id=?", (att["id"],)).fetchone()
-            if row["state"] not in ("pending", "running"):
+            if att["state"] not in ACTIVE:
                 return 0
-            try:
-                s.reconcile()
-            except Exception:  # noqa: BLE001 - following logs must not die on a busy lock
-                pass
+            s.reconcile()
     except KeyboardInterrupt:
         return 0
 

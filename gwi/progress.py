@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 
-from .store import Store, open_store
+from .store import Store, split_url
 
 ENV_URL = "GWI_HEARTBEAT"
 ENV_ATTEMPT = "GWI_ATTEMPT"
@@ -28,12 +28,6 @@ ENV_INTERVAL = "GWI_HEARTBEAT_S"
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def split_url(url: str) -> tuple[Store, str]:
-    """``s3://b/runs/x/progress.json`` -> (store at ``s3://b/runs/x``, ``progress.json``)."""
-    head, _, name = url.rstrip("/").rpartition("/")
-    return open_store(head), name
 
 
 class Heartbeat(threading.Thread):

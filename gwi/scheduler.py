@@ -41,8 +41,9 @@ from pathlib import Path
 
 from .adapters.base import Adapter, LaunchRequest, PlatformError, Profile, State, get_adapter, load_profiles
 from .errors import GwiError, StoreError
-from .progress import ENV_ATTEMPT, ENV_INTERVAL, ENV_URL, split_url
+from .progress import ENV_ATTEMPT, ENV_INTERVAL, ENV_URL
 from .spec import Job, Spec
+from .store import split_url
 
 SCHEMA_VERSION = 2
 # what each version adds to the one before (v1 is _SCHEMA without these columns)
@@ -360,8 +361,6 @@ class Scheduler:
         """Run one job's step; an error is recorded on the job and the pass goes on with the others."""
         try:
             return fn(*args)
-        except LockBusy:
-            raise
         except Exception as e:  # noqa: BLE001 - one bad platform or profile must not stop every job
             msg = f"{type(e).__name__}: {e}"[:500]
             try:
@@ -394,21 +393,32 @@ class Scheduler:
             return None, True  # caught mid-write on a store without atomic puts; the next look will do
         return (prog, True) if isinstance(prog, dict) else (None, True)
 
-    def _retry_cleanup(self, a) -> None:
-        """Stop again what an earlier stop failed to stop (a paid instance must not be forgotten)."""
+    def _stop(self, a) -> tuple[PlatformError | None, str | None]:
+        """Cancel an attempt on its platform: (the error if that failed, what to keep in ``cleanup``
+        so every pass retries it: only a retryable error; any other needs a person)."""
+        if not a["handle"]:
+            return None, None
         adapter = self.adapter(a["platform"])
         try:
             adapter.cancel(json.loads(a["handle"]))
         except Exception as e:  # noqa: BLE001
             err = adapter.translate(e)
-            if err.retryable:
-                self.db.execute("UPDATE attempts SET cleanup=? WHERE id=?", (str(err)[:500], a["id"]))
-                return
-            self.event(a["job_id"], "error", f"could not stop attempt {a['n']} on {a['platform']}: {err}; "
-                                             "stop it by hand", a["id"])
-        else:
+            return err, (str(err)[:500] if err.retryable else None)
+        return None, None
+
+    @staticmethod
+    def _stop_note(err: PlatformError) -> str:
+        return f"{err}; " + ("gwi retries it at every pass" if err.retryable else "stop it by hand")
+
+    def _retry_cleanup(self, a) -> None:
+        """Stop again what an earlier stop failed to stop (a paid instance must not be forgotten)."""
+        err, cleanup = self._stop(a)
+        if err is None:
             self.event(a["job_id"], "stopped", f"attempt {a['n']} on {a['platform']} stopped on retry", a["id"])
-        self.db.execute("UPDATE attempts SET cleanup=NULL WHERE id=?", (a["id"],))
+        elif not err.retryable:
+            self.event(a["job_id"], "error", f"could not stop attempt {a['n']} on {a['platform']}: "
+                                             f"{self._stop_note(err)}", a["id"])
+        self.db.execute("UPDATE attempts SET cleanup=? WHERE id=?", (cleanup, a["id"]))
 
     def _check_attempt(self, a) -> None:
         now = self.clock()
@@ -499,13 +509,9 @@ class Scheduler:
                 self.event(a["job_id"], "running", "running by its platform (it cannot heartbeat)", a["id"])
             stop_it = end_state is not None
         if stop_it:
-            try:
-                adapter.cancel(handle)  # a lost attempt may still run, and bill
-            except Exception as e:  # noqa: BLE001
-                err = adapter.translate(e)
-                end_reason += f"; stop failed: {err}" + ("; retrying" if err.retryable else "; stop it by hand")
-                if err.retryable:
-                    updates["cleanup"] = str(err)[:500]  # retried every pass until it is stopped
+            err, updates["cleanup"] = self._stop(a)  # a lost attempt may still run, and bill
+            if err is not None:
+                end_reason += f"; stop failed: {self._stop_note(err)}"
             if end_state == "over_budget":
                 end_state = State.CANCELLED.value
         with self.tx():
@@ -541,18 +547,19 @@ class Scheduler:
     def _promote(self) -> None:
         """Waiting jobs whose ``after`` jobs all succeeded are queued; a failed dependency fails them."""
         with self.tx():
-            for row in self.db.execute("SELECT * FROM jobs WHERE state=?", (WAITING,)).fetchall():
+            waiting = self.db.execute("SELECT * FROM jobs WHERE state=?", (WAITING,)).fetchall()
+            states = dict(self.db.execute("SELECT id, state FROM jobs").fetchall()) if waiting else {}
+            for row in waiting:
                 job = self.job_def(row)
-                deps = [(d, self.db.execute("SELECT state FROM jobs WHERE id=?", (f"{row['spec']}/{d}",)).fetchone())
-                        for d in job.after]
-                bad = [f"{d} {r['state']}" for d, r in deps if r is not None and r["state"] in (FAILED, CANCELLED)]
-                missing = [d for d, r in deps if r is None]
+                deps = [(d, states.get(f"{row['spec']}/{d}")) for d in job.after]
+                bad = [f"{d} {st}" for d, st in deps if st in (FAILED, CANCELLED)]
+                missing = [d for d, st in deps if st is None]
                 if bad or missing:
                     why = "dependency " + ", ".join(bad + [f"{m} unknown" for m in missing])
                     self.db.execute("UPDATE jobs SET state=?, reason=?, updated_at=?, finished_at=? WHERE id=?",
                                     (FAILED, why, self.clock(), self.clock(), row["id"]))
                     self.event(row["id"], "failed", why)
-                elif all(r["state"] == SUCCEEDED for _, r in deps):
+                elif all(st == SUCCEEDED for _, st in deps):
                     self.db.execute("UPDATE jobs SET state=?, updated_at=? WHERE id=?", (QUEUED, self.clock(), row["id"]))
                     self.event(row["id"], "queued", "ready" + (f" ({', '.join(job.after)} done)" if job.after else ""))
 
@@ -615,6 +622,16 @@ class Scheduler:
         except (StoreError, ValueError, KeyError, TypeError):
             return None
 
+    def _other_secrets(self, platform: str) -> set[str]:
+        """Variables holding other platforms' secrets: a job here never sees them."""
+        names = set()
+        for name in self.profiles:
+            try:
+                names |= self.adapter(name).secret_vars()
+            except Exception:  # noqa: BLE001 - a broken profile: its declared credentials at least
+                names |= set(self.profiles[name].credentials)
+        return names - set(self.profiles[platform].credentials)
+
     def _launch(self, job_row, job: Job, a) -> None:
         spec = self.db.execute("SELECT store FROM specs WHERE name=?", (job_row["spec"],)).fetchone()
         req = LaunchRequest(
@@ -622,8 +639,7 @@ class Scheduler:
             env={ENV_ATTEMPT: a["id"], ENV_URL: a["heartbeat_url"], ENV_INTERVAL: str(job.heartbeat_s)},
             store_url=spec["store"], heartbeat_url=a["heartbeat_url"], workdir=str(self.home / "attempts" / a["id"]),
             gpus=job.resources.gpus, hours_limit=a["hours_limit"],
-            scrub_env=tuple(sorted({v for p in self.profiles.values() for v in p.credentials}
-                                   - set(self.profiles[a["platform"]].credentials) | {"GWI_COLAB_DRIVE_TOKEN"})))
+            scrub_env=tuple(sorted(self._other_secrets(a["platform"]))))
         adapter = self.adapter(a["platform"])
         try:
             handle = adapter.launch(req)
@@ -667,21 +683,12 @@ class Scheduler:
                 self.event(job_id, "cancelled", "by user")
             msgs = [f"{job_id} cancelled"]
             for a in self.db.execute("SELECT * FROM attempts WHERE job_id=? AND state IN (?,?)", (job_id, *ACTIVE)).fetchall():
-                adapter = self.adapter(a["platform"])
-                cleanup = None
-                if a["handle"]:
-                    try:
-                        adapter.cancel(json.loads(a["handle"]))
-                    except Exception as e:  # noqa: BLE001
-                        err = adapter.translate(e)
-                        cleanup = str(err)[:500] if err.retryable else None
-                        msgs.append(f"stopping attempt {a['n']} on {a['platform']} failed: {err}"
-                                    + ("; gwi retries it at every pass" if err.retryable else "; stop it by hand"))
+                err, cleanup = self._stop(a)
                 with self.tx():
                     self.db.execute("UPDATE attempts SET state=?, ended_at=?, end_reason=?, cleanup=? WHERE id=?",
                                     (State.CANCELLED.value, self.clock(), "cancelled by user", cleanup, a["id"]))
-                if not msgs[-1].startswith("stopping"):
-                    msgs.append(f"attempt {a['n']} on {a['platform']} stopped")
+                msgs.append(f"attempt {a['n']} on {a['platform']} stopped" if err is None else
+                            f"stopping attempt {a['n']} on {a['platform']} failed: {self._stop_note(err)}")
             return "; ".join(msgs)
 
     def logs(self, job_id: str, attempt: int | None = None, tail: int | None = None) -> tuple[dict, str]:

@@ -459,6 +459,12 @@ def open_store(url: str | os.PathLike | None = None) -> Store:
     return FileStore(url)
 
 
+def split_url(url: str) -> tuple[Store, str]:
+    """``s3://b/runs/x/progress.json`` -> (the store at ``s3://b/runs/x``, ``progress.json``)."""
+    head, _, name = str(url).rstrip("/").rpartition("/")
+    return open_store(head), name
+
+
 def is_url(s: str | os.PathLike | None) -> bool:
     return s is not None and "://" in str(s)
 
@@ -471,11 +477,10 @@ def staged_output(target: str | None):
     if target is None or not is_url(target):
         yield target
         return
-    parent, _, name = str(target).rstrip("/").rpartition("/")
+    store, name = split_url(target)
     tmp = Path(tempfile.mkdtemp(prefix="gwi-out-"))
     try:
         yield str(tmp / name)
-        store = open_store(parent)
         for p in sorted(tmp.rglob("*")):
             if p.is_file():
                 store.put_file(p, p.relative_to(tmp).as_posix())
@@ -489,10 +494,10 @@ def staged_input(source: str | None):
     if source is None or not is_url(source):
         yield source
         return
-    parent, _, name = str(source).rstrip("/").rpartition("/")
+    store, name = split_url(source)
     tmp = Path(tempfile.mkdtemp(prefix="gwi-in-"))
     try:
-        open_store(parent).get_file(name, tmp / name)
+        store.get_file(name, tmp / name)
         yield str(tmp / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -265,8 +265,7 @@ def _json(obj) -> bytes:
     return json.dumps(obj, indent=1, default=str).encode()
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+_now = progress.now_iso
 
 
 class RunStore:

@@ -453,7 +453,7 @@ def test_a_failed_stop_is_retried_until_it_works(env):
     s.reconcile()
     a = s.attempts("t/data")[0]
     assert a["state"] == "lost" and a["cleanup"] == "a: API down"
-    assert a["end_reason"].endswith("; stop failed: a: API down; retrying")
+    assert a["end_reason"].endswith("; stop failed: a: API down; gwi retries it at every pass")
     s.reconcile()
     assert s.attempts("t/data")[0]["cleanup"] == "a: API down"
     fakes["a"].cancel = real_cancel

@@ -193,6 +193,10 @@ class Adapter(ABC):
             return f"credentials not set: {', '.join(missing)}"
         return None
 
+    def secret_vars(self) -> set[str]:
+        """Environment variables that hold this platform's secrets (kept from other platforms' jobs)."""
+        return set(self.profile.credentials)
+
     def reachable_store(self, store_url: str) -> str | None:
         """Why jobs here cannot read and write ``store_url`` (a remote machine and a file:// store), or None."""
         return None
@@ -238,6 +242,13 @@ class Adapter(ABC):
         tmp.write_text(json.dumps(handle))
         os.replace(tmp, Path(workdir, "handle.json"))
         return handle
+
+
+def tail_lines(text: str, n: int | None) -> str:
+    """The last ``n`` lines of a log (all of it for None or 0)."""
+    if not n:
+        return text
+    return "\n".join(text.splitlines()[-n:]) + ("\n" if text.endswith("\n") else "")
 
 
 def get_adapter(profile: Profile) -> Adapter:

@@ -82,6 +82,9 @@ class ColabAdapter(Adapter):
         self.drive_token_var = o.get("drive_token_var", "GWI_COLAB_DRIVE_TOKEN")
         self.drive_api = o.get("drive_api", "https://www.googleapis.com").rstrip("/")
 
+    def secret_vars(self) -> set[str]:
+        return super().secret_vars() | {self.drive_token_var}
+
     def reachable_store(self, store_url: str) -> str | None:
         if store_url.startswith("file://"):
             return f"{self.name}: a Colab runtime cannot reach a file:// store; use s3://"
@@ -126,7 +129,7 @@ class ColabAdapter(Adapter):
             fid = self._upload(local, name, token)
             handle.update(drive_id=fid, note=f"open https://colab.research.google.com/drive/{fid} and run all")
         else:
-            from ..progress import split_url
+            from ..store import split_url
 
             store, _ = split_url(req.heartbeat_url)
             store.put_file(local, name)
@@ -167,7 +170,7 @@ class ColabAdapter(Adapter):
         return Status(State.PENDING)
 
     def cancel(self, handle: dict) -> None:
-        from ..progress import split_url
+        from ..store import split_url
 
         Path(handle["workdir"], "cancelled").touch()
         store, _ = split_url(handle["heartbeat_url"])

@@ -36,7 +36,7 @@ import re
 from pathlib import Path
 
 from ..errors import GwiError
-from .base import Adapter, LaunchRequest, PlatformError, Profile, State, Status
+from .base import Adapter, LaunchRequest, PlatformError, Profile, State, Status, tail_lines
 
 OPTIONS = ("owner", "slug_prefix", "machine_shape", "internet", "wheel_dataset", "datasets", "competitions", "secrets",
            "offline_store", "api_endpoint")
@@ -260,7 +260,7 @@ class KaggleAdapter(Adapter):
     def logs(self, handle: dict, tail: int | None = None) -> str:
         p = Path(handle["workdir"], "log")
         text = p.read_text() if p.exists() else self._fetch_log(handle)
-        return "\n".join(text.splitlines()[-tail:]) + "\n" if tail else text
+        return tail_lines(text, tail)
 
     def _fetch_log(self, handle: dict) -> str:
         try:

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 from ..errors import GwiError
-from .base import Adapter, LaunchRequest, PlatformError, Profile, State, Status
+from .base import Adapter, LaunchRequest, PlatformError, Profile, State, Status, tail_lines
 
 DEFAULT_API = "https://cloud.lambdalabs.com/api/v1"
 OPTIONS = ("api_url", "instance_types", "regions", "ssh_key_name", "ssh_private_key", "ssh_user", "ssh_port", "runtime",
@@ -313,7 +313,7 @@ class LambdaAdapter(Adapter):
             text = self._ssh((work / "started").read_text(), handle, f"cat {self._rdir(handle)}/log 2>/dev/null; true")
         else:
             return ""
-        return "\n".join(text.splitlines()[-tail:]) + "\n" if tail else text
+        return tail_lines(text, tail)
 
     def translate(self, exc: Exception) -> PlatformError:
         if isinstance(exc, PlatformError):

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from ..errors import GwiError
-from .base import Adapter, LaunchRequest, PlatformError, Profile, State, Status
+from .base import Adapter, LaunchRequest, PlatformError, Profile, State, Status, tail_lines
 
 RUNTIMES = ("auto", "docker", "process")
 OPTIONS = ("runtime", "image", "grace_s")
@@ -179,10 +179,10 @@ class LocalAdapter(Adapter):
             except Exception as e:  # noqa: BLE001
                 saved = Path(handle["workdir"], "log")
                 if saved.exists():
-                    return _tail(saved.read_text(errors="replace"), tail)
+                    return tail_lines(saved.read_text(errors="replace"), tail)
                 raise self.translate(e) from None
         p = Path(handle["workdir"], "log")
-        return _tail(p.read_text(errors="replace"), tail) if p.exists() else ""
+        return tail_lines(p.read_text(errors="replace"), tail) if p.exists() else ""
 
     # -- the process runtime ----------------------------------------------------------------------
 
@@ -197,9 +197,8 @@ class LocalAdapter(Adapter):
                 time.sleep(0.1)
             if pid_file.exists():
                 pid = int(pid_file.read_text())
-                handle = {"runtime": "process", "pid": pid, "start_time": _proc_start_time(pid), "workdir": str(work)}
-                (work / "handle.json").write_text(json.dumps(handle))
-                return handle
+                return self.record(work, {"runtime": "process", "pid": pid, "start_time": _proc_start_time(pid),
+                                          "workdir": str(work)})
         return None
 
     def _launch_process(self, req: LaunchRequest, work: Path) -> dict:
@@ -258,10 +257,9 @@ class LocalAdapter(Adapter):
         except docker.errors.NotFound:
             pass
         volumes = {}
-        for url in {req.store_url}:
-            if url.startswith("file://"):
-                root = url[len("file://"):]
-                volumes[root] = {"bind": root, "mode": "rw"}
+        if req.store_url.startswith("file://"):  # the store at the same path inside
+            root = req.store_url[len("file://"):]
+            volumes[root] = {"bind": root, "mode": "rw"}
         from ..data.sync import cache_root
 
         cache = str(cache_root())
@@ -351,12 +349,6 @@ def _attempt_processes(attempt_id: str) -> list[int]:
         except OSError:
             continue
     return out
-
-
-def _tail(text: str, n: int | None) -> str:
-    if not n:
-        return text
-    return "\n".join(text.splitlines()[-n:]) + ("\n" if text.endswith("\n") else "")
 
 
 def _has_nvidia() -> bool:

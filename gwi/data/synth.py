@@ -255,11 +255,11 @@ class ForwardModel:
 def _existing(out: str, name: str) -> dict | None:
     from ..errors import StoreError
     from ..store import open_store
-    from .shards import load_manifest
+    from .shards import MANIFEST, load_manifest
 
     store = open_store(out).child(f"datasets/{name}")
     try:
-        if not store.exists("manifest.json"):
+        if not store.exists(MANIFEST):
             return None
     except StoreError:
         return None
