@@ -76,6 +76,20 @@ def isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("GWI_CACHE", str(tmp_path / "gwi-cache"))
 
 
+def run_until(s, cond, timeout: float, interval: float = 0.2):
+    """Run scheduler passes until ``cond()`` is true (its value is returned); on timeout, fail with
+    every event so far, which says what the scheduler saw."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s.reconcile()
+        v = cond()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s; events:\n" + "\n".join(
+        f"{e['job_id']} {e['kind']} {e['message']}" for e in s.events()))
+
+
 def make_samples(rng, n: int):
     """Seismic-like float32 (n,5,1000,70) and velocity (n,1,70,70) in 1500..4500 m/s."""
     x = (rng.standard_normal((n, 5, 1000, 70)) * rng.uniform(0.5, 8)).astype(np.float32)

@@ -19,6 +19,8 @@ from gwi.scheduler import Scheduler
 from gwi.spec import load_spec
 from gwi.store import open_store
 
+from .conftest import run_until
+
 PROFILE = """adapter: local
 capacity: {cap}
 start_timeout_s: 120
@@ -68,18 +70,6 @@ jobs:
     limits: {{stall_s: {stall}}}
     config: {{epochs: 30, batch_size: 4, lr: 0.003, fold: 0, folds: 4, checkpoint_every: 5, keep_checkpoints: 2}}
 """
-
-
-def run_until(s, cond, timeout, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        s.reconcile()
-        v = cond()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s; events:\n" + "\n".join(
-        f"{e['job_id']} {e['kind']} {e['message']}" for e in s.events()))
 
 
 def progress(s, attempt_id):

@@ -4,7 +4,6 @@ that runs the pushed kernel; the store is S3 (moto), its credentials only in the
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from gwi.scheduler import Scheduler
 from gwi.spec import load_spec
 from gwi.store import open_store
 
+from .conftest import run_until
 from .fake_kaggle import KaggleState, serve
 
 ACCESS, SECRET = "AKIAKAGGLETESTSECRET1", "s3cr3t-value-never-in-a-file"
@@ -43,16 +43,6 @@ def kg(tmp_path, monkeypatch, s3, moto_server):
     st.stop_all()
     s.close()
     srv.shutdown()
-
-
-def run_until(s, cond, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        s.reconcile()
-        if cond():
-            return
-        time.sleep(0.3)
-    raise AssertionError("timed out; events:\n" + "\n".join(f"{e['job_id']} {e['kind']} {e['message']}" for e in s.events()))
 
 
 def submit(kg, body, name="kg"):

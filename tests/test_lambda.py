@@ -18,6 +18,7 @@ from gwi.adapters.lambda_cloud import LambdaAdapter
 from gwi.scheduler import Scheduler
 from gwi.spec import load_spec
 
+from .conftest import run_until
 from .fake_lambda import LambdaState, serve
 from .sshd import SSHD, Sshd
 
@@ -83,17 +84,6 @@ def spec(c, body: str, name="lc"):
     p = c["tmp"] / f"{name}.yaml"
     p.write_text(f"name: {name}\nstore: {c['store']}\n" + body)
     return load_spec(p, profiles=c["s"].profiles)
-
-
-def run_until(s, cond, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        s.reconcile()
-        if cond():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout} s; events:\n" + "\n".join(
-        f"{e['job_id']} {e['kind']} {e['message']}" for e in s.events()))
 
 
 SYNTH = "jobs:\n  - {name: data, kind: synth, dataset: d, families: [FlatVel_A], samples: 2, platforms: [lam, fallback]}\n"
