@@ -120,7 +120,16 @@ class Scheduler:
     def _connect(path: Path) -> sqlite3.Connection:
         db = sqlite3.connect(path, timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
+        # switching to WAL needs the database to itself for a moment: a second gwi starting at the
+        # same time (gwi status beside gwi dispatch) gets SQLITE_BUSY without waiting, so retry
+        deadline = time.monotonic() + 30
+        while db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=30000")
         version = db.execute("PRAGMA user_version").fetchone()[0]

@@ -201,6 +201,13 @@ def test_the_demo_plan_completes_with_status_readable_throughout(tmp_path):
     assert "outputs:" in out and "submission.csv" in out
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""  # gone already (the wrapper's short-lived helpers, like mv)
+
+
 def test_a_lost_wrapper_is_stopped_with_what_it_started(tmp_path):
     """The wrapper dies (SIGKILL) but its child lives on, re-parented: query says lost, and cancel
     finds the child by its attempt id and stops it."""
@@ -222,7 +229,7 @@ def test_a_lost_wrapper_is_stopped_with_what_it_started(tmp_path):
     deadline = time.monotonic() + 10
     child = []
     while not child and time.monotonic() < deadline:  # the wrapper first, then the job it starts
-        child = [p for p in _attempt_processes("w.x.1") if p != h["pid"]]
+        child = [p for p in _attempt_processes("w.x.1") if p != h["pid"] and _cmdline(p).startswith(b"sleep")]
         time.sleep(0.05)
     assert child and b"LAMBDA_API_KEY" not in Path(f"/proc/{child[0]}/environ").read_bytes()
     os.kill(h["pid"], signal.SIGKILL)
