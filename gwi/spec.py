@@ -256,10 +256,9 @@ def _a(word: str) -> str:
 
 
 def _train():
-    # torch comes with gwi.train: import it only when a spec needs training settings
-    from . import train
+    from . import config
 
-    return train
+    return config
 
 
 def _scalar(v: Any) -> str:

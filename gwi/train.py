@@ -44,88 +44,10 @@ from .data import folds
 from .data.shards import ShardedDataset, log_transform, sha256_file
 from .data.sync import cache_root, pull
 from .errors import GwiError, StoreError
+from .config import LOSSES, PRECISIONS, TrainConfig, apply_sets  # noqa: F401 - re-exported
 from .models import registry
 from .progress import Heartbeat
 from .store import Store, open_store
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-LOSSES = ("l1", "l1+l2", "l2")
-
-
-@dataclass
-class TrainConfig:
-    model: str
-    dataset: str
-    run: str
-    preset: str = "default"
-    model_args: dict = field(default_factory=dict)  # overrides of the preset, from --set model.KEY=VALUE
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_frac: float = 0.05
-    grad_clip: float = 1.0
-    ema: float = 0.0  # EMA decay per step; 0 disables
-    loss: str = "l1"
-    precision: str = "auto"
-    split: str = "kfold:5:0"
-    seed: int = 0
-    heartbeat_s: float = 20.0
-    checkpoint_every: int = 0  # steps; 0 = at the end of every epoch
-    keep_checkpoints: int = 3
-    max_steps: int = 0  # stop early (smoke runs, benchmarks); 0 = run all epochs
-    val_every: int = 1  # epochs
-    device: str = ""
-    fault_at_step: int = 0  # testing: raise after this step's checkpoint, as a dying platform would
-
-    def validate(self) -> None:
-        def need(cond, name, expected, got):
-            if not cond:
-                raise ValueError(f"{name}: expected {expected}, got {got!r}")
-
-        registry.model_args(self.model, self.preset, self.model_args)  # unknown model/preset errors
-        need(isinstance(self.epochs, int) and self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
-        need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
-        need(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", "a positive number", self.lr)
-        need(0 <= self.warmup_frac < 1, "warmup_frac", "a number in [0, 1)", self.warmup_frac)
-        need(0 <= self.ema < 1, "ema", "a decay in [0, 1) (0 disables)", self.ema)
-        need(self.loss in LOSSES, "loss", f"one of {', '.join(LOSSES)}", self.loss)
-        need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}", self.precision)
-        need(self.heartbeat_s > 0, "heartbeat_s", "a positive number of seconds", self.heartbeat_s)
-        need(isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 1, "keep_checkpoints",
-             "an integer >= 1", self.keep_checkpoints)
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-
-def apply_sets(cfg: TrainConfig, sets: list[str]) -> TrainConfig:
-    """``--set key=value`` (YAML values): config fields, or ``model.KEY`` for model arguments."""
-    import yaml
-
-    for item in sets or []:
-        if "=" not in item:
-            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        try:
-            val = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise ValueError(f"--set {key}: cannot parse {raw!r} ({e})") from None
-        if key.startswith("model."):
-            cfg.model_args[key[len("model."):]] = val
-        elif key in TrainConfig.field_names() and key not in ("model", "dataset", "run"):
-            cur = getattr(cfg, key)
-            if isinstance(cur, float) and isinstance(val, int):
-                val = float(val)
-            if cur is not None and not isinstance(val, type(cur)):
-                raise ValueError(f"--set {key}: expected {type(cur).__name__}, got {val!r}")
-            setattr(cfg, key, val)
-        else:
-            allowed = [n for n in TrainConfig.field_names() if n not in ("model", "dataset", "run")]
-            raise ValueError(f"--set: unknown key {key!r}; expected model.ARG or one of {', '.join(allowed)}")
-    return cfg
-
 
 # ------------------------------------------------------------------------------------------------
 # normalisation
