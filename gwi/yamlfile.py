@@ -8,6 +8,7 @@ remembers the line of each key. ``Checker`` turns a mapping into checked values 
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -155,3 +156,65 @@ class Checker:
 
     def sub(self, key: str, owner: str | None = None) -> "Checker":
         return Checker(self.file, self.node.get(key), owner or f"{self.owner}: field '{key}'", parent=self, key=key)
+
+
+class Fields(Checker):
+    """A :class:`Checker` whose messages name nested fields with dots (``field 'limits.stall_s'``)
+    and leave out the owner at the top level (``spec.yaml:2: field 'store': ...``)."""
+
+    def __init__(self, file: str, node: dict, owner: str, prefix: str = ""):
+        super().__init__(file, node, owner)
+        self.prefix = prefix
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        line = self.line(key)
+        where = f"{self.file}:{line}" if line else self.file
+        who = f"{self.owner}: " if self.owner else ""
+        name = self.prefix + key if key else self.prefix.rstrip(".")
+        what = f"field '{name}': " if name else ""
+        return ConfigError(f"{where}: {who}{what}{message}")
+
+    def sub(self, key: str, owner: str | None = None) -> "Fields":
+        """The mapping under ``key`` (empty when absent or null), checked with the same owner."""
+        v = self.node.get(key)
+        if v is None:
+            v = node_at(self.line(key))
+        if not isinstance(v, dict):
+            raise self.error(key, f"expected a mapping, got {type_name(v)} ({v!r})")
+        return Fields(self.file, v, self.owner if owner is None else owner, self.prefix + key + ".")
+
+    def name(self, key: str, default: Any = ...) -> str:
+        v = self.get(key, "str", default)
+        if not NAME.fullmatch(v):
+            raise self.error(key, f"expected a name of letters, digits, '-' and '_' starting with a letter or "
+                                  f"digit, got {v!r}")
+        return v
+
+    def positive(self, key: str, default: Any = None) -> float | None:
+        v = self.get(key, "number", default, minimum=0, exclusive_min=True)
+        return None if v is None else float(v)
+
+    def unique(self, key: str, values: list) -> None:
+        dup = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if dup is not None:
+            raise self.error(key, f"{dup!r} is listed twice")
+
+
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]*", re.IGNORECASE)
+
+
+def node_at(line: int, items: Iterable[tuple[str, Any, int]] = ()) -> Node:
+    """A mapping built from (key, value, line) entries, that still knows where each key came from."""
+    n = Node()
+    n.line, n.key_lines = line, {}
+    for k, v, ln in items:
+        n[k] = v
+        n.key_lines[k] = ln
+    return n
+
+
+def entries(node: dict | None) -> list[tuple[str, Any, int]]:
+    """(key, value, line) of a mapping, the input of :func:`node_at`."""
+    if not node:
+        return []
+    return [(k, v, node.line_of(k) if isinstance(node, Node) else 0) for k, v in node.items()]

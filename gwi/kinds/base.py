@@ -1,0 +1,168 @@
+"""What a job kind is: its fields and their checks, the jobs it reads from, its outputs and its command.
+
+A kind is one module in ``gwi/kinds/`` with one class registered by ``@register`` (see
+``gwi/kinds/__init__.py``). The plan loader (``gwi/spec.py``) does what is common to every job
+(name, platforms, after, limits, resources, heartbeat, defaults, order) and asks the job's kind for
+the rest, so adding a kind touches nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from ..runs import Run
+from ..yamlfile import Fields, Node, closest
+
+_DATASET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_PATH_PREFIXES = ("/", "./", "../", "~")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A field naming other jobs of the plan (or giving URLs instead): ``members: [egnn]``."""
+
+    key: str  # the field in the kind's params
+    kind: str  # the kind of job it may name
+    output: str  # which of that job's outputs the name stands for
+    hint: str  # what a URL given instead is, for errors ("a run URL")
+    many: bool = True  # a list of names, or one
+
+
+@dataclass
+class Plan:
+    """What a kind may know of the plan it is checked in."""
+
+    file: str
+    name: str
+    store: str  # normalised store URL
+    defaults: Node
+    writers: dict[str, str] = field(default_factory=dict)  # output URL -> the job writing it
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.file).parent.absolute()
+
+    def dataset_url(self, dataset: str) -> str:
+        return dataset if "://" in dataset else f"{self.store}/datasets/{dataset}"
+
+    def run(self, job: str) -> Run:
+        from ..runs import run_url
+
+        return Run(run_url(self.store, self.name, job))
+
+    def claim(self, c: Fields, key: str, url: str, job: str, what: str) -> None:
+        """``job`` writes ``url`` (``what``, for the error): a second writer is an error at ``key``."""
+        if url in self.writers and self.writers[url] != job:
+            raise c.error(key, f"{what} is also written by job {self.writers[url]!r}")
+        self.writers[url] = job
+
+
+class JobKind:
+    """One kind of job. Subclasses set the class attributes and implement :meth:`check`,
+    :meth:`outputs` and :meth:`argv`."""
+
+    name: ClassVar[str]
+    fields: ClassVar[tuple[str, ...]] = ()  # its own fields in a job, beside the common ones
+    default_fields: ClassVar[tuple[str, ...]] = ()  # keys of the plan's ``defaults:`` it reads
+    inherits: ClassVar[tuple[str, ...]] = ()  # of those, the ones a job takes as they are when it lacks them
+    refs: ClassVar[tuple[Ref, ...]] = ()  # fields naming other jobs
+    reads: ClassVar[tuple[str, ...]] = ()  # params holding URLs another job of the plan may write
+    # a job of this kind using every field, named after the kind, that may name the other kinds'
+    # examples as jobs: documentation, and what the tests build every kind's command from
+    example: ClassVar[dict]
+
+    def check_defaults(self, c: Fields) -> None:
+        """Check the ``defaults:`` keys this kind reads, where they are written."""
+
+    def check(self, c: Fields, own: Fields, plan: Plan, job: str) -> list[tuple[str, dict]]:
+        """The job's kind-specific fields -> [(name suffix, params)]: one job, or several (folds).
+        ``c`` holds the job's fields merged over the defaults it inherits, ``own`` only its own."""
+        raise NotImplementedError
+
+    def outputs(self, params: dict, run: Run) -> dict[str, str]:
+        """What the job produces, as store URLs, by name (``run``, ``dataset``, ``submission``...)."""
+        raise NotImplementedError
+
+    def argv(self, params: dict, run: Run, heartbeat_s: float) -> list[str]:
+        """The ``gwi`` command the job runs, on every platform."""
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------------
+# checks several kinds share
+
+
+def dataset_ref(c: Fields, key: str, value: Any = ...) -> str:
+    v = c.get(key, "str") if value is ... else value
+    if "://" in v or _DATASET.fullmatch(v):
+        return v
+    raise c.error(key, f"expected a dataset name (letters, digits, '.', '_', '-') or a URL, got {v!r}")
+
+
+def dataset_name(c: Fields, key: str) -> str:
+    """A dataset the job writes: a bare name (it goes to STORE/datasets/)."""
+    v = c.get(key, "str")
+    if not _DATASET.fullmatch(v):
+        raise c.error(key, f"expected a dataset name (letters, digits, '.', '_', '-'), got {v!r}")
+    return v
+
+
+def dataset_or_folder(c: Fields, key: str, plan: Plan) -> str:
+    """A dataset name, a URL, or a folder; a folder is where the plan file says, not where dispatch
+    happens to be run from."""
+    v = c.get(key, "str")
+    if v.startswith(_PATH_PREFIXES):
+        return os.path.abspath(os.path.join(plan.folder, os.path.expanduser(v)))
+    if "://" in v or _DATASET.fullmatch(v):
+        return plan.dataset_url(v)
+    raise c.error(key, f"expected a dataset name, a URL, or a folder starting with /, ./, ../ or ~, got {v!r}")
+
+
+def check_split(c: Fields, key: str, value: str) -> str:
+    from ..data.layout import FAMILIES
+
+    kind, _, rest = value.partition(":")
+    if kind == "kfold":
+        m = re.fullmatch(r"(\d+):(\d+)", rest)
+        if m and int(m[1]) >= 2 and int(m[2]) < int(m[1]):
+            return value
+        raise c.error(key, f"expected 'kfold:K:FOLD' with K >= 2 and 0 <= FOLD < K, got {value!r}")
+    if kind == "family":
+        if rest in FAMILIES:
+            return value
+        raise c.error(key, f"unknown family {rest!r}{closest(rest, FAMILIES)}; expected one of: "
+                           f"{', '.join(sorted(FAMILIES))}")
+    raise c.error(key, f"expected 'kfold:K:FOLD' or 'family:NAME', got {value!r}")
+
+
+def optional(cc: Fields, config: dict, key: str, kind: str, **checks) -> None:
+    """Copy ``key`` into ``config`` when the plan gives it (commands keep their own defaults)."""
+    if cc.node.get(key) is not None:
+        config[key] = cc.get(key, kind, **checks)
+
+
+def flags(config: dict, table: tuple[tuple[str, str], ...]) -> list[str]:
+    """``--flag value`` for each (config key, flag) present in ``config``."""
+    return [a for k, flag in table if k in config for a in (flag, str(config[k]))]
+
+
+def scalar(v: Any) -> str:
+    """A ``--set`` value that YAML (what ``gwi train --set`` parses with) reads back as ``v``."""
+    text = v if isinstance(v, str) else json.dumps(v)
+    try:
+        back = yaml.safe_load(text)
+        if back == v and type(back) is type(v):
+            return text
+    except yaml.YAMLError:
+        pass
+    if isinstance(v, str):
+        return json.dumps(v)
+    # e.g. 1e-05, which YAML 1.1 reads as a string; its own spelling is 1.0e-05
+    return yaml.safe_dump(v, default_flow_style=True, width=1 << 30).strip().removesuffix("...").strip()

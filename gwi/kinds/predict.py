@@ -1,0 +1,69 @@
+"""``kind: predict``: ``gwi predict`` of members or an ensemble on test data -> submission.csv."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import config as train_config
+from ..runs import Run
+from ..yamlfile import Fields
+from . import register
+from .base import JobKind, Plan, Ref, dataset_or_folder, flags, optional
+from .ensemble import members
+
+CONFIG = ("tta", "precision", "batch_size", "mc_samples")
+_FLAGS = (("precision", "--precision"), ("batch_size", "--batch-size"), ("mc_samples", "--mc-samples"))
+
+
+@register
+class Predict(JobKind):
+    name = "predict"
+    fields = ("members", "ensemble", "test", "config", "uncertainty", "plots")
+    refs = (Ref("members", "train", "run", "a run URL"),
+            Ref("ensemble", "ensemble", "ensemble", "an ensemble.json URL", many=False))
+    reads = ("test",)
+    example = {"ensemble": "ensemble", "test": "example-data", "uncertainty": True, "plots": True,
+               "config": {"tta": "flip", "precision": "fp32", "batch_size": 4, "mc_samples": 2}}
+
+    def check(self, c: Fields, own: Fields, plan: Plan, job: str) -> list[tuple[str, dict]]:
+        has_m, has_e = c.node.get("members") is not None, c.node.get("ensemble") is not None
+        if has_m and has_e:
+            raise c.error("ensemble", "give members or ensemble, not both")
+        if not has_m and not has_e:
+            raise c.error("members", "required field is missing: give members (train jobs or run URLs) or "
+                                     "ensemble (an ensemble job or an ensemble.json URL)")
+        cc = c.sub("config")
+        cc.only(CONFIG)
+        config: dict[str, Any] = {"tta": cc.get("tta", "str", "none", choices=("none", "flip"))}
+        optional(cc, config, "precision", "str", choices=train_config.PRECISIONS)
+        optional(cc, config, "batch_size", "int", minimum=1)
+        optional(cc, config, "mc_samples", "int", minimum=0)
+        test = dataset_or_folder(c, "test", plan)
+        source = {"members": members(c)} if has_m else {"ensemble": c.get("ensemble", "str")}
+        return [("", {**source, "test": test, "config": config, "uncertainty": c.get("uncertainty", "bool", False),
+                      "plots": c.get("plots", "bool", False)})]
+
+    def outputs(self, params: dict, run: Run) -> dict[str, str]:
+        out = {"submission": run.submission_url}
+        if params["uncertainty"]:
+            out["uncertainty"] = run.uncertainty_url
+        if params["plots"]:
+            out["plots"] = run.plots_url
+        return out
+
+    def argv(self, params: dict, run: Run, heartbeat_s: float) -> list[str]:
+        argv = ["gwi", "predict"]
+        if "ensemble" in params:
+            argv += ["--ensemble", params["ensemble"]]
+        else:
+            for m in params["members"]:
+                argv += ["--checkpoint", m]
+        argv += ["--test", params["test"], "--out", run.submission_url]
+        if params["config"]["tta"] == "flip":
+            argv += ["--tta", "flip"]
+        argv += flags(params["config"], _FLAGS)
+        if params["uncertainty"]:
+            argv += ["--uncertainty", run.uncertainty_url]
+        if params["plots"]:
+            argv += ["--plots", run.plots_url]
+        return argv

@@ -1,0 +1,36 @@
+"""``kind: synth``: OpenFWI-style synthetic data, forward-modelled, written as a dataset (``gwi data synth``)."""
+
+from __future__ import annotations
+
+from ..runs import Run
+from ..yamlfile import Fields
+from . import register
+from .base import JobKind, Plan, dataset_name
+
+
+@register
+class Synth(JobKind):
+    name = "synth"
+    fields = ("dataset", "families", "samples", "seed")
+    example = {"dataset": "example-data", "families": ["FlatVel_A", "CurveFault_B"], "samples": 8, "seed": 1}
+
+    def check(self, c: Fields, own: Fields, plan: Plan, job: str) -> list[tuple[str, dict]]:
+        from ..data.layout import FAMILIES
+
+        name = dataset_name(c, "dataset")
+        dataset = plan.dataset_url(name)
+        plan.claim(c, "dataset", dataset, job, f"dataset {name!r}")
+        families = c.get("families", "str-list", choices=FAMILIES)
+        if not families:
+            raise c.error("families", f"expected at least one family; expected one of: {', '.join(sorted(FAMILIES))}")
+        c.unique("families", families)
+        return [("", {"dataset": dataset, "families": list(families),
+                      "samples": c.get("samples", "int", minimum=1), "seed": c.get("seed", "int", 0, minimum=0)})]
+
+    def outputs(self, params: dict, run: Run) -> dict[str, str]:
+        return {"dataset": params["dataset"]}
+
+    def argv(self, params: dict, run: Run, heartbeat_s: float) -> list[str]:
+        store, _, name = params["dataset"].rpartition("/datasets/")
+        return ["gwi", "data", "synth", "--out", store, "--name", name, "--family", ",".join(params["families"]),
+                "--samples", str(params["samples"]), "--seed", str(params["seed"]), "--exist-ok"]
