@@ -3,8 +3,8 @@
 The graph and diffusion models need a geometry. :class:`SeismicEncoder` compresses the recording
 along time (where depth information lives: later arrivals come from deeper) with (k, 1) kernels, as
 InversionNet does, and pools it to an ``(h, w)`` latent grid whose cells stand for patches of the
-subsurface. Those cells become nodes with 2-D coordinates for EGNN and the SE(3)-Transformer, or a
-field on the 70×70 grid for heat-kernel diffusion.
+subsurface. Those cells become nodes with 2-D coordinates for EGNN and the SE(3)-Transformer (the
+grid graph lives in :mod:`gwi.models.graph`), or a field on the 70×70 grid for heat-kernel diffusion.
 """
 
 from __future__ import annotations
@@ -72,37 +72,3 @@ class GridDecoder(nn.Module):
             h = st(F.interpolate(h, size=target, mode="bilinear", align_corners=False))
         return torch.tanh(self.head(h))
 
-
-def grid_coordinates(h: int, w: int, spacing: float = 1.0, device=None) -> torch.Tensor:
-    """(h*w, 2) coordinates (depth, x) of grid cells, row-major, centred on the origin."""
-    zz, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=device),
-                            torch.arange(w, dtype=torch.float32, device=device), indexing="ij")
-    pos = torch.stack([zz.reshape(-1), xx.reshape(-1)], dim=1) * spacing
-    return pos - pos.mean(0, keepdim=True)
-
-
-def grid_edges(h: int, w: int, radius: float = 1.5, device=None) -> torch.Tensor:
-    """(2, E) directed edges between grid cells closer than ``radius`` cells (no self loops)."""
-    pos = grid_coordinates(h, w, device=device)
-    d = torch.cdist(pos, pos)
-    src, dst = torch.nonzero((d < radius) & (d > 0), as_tuple=True)
-    return torch.stack([src, dst])
-
-
-def batch_edges(edges: torch.Tensor, n_nodes: int, batch: int) -> torch.Tensor:
-    """Repeat one graph's edges for ``batch`` disjoint copies: (2, E) → (2, B·E)."""
-    offs = (torch.arange(batch, device=edges.device) * n_nodes).repeat_interleave(edges.shape[1])
-    return edges.repeat(1, batch) + offs
-
-
-def grid_to_nodes(g: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) latent grid → (B*h*w, C) node features, row-major cells, graph by graph."""
-    b, c = g.shape[:2]
-    return g.flatten(2).transpose(1, 2).reshape(-1, c)
-
-
-def nodes_to_grid(h: torch.Tensor, batch: int, grid: tuple[int, int], dtype=None) -> torch.Tensor:
-    """Inverse of :func:`grid_to_nodes`: (B*h*w, C) → (B, C, h, w), cast to ``dtype`` if given."""
-    gh, gw = grid
-    out = h.reshape(batch, gh * gw, -1).transpose(1, 2).reshape(batch, -1, gh, gw)
-    return out.to(dtype) if dtype is not None else out

@@ -1,17 +1,13 @@
 """EGNN: an E(n)-equivariant graph network on the encoder's latent grid (Satorras, Hoogeboom & Welling 2021).
 
-:class:`~gwi.models.common.SeismicEncoder` turns the recording into an ``(h, w)`` grid of cells that
-stand for patches of the subsurface (rows: depth, from the time axis; columns: horizontal position,
-from the receivers). Each cell becomes a node with features ``h`` (its channels) and 2-D coordinates
-``x`` (``grid_coordinates``: depth, x, centred); nodes closer than ``radius`` cells are joined
-(``grid_edges``). ``layers`` :class:`EGNNLayer` s then do, for each edge j → i::
+:class:`~gwi.models.graph.GridGraphModel` turns the recording into an ``(h, w)`` grid of cells, each a
+node with features ``h`` (its channels) and 2-D coordinates ``x`` (depth, x, centred), joined to the
+nodes closer than ``radius`` cells, and reads the node features back onto the grid for the decoder.
+This module supplies the graph stack: ``layers`` :class:`EGNNLayer` s that do, for each edge j → i::
 
     m_ij = φ_e(h_i, h_j, ||x_i − x_j||²)
     x_i ← x_i + C Σ_j (x_i − x_j) / (||x_i − x_j|| + 1) · tanh(φ_x(m_ij)) · r     (C = 1/|N(i)|)
     h_i ← h_i + φ_h(h_i, Σ_j m_ij)
-
-and the node features go back onto the grid, in the same row-major order, for
-:class:`~gwi.models.common.GridDecoder`.
 
 What is equivariant. The EGNN stack (:class:`EGNNStack`) alone: for any rotation or reflection ``Q``
 and translation ``t`` of the node coordinates, ``stack(h, Qx + t) = (h', Qx' + t)`` where
@@ -19,11 +15,8 @@ and translation ``t`` of the node coordinates, ``stack(h, Qx + t) = (h', Qx' + t
 network only ever sees coordinates through squared distances and only moves them along difference
 vectors. ``tests/test_models_graph.py`` checks this numerically.
 
-What is not. The full seismic → velocity model has no such symmetry: the encoder lays its cells
-out in a fixed frame (rows are depth, because they come from travel time; columns are receiver
-positions), and the readout writes node ``k`` back to grid cell ``k`` whatever the coordinates did,
-so the decoder sees a fixed frame too. Gravity and the free surface make depth special anyway, so
-full rotation equivariance of the output map would be wrong for FWI.
+What is not. The full seismic → velocity model: the encoder grid and the readout fix a frame (see
+:mod:`gwi.models.graph`); the readout writes node ``k`` back to cell ``k`` whatever the coordinates did.
 
 Why it still helps. Message passing on distances only is a locality and smoothness prior with no
 notion of absolute position: the same rule updates every cell from its neighbours, whether it
@@ -35,21 +28,21 @@ updates let the stack learn a deformation of the cell layout (nodes drifting tow
 later layers see through the changed distances.
 
 ``dropout`` sits inside every node update (φ_h), so ``model.train()`` at inference gives
-Monte-Carlo dropout samples. The stack runs in float32 with autocast switched off: coordinates
-accumulate small updates over layers and squared distances of order ``r²`` lose their low bits in
-bfloat16, which would make equivariance (and the features) noisy; the stack is about a tenth of the
-default model's FLOPs, so the convolutional encoder and decoder keep most of bf16's speed-up.
+Monte-Carlo dropout samples. The stack runs in float32 with autocast switched off
+(:func:`~gwi.models.graph.own_precision` says why); the convolutional encoder and decoder still run
+in bf16 under autocast.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 from torch import nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import scatter
 
-from .common import (GridDecoder, SeismicEncoder, batch_edges, grid_coordinates, grid_edges, grid_to_nodes,
-                     nodes_to_grid)
+from .graph import GridGraphModel, own_precision
 from .registry import register_model
 
 
@@ -119,36 +112,25 @@ class EGNNStack(nn.Module):
             for i in range(layers))
 
     def forward(self, h: torch.Tensor, pos: torch.Tensor, edge_index: torch.Tensor):
-        dtype = next(self.parameters()).dtype
-        # the stack's own precision whatever autocast the caller runs under (see the module docstring)
-        with torch.autocast(device_type=h.device.type, enabled=False):
-            h, pos = h.to(dtype), pos.to(dtype)
+        with own_precision(self, h, pos) as (h, pos):
             for layer in self.layers:
                 h, pos = layer(h, pos, edge_index)
         return h, pos
 
 
-class EGNNFWI(nn.Module):
+class EGNNFWI(GridGraphModel):
     def __init__(self, channels: int = 128, hidden: int = 128, layers: int = 6, grid=(14, 14),
                  encoder_width: int = 32, time_stages: int = 4, decoder_width: int = 64, decoder_stages: int = 2,
                  radius: float = 1.5, coords_range: float = 1.0, dropout: float = 0.0):
-        super().__init__()
-        gh, gw = self.grid = tuple(grid)
-        self.encoder = SeismicEncoder(channels, self.grid, encoder_width, time_stages)
-        self.gnn = EGNNStack(channels, hidden, layers, coords_range, dropout)
-        self.decoder = GridDecoder(channels, decoder_width, decoder_stages)
-        # non-persistent: rebuilt from the arguments, so checkpoints hold only weights
-        self.register_buffer("pos", grid_coordinates(gh, gw), persistent=False)  # (N, 2)
-        self.register_buffer("edges", grid_edges(gh, gw, radius), persistent=False)  # (2, E)
+        super().__init__(partial(EGNNStack, channels, hidden, layers, coords_range, dropout), "gnn",
+                         channels=channels, stack_out=channels, grid=grid, encoder_width=encoder_width,
+                         time_stages=time_stages, decoder_width=decoder_width, decoder_stages=decoder_stages,
+                         radius=radius)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 5, 1000, 70) -> (B, 1, 70, 70)
-        b = x.shape[0]
-        gh, gw = self.grid
-        n = gh * gw
-        g = self.encoder(x)  # (B, C, h, w)
-        pos = self.pos.repeat(b, 1)  # (B*N, 2)
-        h, _ = self.gnn(grid_to_nodes(g), pos, batch_edges(self.edges, n, b))  # (B*N, C)
-        return self.decoder(nodes_to_grid(h, b, (gh, gw), g.dtype))  # (B, C, h, w) -> (B, 1, 70, 70)
+    def run_stack(self, h: torch.Tensor, pos: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+        # only the features are read out; the moved coordinates acted through the distances inside the stack
+        h, _ = self.gnn(h, pos, edges)
+        return h
 
 
 @register_model(

@@ -1,11 +1,10 @@
 """SE(3)-Transformer: equivariant graph attention on the encoder's latent grid (Fuchs et al. 2020), built with e3nn.
 
-:class:`~gwi.models.common.SeismicEncoder` turns the recording into an ``(h, w)`` grid of cells
-(rows: depth, from travel time; columns: horizontal position, from the receivers). Each cell becomes
-a node at the 3-D point ``(depth, x, 0)`` (``grid_coordinates`` with a zero third axis) whose input
-features are the cell's ``C`` channels as ``Cx0e`` scalars; nodes closer than ``radius`` cells are
-joined (``grid_edges``). :class:`SE3Attention` layers follow the structure of e3nn's equivariant
-Transformer example: for an edge j → i with relative position ``r_ij``,
+:class:`~gwi.models.graph.GridGraphModel` turns the recording into an ``(h, w)`` grid of cells, each
+a node at the 3-D point ``(depth, x, 0)`` whose input features are the cell's ``C`` channels as
+``Cx0e`` scalars, joined to the nodes closer than ``radius`` cells. This module supplies the graph
+stack: :class:`SE3Attention` layers that follow the structure of e3nn's equivariant Transformer
+example: for an edge j → i with relative position ``r_ij``,
 
 * queries ``q_i = Linear(f_i)`` (``o3.Linear``);
 * keys and values ``k_ij, v_ij = TP(f_j, Y(r_ij); w(|r_ij|))``: ``o3.FullyConnectedTensorProduct``
@@ -20,7 +19,7 @@ Transformer example: for an edge j → i with relative position ``r_ij``,
 
 Hidden features are irreps such as ``16x0e+8x1o`` (``irreps_hidden``); the last layer outputs only
 ``0e`` scalars (it can still read the vectors through ``1o ⊗ 1o → 0e`` paths), which go back onto the
-grid in row-major order for :class:`~gwi.models.common.GridDecoder`.
+grid in row-major order for the decoder.
 
 What is equivariant. The attention stack (:class:`SE3AttentionStack`) alone is equivariant to
 E(3) — rotations, reflections (e3nn tracks parity: ``1o`` vectors flip, ``0e`` scalars do not) and
@@ -30,10 +29,8 @@ plane z = 0, so the symmetries that keep it a 2-D problem (rotations and reflect
 translations within it) are a subgroup of that. ``tests/test_models_graph.py`` checks the stack with
 ``e3nn.util.test.assert_equivariant``.
 
-What is not. The seismic → velocity model as a whole: the encoder lays cells out in a fixed frame
-(rows are depth because they come from time; columns are receiver positions), and the readout
-writes node ``k`` back to grid cell ``k``, so the decoder sees a fixed frame too. Depth is special in
-FWI (gravity, the free surface at the top), so a fully rotation-equivariant output would be wrong.
+What is not. The seismic → velocity model as a whole: the encoder grid and the readout fix a frame
+(see :mod:`gwi.models.graph`).
 
 Why it still helps. The attention weights and the kernels depend only on the relative geometry of
 two cells, never on where they are: the same interaction rule applies under the left and the right
@@ -44,15 +41,16 @@ it, a locality prior with a physical reading.
 
 ``dropout`` acts on the ``0e`` scalars after every gate (dropping whole vectors' components would be
 equivariant only in expectation; scalars are invariant), so ``model.train()`` at inference gives
-Monte-Carlo dropout samples. Precision: e3nn's tensor products sum many small path contributions with
-Clebsch-Gordan coefficients, and their equivariance degrades visibly in bfloat16, so the stack switches
-autocast off and runs in float32 (the dtype of its parameters); the convolutional encoder and decoder
-still run in bf16 under autocast. The model therefore works inside ``torch.autocast(...,
+Monte-Carlo dropout samples. Precision: the stack switches autocast off and runs in float32 (the
+dtype of its parameters; :func:`~gwi.models.graph.own_precision` says why); the convolutional encoder
+and decoder still run in bf16 under autocast. The model therefore works inside ``torch.autocast(...,
 dtype=torch.bfloat16)`` (and fp16), and the card recommends ``bf16``: on an H100 a default step at batch
 16 took the same time as in fp32 (the per-edge tensor products dominate) but less memory.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 from e3nn import o3
@@ -62,8 +60,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch_geometric.utils import scatter, softmax
 
-from .common import (GridDecoder, SeismicEncoder, batch_edges, grid_coordinates, grid_edges, grid_to_nodes,
-                     nodes_to_grid)
+from .graph import GridGraphModel, own_precision
 from .registry import register_model
 
 
@@ -146,40 +143,27 @@ class SE3AttentionStack(nn.Module):
         self.irreps_in, self.irreps_out = o3.Irreps(irreps[0]), ir_in
 
     def forward(self, f: torch.Tensor, pos: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        dtype = next(self.parameters()).dtype
-        with torch.autocast(device_type=f.device.type, enabled=False):
-            f, pos = f.to(dtype), pos.to(dtype)
+        with own_precision(self, f, pos) as (f, pos):
             for layer in self.layers:
                 f = layer(f, pos, edge_index)
         return f
 
 
-class SE3TransformerFWI(nn.Module):
+class SE3TransformerFWI(GridGraphModel):
     def __init__(self, channels: int = 32, irreps_hidden: str = "32x0e+16x1o+8x2e", irreps_qk: str | None = None,
                  layers: int = 4, lmax: int = 2, n_basis: int = 8, radial_hidden: int = 32, out_scalars: int = 32,
                  grid=(14, 14), encoder_width: int = 32, time_stages: int = 4, decoder_width: int = 64,
                  decoder_stages: int = 2, radius: float = 1.5, max_radius: float = 2.0, dropout: float = 0.0):
-        super().__init__()
         if max_radius <= radius:
             raise ValueError(f"max_radius ({max_radius}) must exceed the graph radius ({radius}): edges at the "
                              "cutoff would get zero weight")
-        gh, gw = self.grid = tuple(grid)
-        self.encoder = SeismicEncoder(channels, self.grid, encoder_width, time_stages)
         irreps = [f"{channels}x0e"] + [irreps_hidden] * (layers - 1) + [f"{out_scalars}x0e"]
-        self.blocks = SE3AttentionStack(irreps, irreps_qk, lmax, n_basis, radial_hidden, max_radius, dropout)
-        self.decoder = GridDecoder(out_scalars, decoder_width, decoder_stages)
-        pos = grid_coordinates(gh, gw)  # (N, 2): (depth, x)
-        self.register_buffer("pos", torch.cat([pos, torch.zeros(len(pos), 1)], dim=1), persistent=False)  # (N, 3)
-        self.register_buffer("edges", grid_edges(gh, gw, radius), persistent=False)  # (2, E)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 5, 1000, 70) -> (B, 1, 70, 70)
-        b = x.shape[0]
-        gh, gw = self.grid
-        n = gh * gw
-        g = self.encoder(x)  # (B, C, h, w)
-        # node features are C x 0e; the stack returns out_scalars x 0e per node
-        f = self.blocks(grid_to_nodes(g), self.pos.repeat(b, 1), batch_edges(self.edges, n, b))
-        return self.decoder(nodes_to_grid(f, b, (gh, gw), g.dtype))  # (B, out_scalars, h, w) -> (B, 1, 70, 70)
+        # node features in: channels x 0e; out: out_scalars x 0e per node
+        super().__init__(partial(SE3AttentionStack, irreps, irreps_qk, lmax, n_basis, radial_hidden, max_radius,
+                                 dropout), "blocks",
+                         channels=channels, stack_out=out_scalars, grid=grid, encoder_width=encoder_width,
+                         time_stages=time_stages, decoder_width=decoder_width, decoder_stages=decoder_stages,
+                         radius=radius, dims=3)
 
 
 @register_model(
