@@ -1,4 +1,4 @@
-"""The job kinds: one module each, registered here by name.
+"""The job kinds: one module each, registered by name (the table is in base.py).
 
 Adding a kind: write ``gwi/kinds/<kind>.py`` with a :class:`JobKind` subclass decorated with
 ``@register``, import it below (its registration line), and test it (``tests/test_kinds.py`` builds
@@ -7,30 +7,7 @@ the command of every registered kind from a plan and parses it with the real CLI
 
 from __future__ import annotations
 
-from .base import JobKind, Plan, Ref
-
-_KINDS: dict[str, JobKind] = {}
-
-
-def register(cls: type[JobKind]) -> type[JobKind]:
-    if cls.name in _KINDS and type(_KINDS[cls.name]) is not cls:
-        raise ValueError(f"job kind {cls.name!r} is registered twice")
-    _KINDS[cls.name] = cls()
-    return cls
-
-
-def unregister(name: str) -> None:
-    """For tests that register a kind of their own."""
-    _KINDS.pop(name, None)
-
-
-def get(name: str) -> JobKind:
-    return _KINDS[name]
-
-
-def names() -> list[str]:
-    return list(_KINDS)
-
+from .base import JobKind, Plan, Ref, get, names, register, unregister
 
 # the registrations: one line per kind
 from . import synth  # noqa: E402,F401

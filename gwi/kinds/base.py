@@ -166,3 +166,29 @@ def scalar(v: Any) -> str:
         return json.dumps(v)
     # e.g. 1e-05, which YAML 1.1 reads as a string; its own spelling is 1.0e-05
     return yaml.safe_dump(v, default_flow_style=True, width=1 << 30).strip().removesuffix("...").strip()
+
+
+# ------------------------------------------------------------------------------------------------
+# the table of kinds (gwi/kinds/__init__.py imports each kind's module, which registers it)
+
+_KINDS: dict[str, JobKind] = {}
+
+
+def register(cls: type[JobKind]) -> type[JobKind]:
+    if cls.name in _KINDS and type(_KINDS[cls.name]) is not cls:
+        raise ValueError(f"job kind {cls.name!r} is registered twice")
+    _KINDS[cls.name] = cls()
+    return cls
+
+
+def unregister(name: str) -> None:
+    """For tests that register a kind of their own."""
+    _KINDS.pop(name, None)
+
+
+def get(name: str) -> JobKind:
+    return _KINDS[name]
+
+
+def names() -> list[str]:
+    return list(_KINDS)

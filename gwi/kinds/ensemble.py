@@ -6,8 +6,16 @@ from typing import Any
 
 from ..runs import Run
 from ..yamlfile import Fields
-from . import register
-from .base import JobKind, Plan, Ref, check_split, dataset_ref, flags, optional
+from .base import (
+    JobKind,
+    Plan,
+    Ref,
+    check_split,
+    dataset_ref,
+    flags,
+    optional,
+    register,
+)
 
 CONFIG = ("split", "crf", "mc_samples")
 

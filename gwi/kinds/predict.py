@@ -7,8 +7,7 @@ from typing import Any
 from .. import config as train_config
 from ..runs import Run
 from ..yamlfile import Fields
-from . import register
-from .base import JobKind, Plan, Ref, dataset_or_folder, flags, optional
+from .base import JobKind, Plan, Ref, dataset_or_folder, flags, optional, register
 from .ensemble import members
 
 CONFIG = ("tta", "precision", "batch_size", "mc_samples")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from ..runs import Run
 from ..yamlfile import Fields
-from . import register
-from .base import JobKind, Plan, dataset_name
+from .base import JobKind, Plan, dataset_name, register
 
 
 @register

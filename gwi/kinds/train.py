@@ -15,8 +15,7 @@ from .. import config as train_config
 from ..models import registry
 from ..runs import Run
 from ..yamlfile import Fields, closest, entries, node_at
-from . import register
-from .base import JobKind, Plan, check_split, dataset_ref, scalar
+from .base import JobKind, Plan, check_split, dataset_ref, register, scalar
 
 # TrainConfig fields that are not config: the job says them, or the plan derives them
 NOT_CONFIG = ("model", "dataset", "run", "preset", "heartbeat_s")
