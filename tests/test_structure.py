@@ -1,0 +1,179 @@
+"""The shape of the code that issue 11 set: light commands stay light, no import cycles, no overlong
+functions, one module for the run layout."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "gwi"
+HEAVY = ("torch", "torch_geometric", "e3nn", "deepwave", "matplotlib")
+MAX_LINES = 80
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in sorted(PKG.rglob("*.py")):
+        parts = list(p.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = p
+    return out
+
+
+# -- light commands ---------------------------------------------------------------------------------
+
+_PROBE = """
+import json, sys
+from gwi.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+print("\\n" + json.dumps({"code": code, "heavy": [m for m in %r if m in sys.modules]}))
+""" % (HEAVY,)
+
+
+def _loaded(args: list[str], home: Path) -> dict:
+    env = {**os.environ, "GWI_HOME": str(home)}
+    out = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT, env=env)
+    assert out.stdout.strip(), out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("args", [
+    ["dispatch", "--dry-run", "jobs/demo.yaml"],
+    ["status"],
+    ["status", "--json"],
+    ["platforms"],
+    ["--help"],
+])
+def test_commands_that_only_read_load_no_heavy_library(tmp_path, args):
+    r = _loaded(args, tmp_path / "home")
+    assert r["code"] in (0, None), r
+    assert r["heavy"] == [], f"gwi {' '.join(args)} imported {r['heavy']}"
+
+
+def test_history_loads_no_heavy_library(tmp_path):
+    r = _loaded(["history", "demo/data"], tmp_path / "home")  # nothing dispatched: an error, but a light one
+    assert r["heavy"] == [], r
+
+
+# -- imports ----------------------------------------------------------------------------------------
+
+def _imports(mod: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """gwi modules that ``mod`` imports anywhere in its body (lazy imports count: a cycle through a
+    function-level import is still a cycle in the design)."""
+    is_pkg = path.name == "__init__.py"
+    package = mod if is_pkg else mod.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only = {id(n) for node in ast.walk(tree)  # `if TYPE_CHECKING:` imports never run
+                   if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+                   for stmt in node.body for n in ast.walk(stmt)}
+    out = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")
+                parent = parent[:len(parent) - (node.level - 1)]
+                base = ".".join(parent + ([base] if base else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        out |= {n for n in names if n in known and n != mod}
+    return out
+
+
+def test_no_import_cycle():
+    known = _modules()
+    graph = {m: _imports(m, p, known) for m, p in known.items()}
+    # a package's __init__ importing its own modules (to register them) is how registration works
+    graph = {m: {d for d in deps if not (known[m].name == "__init__.py" and d.startswith(m + "."))}
+             for m, deps in graph.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                cycle = stack[stack.index(d):] + [d]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+# -- function length --------------------------------------------------------------------------------
+
+def test_no_function_over_80_lines_without_a_reason():
+    long = []
+    for mod, path in _modules().items():
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                above = lines[node.lineno - 2] if node.lineno >= 2 else ""
+                if n > MAX_LINES and "long because" not in above:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, "functions over 80 lines (say why in a '# long because ...' comment above, or split):\n" + \
+        "\n".join(long)
+
+
+# -- the run layout ---------------------------------------------------------------------------------
+
+RUN_PATHS = ("checkpoints/", "latest.json", "progress.json", "metrics.json", "attempts/", "/runs/")
+
+
+def _code_strings(tree: ast.AST):
+    """String constants that are not docstrings."""
+    docs = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docs.add(id(first.value))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            yield node
+
+
+def test_only_runs_py_spells_the_run_layout():
+    bad = []
+    for mod, path in _modules().items():
+        if mod == "gwi.runs":
+            continue
+        for node in _code_strings(ast.parse(path.read_text(), str(path))):
+            hit = next((p for p in RUN_PATHS if p in node.value), None)
+            if hit:
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {hit!r} in {node.value[:60]!r}")
+    assert not bad, "run paths spelled outside gwi/runs.py:\n" + "\n".join(bad)
+
+
+# -- model cards ------------------------------------------------------------------------------------
+
+def test_model_cards_read_from_source_equal_the_imported_ones():
+    from gwi.models import registry
+
+    for name in registry.list_models():
+        registry.create_model(name, "tiny")  # imports the module, whose decorator registers the card
+        assert registry._REGISTRY[name][1] == registry.model_card(name), name
