@@ -116,7 +116,7 @@ def make_handler(st: KaggleState):
             (kdir / "gwi_job.py").write_text(body["text"])
             env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # a kernel has none of ours
             env.update(PYTHONPATH=str(st.root / "mod"), FAKE_KAGGLE_SECRETS=str(st.root / "secrets.json"),
-                       GWI_KAGGLE_INPUT=str(st.root / "input"))
+                       GWI_WHEELS=str(st.root / "input"))
             # its own process group: stopping a kernel stops what its script started too
             proc = subprocess.Popen([sys.executable, str(kdir / "gwi_job.py")], cwd=kdir / "working", env=env,
                                     stdout=open(kdir / "stdout", "w"), stderr=subprocess.STDOUT, start_new_session=True)

@@ -36,96 +36,106 @@ def _error(code: str, message: str, suggestion: str | None = None) -> dict:
     return {"error": e}
 
 
-def make_handler(st: LambdaState):
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):  # quiet
-            pass
+class _Handler(BaseHTTPRequestHandler):
+    st: "LambdaState"  # set by make_handler
 
-        def _send(self, code: int, obj: dict) -> None:
-            body = json.dumps(obj).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def log_message(self, *a):  # quiet
+        pass
 
-        def _gate(self) -> bool:
-            with st.lock:
-                st.requests.append((self.command, self.path))
-                if self.headers.get("Authorization") != f"Bearer {st.api_key}":
-                    self._send(401, _error("global/invalid-api-key", "API key was invalid, expired, or deleted.",
-                                           "Check your API key or create a new one, then try again."))
-                    return False
-                if st.rate_limit_next > 0:
-                    st.rate_limit_next -= 1
-                    self._send(429, _error("global/too-many-requests", "Too many requests"))
-                    return False
-            return True
+    def _send(self, code: int, obj: dict) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
-        def do_GET(self):  # noqa: N802
-            if not self._gate():
-                return
-            path = self.path.split("?")[0].rstrip("/")
-            if path.endswith("/instance-types"):
-                data = {}
-                for name, t in st.types.items():
-                    data[name] = {"instance_type": {"name": name, "description": name, "price_cents_per_hour": t["price"],
-                                                    "specs": {"vcpus": 30, "memory_gib": 200, "storage_gib": 512,
-                                                              "gpus": t["gpus"]}},
-                                  "regions_with_capacity_available": [{"name": r, "description": r} for r in t["regions"]]}
-                return self._send(200, {"data": data})
-            if path.endswith("/instances"):
-                with st.lock:
-                    return self._send(200, {"data": [dict(i) for i in st.instances.values()]})
-            if "/instances/" in path:
-                iid = path.rsplit("/", 1)[1]
-                with st.lock:
-                    inst = st.instances.get(iid)
+    def _gate(self) -> bool:
+        with self.st.lock:
+            self.st.requests.append((self.command, self.path))
+            if self.headers.get("Authorization") != f"Bearer {self.st.api_key}":
+                self._send(401, _error("global/invalid-api-key", "API key was invalid, expired, or deleted.",
+                                       "Check your API key or create a new one, then try again."))
+                return False
+            if self.st.rate_limit_next > 0:
+                self.st.rate_limit_next -= 1
+                self._send(429, _error("global/too-many-requests", "Too many requests"))
+                return False
+        return True
+
+    def do_GET(self):  # noqa: N802
+        if not self._gate():
+            return
+        path = self.path.split("?")[0].rstrip("/")
+        if path.endswith("/instance-types"):
+            return self._send(200, {"data": _instance_types(self.st)})
+        if path.endswith("/instances"):
+            with self.st.lock:
+                return self._send(200, {"data": [dict(i) for i in self.st.instances.values()]})
+        if "/instances/" in path:
+            iid = path.rsplit("/", 1)[1]
+            with self.st.lock:
+                inst = self.st.instances.get(iid)
+                if inst is None:
+                    return self._send(404, _error("global/object-does-not-exist", f"instance {iid} not found"))
+                if inst["status"] == "booting":
+                    inst["_polls"] += 1
+                    if inst["_polls"] >= self.st.boot_polls:
+                        inst["status"], inst["ip"] = "active", self.st.ip
+                return self._send(200, {"data": {k: v for k, v in inst.items() if not k.startswith("_")}})
+        self._send(404, _error("global/object-does-not-exist", f"no route {path}"))
+
+    def do_POST(self):  # noqa: N802
+        if not self._gate():
+            return
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        path = self.path.rstrip("/")
+        if path.endswith("/instance-operations/launch"):
+            return self._launch(body)
+        if path.endswith("/instance-operations/terminate"):
+            out = []
+            with self.st.lock:
+                for iid in body.get("instance_ids", []):
+                    inst = self.st.instances.get(iid)
                     if inst is None:
                         return self._send(404, _error("global/object-does-not-exist", f"instance {iid} not found"))
-                    if inst["status"] == "booting":
-                        inst["_polls"] += 1
-                        if inst["_polls"] >= st.boot_polls:
-                            inst["status"], inst["ip"] = "active", st.ip
-                    return self._send(200, {"data": {k: v for k, v in inst.items() if not k.startswith("_")}})
-            self._send(404, _error("global/object-does-not-exist", f"no route {path}"))
+                    inst["status"] = "terminated"
+                    out.append({k: v for k, v in inst.items() if not k.startswith("_")})
+            return self._send(200, {"data": {"terminated_instances": out}})
+        self._send(404, _error("global/object-does-not-exist", f"no route {path}"))
 
-        def do_POST(self):  # noqa: N802
-            if not self._gate():
-                return
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-            path = self.path.rstrip("/")
-            if path.endswith("/instance-operations/launch"):
-                itype, region = body.get("instance_type_name"), body.get("region_name")
-                if itype not in st.types:
-                    return self._send(400, _error("global/invalid-parameters", f"unknown instance type {itype}"))
-                if (itype, region) in st.capacity_refusals or region not in st.types[itype]["regions"]:
-                    return self._send(400, _error("instance-operations/launch/insufficient-capacity",
-                                                  "Not enough capacity to fulfill launch request.",
-                                                  "Choose an instance type with more availability, or try again later."))
-                import time
+    def _launch(self, body: dict) -> None:
+        itype, region = body.get("instance_type_name"), body.get("region_name")
+        if itype not in self.st.types:
+            return self._send(400, _error("global/invalid-parameters", f"unknown instance type {itype}"))
+        if (itype, region) in self.st.capacity_refusals or region not in self.st.types[itype]["regions"]:
+            return self._send(400, _error("instance-operations/launch/insufficient-capacity",
+                                          "Not enough capacity to fulfill launch request.",
+                                          "Choose an instance type with more availability, or try again later."))
+        import time
 
-                iid = uuid.uuid4().hex
-                with st.lock:
-                    st.launch_times.append(time.monotonic())
-                    st.instances[iid] = {"id": iid, "name": body.get("name"), "status": "booting", "ip": None,
-                                         "region": {"name": region, "description": region},
-                                         "instance_type": {"name": itype}, "ssh_key_names": body.get("ssh_key_names"),
-                                         "_polls": 0}
-                return self._send(200, {"data": {"instance_ids": [iid]}})
-            if path.endswith("/instance-operations/terminate"):
-                out = []
-                with st.lock:
-                    for iid in body.get("instance_ids", []):
-                        inst = st.instances.get(iid)
-                        if inst is None:
-                            return self._send(404, _error("global/object-does-not-exist", f"instance {iid} not found"))
-                        inst["status"] = "terminated"
-                        out.append({k: v for k, v in inst.items() if not k.startswith("_")})
-                return self._send(200, {"data": {"terminated_instances": out}})
-            self._send(404, _error("global/object-does-not-exist", f"no route {path}"))
+        iid = uuid.uuid4().hex
+        with self.st.lock:
+            self.st.launch_times.append(time.monotonic())
+            self.st.instances[iid] = {"id": iid, "name": body.get("name"), "status": "booting", "ip": None,
+                                 "region": {"name": region, "description": region},
+                                 "instance_type": {"name": itype}, "ssh_key_names": body.get("ssh_key_names"),
+                                 "_polls": 0}
+        return self._send(200, {"data": {"instance_ids": [iid]}})
 
-    return Handler
+
+def make_handler(st: LambdaState):
+    return type("Handler", (_Handler,), {"st": st})
+
+
+def _instance_types(st: LambdaState) -> dict:
+    data = {}
+    for name, t in st.types.items():
+        specs = {"vcpus": 30, "memory_gib": 200, "storage_gib": 512, "gpus": t["gpus"]}
+        data[name] = {"instance_type": {"name": name, "description": name, "price_cents_per_hour": t["price"],
+                                        "specs": specs},
+                      "regions_with_capacity_available": [{"name": r, "description": r} for r in t["regions"]]}
+    return data
 
 
 def serve(st: LambdaState) -> tuple[ThreadingHTTPServer, str]:

@@ -109,7 +109,7 @@ def test_an_offline_kernel_reads_a_mirror_and_writes_to_kaggle_working(kg, tmp_p
     prof = load_profiles([kg["plat"]])["kaggle"]
     from dataclasses import replace
 
-    off = replace(prof, options={**prof.options, "internet": False, "offline_store": "alice/gwi-store-mirror"})
+    off = replace(prof, options=replace(prof.options, internet=False, offline_store="alice/gwi-store-mirror"))
     ad = KaggleAdapter(off)
     store = kg["store"]
     req = LaunchRequest(attempt_id="day7.submit.1", job="day7/submit", kind="predict",

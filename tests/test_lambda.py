@@ -9,6 +9,7 @@ import signal
 import stat
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -221,12 +222,13 @@ def test_a_lost_launch_answer_is_adopted_not_repeated(cloud, tmp_path):
 
 def test_multi_gpu_training_runs_under_torchrun(cloud):
     ad = LambdaAdapter(cloud["s"].profiles["lam"])
-    req = {"attempt_id": "a.b.1", "argv": ["gwi", "train", "--model", "egnn"], "kind": "train"}
+    req = LaunchRequest(attempt_id="a.b.1", job="a/b", kind="train", argv=["gwi", "train", "--model", "egnn"], env={},
+                        store_url=cloud["store"], heartbeat_url=cloud["store"] + "/hb.json", workdir="unused")
     assert ad.command(req, 8) == (f"torchrun --standalone --nproc-per-node=8 --no-python -- {sys.executable} -m gwi "
                                   "train --model egnn")
     assert ad.command(req, 1) == f"{sys.executable} -m gwi train --model egnn"
-    ad.runtime, ad.image = "docker", "ghcr.io/team/gwi:1"
+    ad.options = replace(ad.options, runtime="docker", image="ghcr.io/team/gwi:1")
     assert ad.command(req, 4) == ("docker run --rm --name gwi-a.b.1 --gpus all --network host --shm-size 16g --env-file docker.env "
                                   "--entrypoint torchrun ghcr.io/team/gwi:1 --standalone --nproc-per-node=4 --no-python "
                                   "-- gwi train --model egnn")
-    assert ad.command({**req, "kind": "predict"}, 4).endswith("ghcr.io/team/gwi:1 train --model egnn")
+    assert ad.command(replace(req, kind="predict"), 4).endswith("ghcr.io/team/gwi:1 train --model egnn")

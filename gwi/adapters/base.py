@@ -14,21 +14,25 @@ go through the adapter's ``translate`` into :class:`PlatformError`, whose ``kind
 scheduler whether to wait and retry, move to the next platform, or give up.
 
 Profiles (``platforms/<name>.yaml``) hold what is not code: GPU, quota, session cap, price,
-capacity, credential variable names, and the adapter's own options.
+capacity, credential variable names, and the adapter's own options: a frozen dataclass per adapter
+(``Adapter.Options``), checked with file, line and field when the profile loads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import importlib
 import json
 import os
+import types
+import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import GwiError
-from ..yamlfile import Checker, ConfigError, load
+from ..yamlfile import Checker, ConfigError, Node, closest, load, type_name
 
 
 class State(str, enum.Enum):
@@ -75,6 +79,120 @@ class PlatformError(GwiError):
 
 
 # ------------------------------------------------------------------------------------------------
+# platform options: one frozen dataclass per adapter, checked field by field when the profile loads
+
+
+class OptionError(ValueError):
+    """An option's value is wrong; ``field`` names it, so the loader can add the file and line."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class PlatformOptions:
+    """The ``options:`` of a profile. Each field is a key, its annotation the accepted type: ``str``,
+    ``int``, ``float``, ``bool``, ``tuple[str, ...]`` (a list of names), ``dict[str, str]``,
+    ``Literal[...]`` (one of), and ``X | None``. ``bounds(...)`` in a field's metadata sets limits;
+    ``check`` holds the rules that tie fields together."""
+
+    def check(self) -> None:
+        """Raise :class:`OptionError` for a combination of values that cannot work."""
+
+
+def bounds(default, *, minimum: float | None = None, above: float | None = None, maximum: float | None = None):
+    """A numeric option with limits (``above``: strictly greater)."""
+    return field(default=default, metadata={"minimum": minimum, "above": above, "maximum": maximum})
+
+
+def _expected(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin is tuple:
+        return "a list of names"
+    if origin is dict:
+        return "a mapping of names to values"
+    return {str: "a non-empty string", int: "an integer", float: "a number", bool: "true or false"}[hint]
+
+
+def _convert(name: str, value, hint, meta):
+    """``value`` as ``hint`` wants it, or OptionError ``expected X, got Y``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        return _convert(name, value, next(a for a in args if a is not type(None)), meta)
+    ok = {str: isinstance(value, str) and value != "", bool: isinstance(value, bool),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool)}.get(hint)
+    if origin is typing.Literal:
+        ok = value in args
+    elif origin is tuple:
+        value = [value] if isinstance(value, str) else value  # a single name is a list of one
+        ok = isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+    elif origin is dict:
+        ok = isinstance(value, dict) and all(isinstance(v, (str, int, float, bool)) for v in value.values())
+    if not ok:
+        hint_text = closest(value, args) if origin is typing.Literal and isinstance(value, str) else ""
+        raise OptionError(name, f"expected {_expected(hint)}, got {value!r}{hint_text}")
+    if origin is tuple:
+        return tuple(value)
+    if origin is dict:
+        return {str(k): str(v) for k, v in value.items()}
+    _check_bounds(name, value, meta)
+    return float(value) if hint is float else value
+
+
+def _check_bounds(name: str, value, meta) -> None:
+    low, above, high = meta.get("minimum"), meta.get("above"), meta.get("maximum")
+    if low is not None and value < low:
+        raise OptionError(name, f"expected a value >= {low:g}, got {value!r}")
+    if above is not None and value <= above:
+        raise OptionError(name, f"expected a value > {above:g}, got {value!r}")
+    if high is not None and value > high:
+        raise OptionError(name, f"expected a value <= {high:g}, got {value!r}")
+
+
+def parse_options(cls: type[PlatformOptions], node, file: str, line: int = 0):
+    """The typed options of ``cls`` from a profile's ``options:`` mapping (a yamlfile Node knows the
+    lines; ``line`` is where ``options:`` is); errors read ``platforms/x.yaml:12: options.key:
+    expected ..., got ...``."""
+    if isinstance(node, cls):
+        return node
+    node = {} if node is None else node
+    line = getattr(node, "line", 0) or line
+    line_of = node.line_of if isinstance(node, Node) else (lambda key: line)
+
+    def error(key: str | None, message: str) -> ConfigError:
+        at = line_of(key) if key else line
+        where = f"{file}:{at}" if at else file
+        return ConfigError(f"{where}: options{'.' + key if key else ''}: {message}")
+
+    if not isinstance(node, dict):
+        raise error(None, f"expected a mapping, got {type_name(node)} ({node!r})")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in node.items():
+        if key not in fields:
+            raise error(key, f"unknown option{closest(key, fields)}; expected one of: {', '.join(fields)}")
+        if value is None and typing.get_origin(hints[key]) not in (typing.Union, types.UnionType):
+            continue  # null: the default, as everywhere in profiles
+        try:
+            values[key] = _convert(key, value, hints[key], fields[key].metadata)
+        except OptionError as e:
+            raise error(key, str(e)) from None
+    try:
+        opts = cls(**values)
+        opts.check()
+    except OptionError as e:
+        raise error(e.field, str(e)) from None
+    return opts
+
+
+# ------------------------------------------------------------------------------------------------
 # profiles
 
 ADAPTERS = {
@@ -99,7 +217,8 @@ class Profile:
     capacity: int = 1  # attempts at once
     credentials: tuple[str, ...] = ()  # names of environment variables, never their values
     start_timeout_s: float = 300.0  # launch to first heartbeat
-    options: dict = field(default_factory=dict)  # the adapter's own settings, checked by the adapter
+    # the adapter's typed options (its ``Options``); a plain dict from code is checked by the adapter
+    options: PlatformOptions | dict = field(default_factory=dict)
 
     def missing_credentials(self) -> list[str]:
         return [v for v in self.credentials if not os.environ.get(v)]
@@ -119,9 +238,10 @@ def parse_profile(path: str | Path) -> Profile:
         raise c.error("gpu", f"expected a GPU name or null, got {gpu!r}")
     quota = c.get("quota_hours_per_week", "number", None, minimum=0)
     session = c.get("session_hours", "number", None, minimum=0, exclusive_min=True)
+    adapter = c.get("adapter", "str", choices=ADAPTERS)
     return Profile(
         name=path.stem,
-        adapter=c.get("adapter", "str", choices=ADAPTERS),
+        adapter=adapter,
         path=str(path),
         description=c.get("description", "str", ""),
         gpu=gpu,
@@ -132,7 +252,7 @@ def parse_profile(path: str | Path) -> Profile:
         capacity=c.get("capacity", "int", 1, minimum=1),
         credentials=tuple(c.get("credentials", "str-list", [])),
         start_timeout_s=float(c.get("start_timeout_s", "number", 300.0, minimum=0, exclusive_min=True)),
-        options=dict(c.get("options", "mapping", {})),
+        options=parse_options(adapter_class(adapter).Options, c.node.get("options"), str(path), c.line("options")),
     )
 
 
@@ -180,11 +300,16 @@ class LaunchRequest:
 
 
 class Adapter(ABC):
-    """One platform. Subclasses set nothing but the four calls (and, if they can, ``available``)."""
+    """One platform: ``launch``, ``query``, ``cancel``, ``logs``, one ``translate``; ``Options`` is its
+    typed profile options. What all platforms share (environment, wrapper, bootstrap, log files) is
+    in :mod:`gwi.adapters.kit`."""
+
+    Options: type[PlatformOptions] = PlatformOptions
 
     def __init__(self, profile: Profile):
         self.profile = profile
         self.name = profile.name
+        self.options = parse_options(self.Options, profile.options, profile.path)
 
     def available(self) -> str | None:
         """Why this platform cannot take a job now (missing credentials, no engine), or None."""
@@ -220,13 +345,6 @@ class Adapter(ABC):
 
     # -- helpers for subclasses ---------------------------------------------------------------------
 
-    def checked_options(self, allowed: tuple[str, ...]) -> dict:
-        """The profile's options, refusing a key this adapter does not know (a typo would be silent)."""
-        bad = [k for k in self.profile.options if k not in allowed]
-        if bad:
-            raise GwiError(f"{self.profile.path}: options: unknown key {bad[0]!r}; expected one of: {', '.join(allowed)}")
-        return dict(self.profile.options)
-
     @staticmethod
     def recorded(workdir: str | Path) -> dict | None:
         """The handle of a launch already made for this attempt (its folder exists from now on)."""
@@ -251,16 +369,28 @@ def tail_lines(text: str, n: int | None) -> str:
     return "\n".join(text.splitlines()[-n:]) + ("\n" if text.endswith("\n") else "")
 
 
-def get_adapter(profile: Profile) -> Adapter:
-    target = ADAPTERS.get(profile.adapter)
+def adapter_class(adapter: str) -> type[Adapter]:
+    """The class registered for ``adapter`` in :data:`ADAPTERS`. Adapter modules import their SDKs
+    (kaggle, paramiko, docker, requests, nbformat) inside the calls that use them, so loading
+    profiles, which needs each class's ``Options``, stays light."""
+    target = ADAPTERS.get(adapter)
     if target is None:
-        raise ConfigError(f"{profile.path}: unknown adapter {profile.adapter!r}; expected one of {', '.join(ADAPTERS)}")
+        raise ConfigError(f"unknown adapter {adapter!r}; expected one of {', '.join(ADAPTERS)}")
     mod, _, cls = target.partition(":")
     try:
         module = importlib.import_module(mod)
     except ModuleNotFoundError as e:
         if e.name == mod:
-            raise PlatformError(f"platform {profile.name}: the {profile.adapter} adapter is not available yet",
-                                "config") from None
+            raise PlatformError(f"the {adapter} adapter is not available yet", "config") from None
         raise
-    return getattr(module, cls)(profile)
+    return getattr(module, cls)
+
+
+def get_adapter(profile: Profile) -> Adapter:
+    try:
+        cls = adapter_class(profile.adapter)
+    except ConfigError as e:
+        raise ConfigError(f"{profile.path}: {e}") from None
+    except PlatformError as e:
+        raise PlatformError(f"platform {profile.name}: {e}", e.kind) from None
+    return cls(profile)

@@ -33,21 +33,22 @@ exponential backoff until a deadline; provider error codes map to our error kind
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import posixpath
 import random
 import shlex
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from ..errors import GwiError
-from .base import Adapter, LaunchRequest, PlatformError, Profile, State, Status, tail_lines
+from . import kit
+from .base import Adapter, LaunchRequest, PlatformError, PlatformOptions, State, Status, bounds
 
 DEFAULT_API = "https://cloud.lambdalabs.com/api/v1"
-OPTIONS = ("api_url", "instance_types", "regions", "ssh_key_name", "ssh_private_key", "ssh_user", "ssh_port", "runtime",
-           "image", "image_archive", "gwi_command", "remote_dir", "env", "boot_timeout_s", "request_timeout_s",
-           "allow_local_store")
 
 # Lambda's instance statuses -> ours, while the job has not reported an end
 INSTANCE_STATES = {"booting": State.PENDING, "active": State.RUNNING, "unhealthy": State.LOST,
@@ -64,13 +65,29 @@ ERROR_KINDS = {
     "global/object-does-not-exist": "fatal",
 }
 
-# the wrapper on the instance: pid first, then the job, then its exit status, atomically
-_RUN_SH = """set -a; . ./env; set +a
-echo $$ > pid.tmp && mv pid.tmp pid
-{command} > log 2>&1 < /dev/null
-c=$?
-echo $c > exit_code.tmp && mv exit_code.tmp exit_code
-"""
+
+@dataclass(frozen=True)
+class LambdaOptions(PlatformOptions):
+    api_url: str = DEFAULT_API
+    instance_types: tuple[str, ...] = ()  # preference order; needed before a launch
+    regions: tuple[str, ...] = ()  # allowed regions; empty: any
+    ssh_key_name: str = "gwi"  # the key registered with Lambda (launch puts it on the instance)
+    ssh_private_key: str = "~/.ssh/id_ed25519"
+    ssh_user: str = "ubuntu"
+    ssh_port: int = bounds(22, minimum=1, maximum=65535)
+    runtime: Literal["docker", "process"] = "docker"
+    image: str = "gwi:latest"
+    image_archive: str | None = None  # a `docker save` archive in the store, copied and loaded
+    gwi_command: str = "gwi"  # the process runtime's gwi on the instance
+    remote_dir: str = "gwi-jobs"  # on the instance, relative to the user's home
+    env: dict[str, str] = field(default_factory=dict)  # extra (non-secret) environment for the job
+    boot_timeout_s: float = bounds(900.0, above=0)
+    request_timeout_s: float = bounds(30.0, above=0)
+    allow_local_store: bool = False  # a file:// store the instance shares with this machine (tests)
+
+    @property
+    def key_path(self) -> str:
+        return os.path.expanduser(self.ssh_private_key)
 
 
 class LambdaAPI:
@@ -119,10 +136,7 @@ class LambdaAPI:
             e = {}
         code, message = e.get("code", ""), e.get("message") or r.reason or ""
         hint = f" ({e['suggestion']})" if e.get("suggestion") else ""
-        kind = ERROR_KINDS.get(code)
-        if kind is None:
-            kind = ("retryable" if r.status_code == 429 or r.status_code >= 500 else
-                    "auth" if r.status_code in (401, 403) else "fatal")
+        kind = ERROR_KINDS.get(code) or kit.http_kind(r.status_code)
         return PlatformError(f"lambda: {method} {path}: HTTP {r.status_code} {code or ''}: {message}{hint}".replace("  ", " "),
                              kind)
 
@@ -150,30 +164,10 @@ class LambdaAPI:
 
 
 class LambdaAdapter(Adapter):
-    def __init__(self, profile: Profile):
+    Options = LambdaOptions
+
+    def __init__(self, profile):
         super().__init__(profile)
-        o = self.checked_options(OPTIONS)
-        self.api_url = o.get("api_url", DEFAULT_API)
-        self.types = list(o.get("instance_types") or [])
-        if not self.types:
-            raise GwiError(f"{profile.path}: options.instance_types: expected a list of Lambda instance types "
-                           "(e.g. [gpu_1x_a100_sxm4]), got none")
-        self.regions = list(o.get("regions") or [])
-        self.ssh_key_name = o.get("ssh_key_name", "gwi")
-        self.ssh_private_key = os.path.expanduser(o.get("ssh_private_key", "~/.ssh/id_ed25519"))
-        self.ssh_user = o.get("ssh_user", "ubuntu")
-        self.ssh_port = int(o.get("ssh_port", 22))
-        self.runtime = o.get("runtime", "docker")
-        if self.runtime not in ("docker", "process"):
-            raise GwiError(f"{profile.path}: options.runtime: expected docker or process, got {self.runtime!r}")
-        self.image = o.get("image", "gwi:latest")
-        self.image_archive = o.get("image_archive")
-        self.gwi_command = o.get("gwi_command", "gwi")
-        self.remote_dir = o.get("remote_dir", "gwi-jobs")
-        self.env = {str(k): str(v) for k, v in (o.get("env") or {}).items()}
-        self.boot_timeout_s = float(o.get("boot_timeout_s", 900))
-        self.timeout = float(o.get("request_timeout_s", 30))
-        self.allow_local_store = bool(o.get("allow_local_store", False))
         self._api: LambdaAPI | None = None
 
     @property
@@ -183,21 +177,24 @@ class LambdaAdapter(Adapter):
             key = os.environ.get(key_var)
             if not key:
                 raise PlatformError(f"{self.name}: {key_var} is not set", "auth")
-            self._api = LambdaAPI(self.api_url, key, timeout=self.timeout)
+            self._api = LambdaAPI(self.options.api_url, key, timeout=self.options.request_timeout_s)
         return self._api
 
     def available(self) -> str | None:
+        if not self.options.instance_types:
+            return (f"{self.profile.path}: options.instance_types: expected a list of Lambda instance types "
+                    "(e.g. [gpu_1x_a100_sxm4]), got none")
         why = super().available()
         if why:
             return why
-        if not Path(self.ssh_private_key).is_file():
-            return f"SSH key {self.ssh_private_key} not found (options.ssh_private_key)"
+        if not Path(self.options.key_path).is_file():
+            return f"SSH key {self.options.key_path} not found (options.ssh_private_key)"
         return None
 
     def reachable_store(self, store_url: str) -> str | None:
-        if store_url.startswith("file://") and not self.allow_local_store:
-            return f"{self.name} cannot reach a file:// store; use s3://"
-        return None
+        if self.options.allow_local_store:
+            return None
+        return kit.unreachable_file_store(self.name, store_url)
 
     # -- launch ---------------------------------------------------------------------------------
 
@@ -209,40 +206,43 @@ class LambdaAdapter(Adapter):
         why = self.reachable_store(req.store_url)
         if why:
             raise PlatformError(why, "config")
-        (work / "request.json").write_text(json.dumps({
-            "attempt_id": req.attempt_id, "argv": req.argv, "env": req.env, "kind": req.kind, "store": req.store_url}))
+        # kept for the first query, which starts the job once the instance is up (names, not secrets)
+        (work / "request.json").write_text(json.dumps(dataclasses.asdict(req)))
         name = "gwi-" + req.attempt_id
-        handle = None
-        if (work / "launching").exists():  # we asked before and never heard back: adopt what we made
-            mine = [i for i in self.api.instances()
-                    if i.get("name") == name and i.get("status") not in ("terminating", "terminated")]
-            for extra in mine[1:]:  # more than one answer lost: keep one, stop paying for the rest
-                self.api.terminate(extra["id"])
-            if mine:
-                inst = mine[0]
-                handle = {"instance_id": inst["id"], "name": name, "type": inst.get("instance_type", {}).get("name"),
-                          "region": inst.get("region", {}).get("name"), "workdir": str(work)}
+        handle = self._adopt(name, work) if (work / "launching").exists() else None
         if handle is None:
             (work / "launching").touch()
             handle = self._launch_new(name, work)
         return self.record(work, handle)
 
+    def _adopt(self, name: str, work: Path) -> dict | None:
+        """We asked before and never heard back: the instance that launch made, if any."""
+        mine = [i for i in self.api.instances()
+                if i.get("name") == name and i.get("status") not in ("terminating", "terminated")]
+        for extra in mine[1:]:  # more than one answer lost: keep one, stop paying for the rest
+            self.api.terminate(extra["id"])
+        if not mine:
+            return None
+        inst = mine[0]
+        return {"instance_id": inst["id"], "name": name, "type": inst.get("instance_type", {}).get("name"),
+                "region": inst.get("region", {}).get("name"), "workdir": str(work)}
+
     def _launch_new(self, name: str, work: Path) -> dict:
         offered = self.api.instance_types()
-        tried = []
-        for itype in self.types:
+        tried, allowed = [], self.options.regions
+        for itype in self.options.instance_types:
             info = offered.get(itype)
             if info is None:
                 tried.append(f"{itype}: not offered")
                 continue
             regions = [r["name"] for r in info.get("regions_with_capacity_available", [])
-                       if not self.regions or r["name"] in self.regions]
+                       if not allowed or r["name"] in allowed]
             if not regions:
-                tried.append(f"{itype}: no capacity" + (f" in {', '.join(self.regions)}" if self.regions else ""))
+                tried.append(f"{itype}: no capacity" + (f" in {', '.join(allowed)}" if allowed else ""))
                 continue
             for region in regions:
                 try:
-                    iid = self.api.launch(region, itype, self.ssh_key_name, name)
+                    iid = self.api.launch(region, itype, self.options.ssh_key_name, name)
                 except PlatformError as e:
                     if e.kind == "capacity":  # the list was stale: next region, then next type
                         tried.append(f"{itype} in {region}: {e}")
@@ -263,42 +263,43 @@ class LambdaAdapter(Adapter):
             return Status(State(d["state"]), d.get("exit_code"), d.get("message", ""))
         inst = self.api.instance(handle["instance_id"])
         status = inst.get("status", "?")
-        if status == "booting":
+        if status == "booting" or (status == "active" and not inst.get("ip")):
             return Status(State.PENDING)
         if status != "active":
-            if (work / "cancelled").exists():
+            if kit.was_cancelled(work):
                 return Status(State.CANCELLED, None, "cancelled")
             self._terminate(handle)
-            return Status(INSTANCE_STATES.get(status, State.LOST), None, f"instance {handle['instance_id']} is {status}")
-        ip = inst.get("ip")
-        if not ip:
-            return Status(State.PENDING)
+            return Status(INSTANCE_STATES.get(status, State.LOST), None,
+                          f"instance {handle['instance_id']} is {status}")
+        ip = inst["ip"]
         if not (work / "started").exists():
             (work / "starting").touch()
             self._start(handle, ip)
             (work / "started").write_text(ip)
             return Status(State.RUNNING)
-        out = self._ssh(ip, handle, f"cd {self._rdir(handle)} && (cat exit_code 2>/dev/null || "
-                                    "(kill -0 $(cat pid 2>/dev/null) 2>/dev/null && echo alive) || echo gone)").strip()
+        return self._follow(handle, ip)
+
+    def _follow(self, handle: dict, ip: str) -> Status:
+        """The job's state from its wrapper's files on the instance; at its end, log back and terminate."""
+        out = _Shell(self, handle, ip).run(kit.WRAPPER_PROBE).strip()
         if out == "alive":
             return Status(State.RUNNING)
         if out == "gone":
             st = Status(State.LOST, None, "the job's process on the instance is gone without an exit status")
         else:
-            code = int(out)
-            st = Status(State.SUCCEEDED, 0) if code == 0 else Status(State.FAILED, code, self._death(ip, handle, code))
+            st = kit.ended(int(out), self._fetch_log(ip, handle, keep=True))
         self._finish(handle, ip, st)
         return st
 
     def cancel(self, handle: dict) -> None:
         work = Path(handle["workdir"])
-        (work / "cancelled").touch()
+        kit.mark_cancelled(work)
         if (work / "started").exists():
             ip = (work / "started").read_text()
             try:
-                self._ssh(ip, handle, f"cd {self._rdir(handle)} && kill -TERM -- -$(cat pid) 2>/dev/null; "
-                                      f"docker rm -f {shlex.quote(handle['name'])} >/dev/null 2>&1; true", timeout=15)
-                self._copy_log(handle, ip)
+                stop = f"kill -TERM -- -$(cat {kit.PID}) 2>/dev/null; docker rm -f {shlex.quote(handle['name'])}"
+                _Shell(self, handle, ip).run(f"{stop} >/dev/null 2>&1; true", timeout=15)
+                self._fetch_log(ip, handle, keep=True)
             except PlatformError:
                 pass  # the instance is going anyway
         self._terminate(handle)
@@ -306,14 +307,9 @@ class LambdaAdapter(Adapter):
             (work / "final.json").write_text(json.dumps({"state": "cancelled", "message": "cancelled"}))
 
     def logs(self, handle: dict, tail: int | None = None) -> str:
-        work = Path(handle["workdir"])
-        if (work / "log").exists():
-            text = (work / "log").read_text(errors="replace")
-        elif (work / "started").exists():
-            text = self._ssh((work / "started").read_text(), handle, f"cat {self._rdir(handle)}/log 2>/dev/null; true")
-        else:
-            return ""
-        return tail_lines(text, tail)
+        started = Path(handle["workdir"], "started")
+        fetch = (lambda: self._fetch_log(started.read_text(), handle)) if started.exists() else None
+        return kit.logs(handle["workdir"], tail, fetch)
 
     def translate(self, exc: Exception) -> PlatformError:
         if isinstance(exc, PlatformError):
@@ -331,147 +327,139 @@ class LambdaAdapter(Adapter):
             return PlatformError(f"{self.name}: SSH: {type(exc).__name__}: {exc}", "retryable")
         return super().translate(exc)
 
-    # -- SSH --------------------------------------------------------------------------------------
+    # -- the job on the instance ----------------------------------------------------------------
 
-    def _rdir(self, handle: dict) -> str:
-        return posixpath.join(self.remote_dir, handle["name"])
-
-    def _client(self, ip: str, handle: dict, timeout: float = 20):
-        import paramiko
-
-        known = Path(handle["workdir"], "known_hosts")
-        client = paramiko.SSHClient()
-        if known.exists():
-            client.load_host_keys(str(known))  # a changed key now raises BadHostKeyException
-        client.set_missing_host_key_policy(_RecordFirst(known))
-        try:
-            client.connect(ip, port=self.ssh_port, username=self.ssh_user, key_filename=self.ssh_private_key,
-                           timeout=timeout, banner_timeout=timeout, auth_timeout=timeout, look_for_keys=False,
-                           allow_agent=False)
-        except Exception as e:  # noqa: BLE001 - translated: host key, auth, network
-            client.close()
-            if isinstance(e, paramiko.BadHostKeyException):
-                e.hostname = f"{ip}:{self.ssh_port}"
-            raise self.translate(e) from None
-        return client
-
-    def _ssh(self, ip: str, handle: dict, command: str, timeout: float = 60) -> str:
-        client = self._client(ip, handle)
-        try:
-            _, out, err = client.exec_command(command, timeout=timeout)
-            text = out.read().decode(errors="replace")
-            code = out.channel.recv_exit_status()
-            if code != 0:
-                raise PlatformError(f"{self.name}: remote command failed ({code}): {err.read().decode()[-500:]}", "retryable")
-            return text
-        except PlatformError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise self.translate(e) from None
-        finally:
-            client.close()
-
-    def command(self, req: dict, gpus: int) -> str:
-        """The shell command that runs the job on the instance."""
-        argv = list(req["argv"])
+    def command(self, req: LaunchRequest, gpus: int) -> str:
+        """The shell command that runs the job on the instance (under torchrun for multi-GPU training)."""
+        argv = list(req.argv)
         if argv and argv[0] == "gwi":
             argv = argv[1:]
-        multi = req["kind"] == "train" and gpus > 1
-        if self.runtime == "docker":
-            head = ["docker", "run", "--rm", "--name", "gwi-" + req["attempt_id"], "--gpus", "all", "--network", "host",
-                    "--shm-size", "16g", "--env-file", "docker.env"]
+        multi = req.kind == "train" and gpus > 1
+        torchrun = ["--standalone", f"--nproc-per-node={gpus}", "--no-python", "--"]
+        if self.options.runtime == "docker":
+            head = ["docker", "run", "--rm", "--name", "gwi-" + req.attempt_id, "--gpus", "all", "--network", "host",
+                    "--shm-size", "16g", "--env-file", kit.DOCKER_ENV_FILE]
             if multi:
-                return shlex.join(head + ["--entrypoint", "torchrun", self.image, "--standalone",
-                                          f"--nproc-per-node={gpus}", "--no-python", "--", "gwi"] + argv)
-            return shlex.join(head + [self.image] + argv)
-        gwi = shlex.split(self.gwi_command)
-        if multi:
-            return shlex.join(["torchrun", "--standalone", f"--nproc-per-node={gpus}", "--no-python", "--"] + gwi + argv)
-        return shlex.join(gwi + argv)
+                return shlex.join(head + ["--entrypoint", "torchrun", self.options.image] + torchrun + ["gwi"] + argv)
+            return shlex.join(head + [self.options.image] + argv)
+        gwi = shlex.split(self.options.gwi_command)
+        return shlex.join((["torchrun"] + torchrun if multi else []) + gwi + argv)
 
     def _start(self, handle: dict, ip: str) -> None:
-        req = json.loads(Path(handle["workdir"], "request.json").read_text())
-        env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}  # the store's credentials
-        env.update(self.env)
-        env.update(req["env"])
-        bad = [k for k, v in env.items() if "\n" in v]
-        if bad:
-            raise PlatformError(f"{self.name}: environment variable {bad[0]} holds a newline; it cannot be passed", "config")
-        # the same variables twice: shell-quoted for run.sh, raw for docker --env-file (which does not unquote)
-        files = {"env": "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(env.items())),
-                 "docker.env": "".join(f"{k}={v}\n" for k, v in sorted(env.items()))}
-        rdir = self._rdir(handle)
-        client = self._client(ip, handle)
+        """Put the environment and the wrapper on the instance and start the job."""
+        req = LaunchRequest(**json.loads(Path(handle["workdir"], "request.json").read_text()))
+        env = kit.job_env(req, base=kit.lent_credentials(), extra=self.options.env)  # the store's credentials
+        files = kit.env_files(env, self.name)
+        files["run.sh"] = kit.wrapper_script(self.command(req, int(handle.get("gpus") or 1)), env_file=kit.ENV_FILE)
+        archive = self.options.image_archive if self.options.runtime == "docker" else None
+        _Shell(self, handle, ip).start(files, archive and (req.store_url, archive))
+
+    def _fetch_log(self, ip: str, handle: dict, keep: bool = False) -> str:
+        """The job's log on the instance (``keep``: saved beside the handle, for after termination);
+        empty when the instance cannot be reached."""
         try:
-            sftp = client.open_sftp()
-            try:
-                _, out, _ = client.exec_command(f"mkdir -p {shlex.quote(rdir)} && cd {shlex.quote(rdir)} && pwd",
-                                                timeout=60)
-                home_dir = out.read().decode().strip()
-                for fname, text in files.items():
-                    with sftp.open(posixpath.join(home_dir, fname), "w") as f:
-                        sftp.chmod(posixpath.join(home_dir, fname), 0o600)  # secrets: owner only
-                        f.write(text)
-                with sftp.open(posixpath.join(home_dir, "run.sh"), "w") as f:
-                    f.write(_RUN_SH.format(command=self.command(req, int(handle.get("gpus") or 1))))
-                if self.runtime == "docker" and self.image_archive:
-                    self._send_image(client, sftp, home_dir, req["store"])
-            finally:
-                sftp.close()
-            # every descriptor away from the channel, or the channel stays open as long as the job
-            # once only: a start whose answer was lost must not start a second copy (mkdir is atomic)
-            _, out, _ = client.exec_command(f"cd {shlex.quote(rdir)} && if mkdir started.lock 2>/dev/null; then "
-                                            "(setsid nohup sh run.sh >/dev/null 2>&1 </dev/null &); fi; echo ok",
-                                            timeout=60)
-            if out.read().decode().strip() != "ok":
-                raise PlatformError(f"{self.name}: could not start the job on {ip}", "retryable")
+            text = _Shell(self, handle, ip).run(f"cat {kit.LOG} 2>/dev/null; true")
         except PlatformError:
+            if keep:
+                return kit.saved_log(handle["workdir"]) or ""
             raise
-        except Exception as e:  # noqa: BLE001
-            raise self.translate(e) from None
-        finally:
-            client.close()
-
-    def _send_image(self, client, sftp, home_dir: str, store_url: str) -> None:
-        import tempfile
-
-        from ..store import open_store
-
-        with tempfile.TemporaryDirectory(prefix="gwi-image-") as tmp:
-            local = Path(tmp) / "image.tar"
-            open_store(store_url).get_file(self.image_archive, local)
-            sftp.put(str(local), posixpath.join(home_dir, "image.tar"))
-        _, out, err = client.exec_command(f"docker load -i {shlex.quote(posixpath.join(home_dir, 'image.tar'))}",
-                                          timeout=1800)
-        if out.channel.recv_exit_status() != 0:
-            raise PlatformError(f"{self.name}: docker load failed: {err.read().decode()[-300:]}", "fatal")
-
-    def _copy_log(self, handle: dict, ip: str) -> None:
-        text = self._ssh(ip, handle, f"cat {self._rdir(handle)}/log 2>/dev/null; true")
-        Path(handle["workdir"], "log").write_text(text)
-
-    def _death(self, ip: str, handle: dict, code: int) -> str:
-        try:
-            self._copy_log(handle, ip)
-            lines = [ln for ln in Path(handle["workdir"], "log").read_text().splitlines() if ln.strip()]
-            errs = [ln for ln in lines if "error" in ln.lower()]
-            last = (errs or lines or [""])[-1].strip()[:300]
-        except PlatformError:
-            last = ""
-        return f"exit status {code}" + (f": {last}" if last else "")
+        if keep:
+            kit.save_log(handle["workdir"], text)
+        return text
 
     def _finish(self, handle: dict, ip: str, st: Status) -> None:
-        try:
-            if not Path(handle["workdir"], "log").exists():
-                self._copy_log(handle, ip)
-        except PlatformError:
-            pass
+        if kit.saved_log(handle["workdir"]) is None:
+            self._fetch_log(ip, handle, keep=True)
         self._terminate(handle)
         Path(handle["workdir"], "final.json").write_text(json.dumps(
             {"state": st.state.value, "exit_code": st.exit_code, "message": st.message}))
 
     def _terminate(self, handle: dict) -> None:
         self.api.terminate(handle["instance_id"])
+
+
+class _Shell:
+    """The job's folder on one instance, over SSH: the host key is trusted on first use (kept in the
+    attempt's folder), every failure goes through the adapter's ``translate``."""
+
+    def __init__(self, adapter: LambdaAdapter, handle: dict, ip: str):
+        self.adapter, self.handle, self.ip = adapter, handle, ip
+        self.name, self.o = adapter.name, adapter.options
+        self.rdir = posixpath.join(self.o.remote_dir, handle["name"])
+
+    @contextlib.contextmanager
+    def session(self, timeout: float = 20):
+        import paramiko
+
+        known = Path(self.handle["workdir"], "known_hosts")
+        client = paramiko.SSHClient()
+        try:
+            if known.exists():
+                client.load_host_keys(str(known))  # a changed key now raises BadHostKeyException
+            client.set_missing_host_key_policy(_RecordFirst(known))
+            client.connect(self.ip, port=self.o.ssh_port, username=self.o.ssh_user, key_filename=self.o.key_path,
+                           timeout=timeout, banner_timeout=timeout, auth_timeout=timeout, look_for_keys=False,
+                           allow_agent=False)
+            yield client
+        except PlatformError:
+            raise
+        except Exception as e:  # noqa: BLE001 - translated: host key, auth, network
+            if isinstance(e, paramiko.BadHostKeyException):
+                e.hostname = f"{self.ip}:{self.o.ssh_port}"
+            raise self.adapter.translate(e) from None
+        finally:
+            client.close()
+
+    def run(self, command: str, timeout: float = 60) -> str:
+        """``command``'s output, run in the job's folder."""
+        with self.session() as client:
+            _, out, err = client.exec_command(f"cd {shlex.quote(self.rdir)} && ({command})", timeout=timeout)
+            text = out.read().decode(errors="replace")
+            code = out.channel.recv_exit_status()
+            if code != 0:
+                raise PlatformError(f"{self.name}: remote command failed ({code}): {err.read().decode()[-500:]}",
+                                    "retryable")
+            return text
+
+    def start(self, files: dict[str, str], image: tuple[str, str] | None) -> None:
+        """Write ``files`` (owner-only: the environment holds secrets), load the ``(store, key)``
+        image archive, and start ``run.sh`` in its own session, once."""
+        with self.session() as client:
+            _, out, _ = client.exec_command(f"mkdir -p {shlex.quote(self.rdir)} && cd {shlex.quote(self.rdir)} && pwd",
+                                            timeout=60)
+            home_dir = out.read().decode().strip()
+            sftp = client.open_sftp()
+            try:
+                for fname, text in files.items():
+                    path = posixpath.join(home_dir, fname)
+                    with sftp.open(path, "w") as f:
+                        sftp.chmod(path, 0o600)
+                        f.write(text)
+                if image:
+                    self._load_image(client, sftp, home_dir, *image)
+            finally:
+                sftp.close()
+            # every descriptor away from the channel, or the channel stays open as long as the job
+            # once only: a start whose answer was lost must not start a second copy (mkdir is atomic)
+            _, out, _ = client.exec_command(f"cd {shlex.quote(self.rdir)} && if mkdir started.lock 2>/dev/null; then "
+                                            "(setsid nohup sh run.sh >/dev/null 2>&1 </dev/null &); fi; echo ok",
+                                            timeout=60)
+            if out.read().decode().strip() != "ok":
+                raise PlatformError(f"{self.name}: could not start the job on {self.ip}", "retryable")
+
+    def _load_image(self, client, sftp, home_dir: str, store_url: str, key: str) -> None:
+        import tempfile
+
+        from ..store import open_store
+
+        remote = posixpath.join(home_dir, "image.tar")
+        with tempfile.TemporaryDirectory(prefix="gwi-image-") as tmp:
+            local = Path(tmp) / "image.tar"
+            open_store(store_url).get_file(key, local)
+            sftp.put(str(local), remote)
+        _, out, err = client.exec_command(f"docker load -i {shlex.quote(remote)}", timeout=1800)
+        if out.channel.recv_exit_status() != 0:
+            raise PlatformError(f"{self.name}: docker load failed: {err.read().decode()[-300:]}", "fatal")
 
 
 def _fingerprint(key) -> str:
