@@ -337,6 +337,7 @@ def bench_quality(names: list[str], cfg: Config, lr: float, work: Path, wait_s: 
                   step_floor: dict[str, float]) -> tuple[list[Quality], str]:
     from gwi.data import folds
     from gwi.data.synth import synthesize
+    from gwi.runs import run_url
     from gwi.train import TrainConfig, train
 
     # the dataset, once
@@ -364,8 +365,8 @@ def bench_quality(names: list[str], cfg: Config, lr: float, work: Path, wait_s: 
     def run(model: str, steps: int, epochs: int, tag: str) -> tuple[dict, float]:
         nonlocal runs
         runs += 1
-        c = TrainConfig(model=model, dataset=ds, run=f"file://{work}/runs/{runs:03d}-{model}-{tag}", preset="tiny",
-                        epochs=epochs, max_steps=steps, val_every=epochs, batch_size=BATCH, lr=lr, split=SPLIT,
+        c = TrainConfig(model=model, dataset=ds, run=run_url(f"file://{work}", "bench", f"{runs:03d}-{model}-{tag}"),
+                        preset="tiny", epochs=epochs, max_steps=steps, val_every=epochs, batch_size=BATCH, lr=lr, split=SPLIT,
                         seed=SEED, heartbeat_s=30, checkpoint_every=0, precision="fp32", device="cpu")
         t = time.perf_counter()
         m = train(c, log=quiet)
@@ -383,41 +384,47 @@ def bench_quality(names: list[str], cfg: Config, lr: float, work: Path, wait_s: 
         out.append(q)
         wait_idle(wait_s, model)
         try:
-            # probes: s1 = 2 steps; s2 = s1 + whole epochs worth ~PROBE_FRAC of the budget (guessed from
-            # section 1's bare step, which train() exceeds by ~1.3x with data loading and clipping)
-            t0 = time.perf_counter()
-            guess = 1.3 * step_floor[model] if model in step_floor else None
-            probe_epochs = max(1, round(PROBE_FRAC * cfg.budget_s / guess / spe)) if guess else 1
-            for attempt in (1, 2):
-                others = OthersCPU().start()
-                s1, s2 = 2, 2 + probe_epochs * spe
-                m1, w1 = run(model, s1, math.ceil(s1 / spe), "probe-a")
-                m2, w2 = run(model, s2, math.ceil(s2 / spe), "probe-b")
-                busy = others.stop()
-                if attempt == 2 or wait_s <= 0 or busy is None or busy <= 0.15:
-                    break
-                log(f"quality: {model}: other processes used {busy:.0%} of the CPUs during the probes; probing again")
-                wait_idle(wait_s, model)
-            q.probe_s = time.perf_counter() - t0
-            s1, s2 = m1["steps"], m2["steps"]
-            q.per_step_s = (w2 - w1) / max(1, s2 - s1)
-            # a burst of load during probe a can make the difference absurdly small: never plan on a
-            # step faster than half the bare train step section 1 measured
-            q.per_step_s = max(q.per_step_s, 0.5 * step_floor.get(model, 0.0), 1e-3)
-            q.fixed_s = max(0.0, w1 - s1 * q.per_step_s)
-            q.epochs = max(1, int((cfg.budget_s - q.fixed_s) / q.per_step_s / spe))
-            q.planned = q.epochs * spe
-            log(f"quality: {model}: {1e3 * q.per_step_s:.0f} ms/step, fixed {q.fixed_s:.1f} s -> "
-                f"{q.epochs} epochs = {q.planned} steps")
-            others = OthersCPU().start()
-            q.metrics, q.wall_s = run(model, q.planned, q.epochs, "budget")
-            q.others = others.stop()
-            log(f"quality: {model}: {q.metrics['steps']} steps in {q.wall_s:.1f} s, val MAE "
-                f"{q.metrics['val_mae']:.1f} m/s, baseline {q.metrics['baseline_mae']:.1f} m/s")
+            train_in_budget(q, run, cfg, spe, wait_s, step_floor)
         except Exception as e:  # noqa: BLE001 - one broken model must not hide the others
             q.error = f"{type(e).__name__}: {e}"
             log(f"quality: {model}: FAILED {q.error}")
     return out, described
+
+
+def train_in_budget(q: Quality, run, cfg: Config, spe: int, wait_s: float, step_floor: dict[str, float]) -> None:
+    """Time two probe runs of ``q.name``, fit whole epochs to the budget from them, and train that long."""
+    model = q.name
+    # probes: s1 = 2 steps; s2 = s1 + whole epochs worth ~PROBE_FRAC of the budget (guessed from
+    # section 1's bare step, which train() exceeds by ~1.3x with data loading and clipping)
+    t0 = time.perf_counter()
+    guess = 1.3 * step_floor[model] if model in step_floor else None
+    probe_epochs = max(1, round(PROBE_FRAC * cfg.budget_s / guess / spe)) if guess else 1
+    for attempt in (1, 2):
+        others = OthersCPU().start()
+        s1, s2 = 2, 2 + probe_epochs * spe
+        m1, w1 = run(model, s1, math.ceil(s1 / spe), "probe-a")
+        m2, w2 = run(model, s2, math.ceil(s2 / spe), "probe-b")
+        busy = others.stop()
+        if attempt == 2 or wait_s <= 0 or busy is None or busy <= 0.15:
+            break
+        log(f"quality: {model}: other processes used {busy:.0%} of the CPUs during the probes; probing again")
+        wait_idle(wait_s, model)
+    q.probe_s = time.perf_counter() - t0
+    s1, s2 = m1["steps"], m2["steps"]
+    q.per_step_s = (w2 - w1) / max(1, s2 - s1)
+    # a burst of load during probe a can make the difference absurdly small: never plan on a
+    # step faster than half the bare train step section 1 measured
+    q.per_step_s = max(q.per_step_s, 0.5 * step_floor.get(model, 0.0), 1e-3)
+    q.fixed_s = max(0.0, w1 - s1 * q.per_step_s)
+    q.epochs = max(1, int((cfg.budget_s - q.fixed_s) / q.per_step_s / spe))
+    q.planned = q.epochs * spe
+    log(f"quality: {model}: {1e3 * q.per_step_s:.0f} ms/step, fixed {q.fixed_s:.1f} s -> "
+        f"{q.epochs} epochs = {q.planned} steps")
+    others = OthersCPU().start()
+    q.metrics, q.wall_s = run(model, q.planned, q.epochs, "budget")
+    q.others = others.stop()
+    log(f"quality: {model}: {q.metrics['steps']} steps in {q.wall_s:.1f} s, val MAE "
+        f"{q.metrics['val_mae']:.1f} m/s, baseline {q.metrics['baseline_mae']:.1f} m/s")
 
 
 def quality_table(rows: list[Quality]) -> str:

@@ -25,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gwi.data.synth import synthesize  # noqa: E402
 from gwi.models.registry import list_models  # noqa: E402
-from gwi.predict import load_checkpoint, predict, predict_batch  # noqa: E402
+from gwi.inference import predict_batch  # noqa: E402
+from gwi.predict import predict  # noqa: E402
+from gwi.runs import load_model, run_url  # noqa: E402
 from gwi.train import TrainConfig, train  # noqa: E402
 
 N_TEST = 65_818
@@ -60,7 +62,7 @@ def main() -> int:
         synthesize(["FlatVel_A"], 8, f"file://{d}/s", "b", batch_size=8, progress=False)
         runs = {}
         for n in names:
-            runs[n] = f"file://{d}/s/runs/{n}"
+            runs[n] = run_url(f"file://{d}/s", "bench", n)
             train(TrainConfig(model=n, preset=a.preset, dataset=f"file://{d}/s/datasets/b", run=runs[n], epochs=1,
                               batch_size=4, max_steps=1, heartbeat_s=60, device="cpu"), log=lambda *_: None)
         test = d / "test"
@@ -90,7 +92,7 @@ def main() -> int:
             print("\nfp16 vs fp32 on CUDA (same weights, same 32 files), m/s after de-normalisation:")
             x = np.stack([np.load(p) for p in sorted(test.glob("*.npy"))[:32]])
             for n in names:
-                m = load_checkpoint(runs[n], torch.device("cuda"))
+                m = load_model(runs[n], torch.device("cuda"))
                 p32 = predict_batch([m], [1.0], x, torch.device("cuda"), "fp32")
                 p16 = predict_batch([m], [1.0], x, torch.device("cuda"), "fp16")
                 print(f"  {n:18s} max |diff| {np.abs(p32 - p16).max():7.2f}   mean {np.abs(p32 - p16).mean():6.3f}")

@@ -15,76 +15,26 @@ import json
 import math
 import os
 import re
-import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .progress import update as report_progress
 from .data.layout import SEISMIC_SHAPE, VMAX, VMIN, discover_test
 from .data.shards import MANIFEST, ShardedDataset
-from .errors import DataError, GwiError
-from .models import registry
+from .errors import DataError
+from .inference import predict_batch, resolve_device_precision
+from .models.ensemble import crf_smooth, load_ensemble, mc_dropout_std, write_plots
+from .progress import update as report_progress
+from .runs import LoadedModel, load_model
 
 COLUMNS = list(range(1, 70, 2))  # x_1, x_3, ..., x_69
 HEADER = "oid_ypos," + ",".join(f"x_{c}" for c in COLUMNS)
 ROWS = 70
-
-
-# ------------------------------------------------------------------------------------------------
-# loading models
-
-
-@dataclass
-class LoadedModel:
-    name: str
-    model: torch.nn.Module
-    norm: "Normalizer"  # noqa: F821 - gwi.train.Normalizer
-    source: str
-    step: int | None
-    split: str | None = None  # the validation split it was trained with
-
-
-def load_checkpoint(ref: str, device: torch.device, *, use_ema: bool = True) -> LoadedModel:
-    """A run URL (``.../runs/RUN``: its ``latest.json``, verified) or a ``.pt`` file/URL."""
-    from .store import open_store, resolve_url
-    from .train import Normalizer, RunStore
-
-    ref = str(ref)
-    if ref.endswith(".pt"):
-        ref = resolve_url(ref)  # an offline mirror of the store (GWI_STORE_MAP) serves it
-        p = Path(ref[len("file://"):] if ref.startswith("file://") else ref)
-        if "://" in ref and not ref.startswith("file://"):
-            base, _, name = ref.rpartition("/")
-            tmp = RunStore(base).scratch / name
-            open_store(base).get_file(name, tmp)
-            p = tmp
-        if not p.is_file():
-            raise GwiError(f"checkpoint {ref}: no such file")
-        try:
-            ck = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is one clear error
-            raise GwiError(f"checkpoint {ref}: cannot be loaded ({type(e).__name__}: {e})") from None
-        source = ref
-    else:
-        run = RunStore(ref)
-        ck, entry = run.load_latest(lambda msg: print(f"gwi: {msg}", file=sys.stderr))
-        if ck is None:
-            raise GwiError(f"{ref}: no usable checkpoint (expected checkpoints/latest.json in the run folder)")
-        source = f"{ref.rstrip('/')}/{entry['path']}"
-    if ck.get("format") != "gwi-checkpoint":
-        raise GwiError(f"checkpoint {ref}: not a gwi checkpoint")
-    name, args = ck["model"]["name"], ck["model"]["args"]
-    model = registry.build_from_args(name, args)
-    state = ck["ema"] if use_ema and ck.get("ema") else ck["state_dict"]
-    model.load_state_dict(state)
-    model.to(device).eval()
-    n = ck["normalisation"]
-    norm = Normalizer(n["seis_min"], n["seis_max"], n["vel_min"], n["vel_max"], n.get("vel_mean"))
-    return LoadedModel(name, model, norm, source, ck.get("step"), ck.get("split"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -171,44 +121,6 @@ class TestSource:
 # prediction
 
 
-def flip_tta(x: torch.Tensor) -> torch.Tensor:
-    """Mirror receivers and reverse the source order: the recording of the mirrored velocity map
-    (approximately: sources sit at 17 and 52, not exactly symmetric)."""
-    return x.flip(-1).flip(1)
-
-
-def resolve_device_precision(device: str | None, precision: str | None) -> tuple[torch.device, str]:
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if precision in (None, "auto"):
-        precision = "fp16" if dev.type == "cuda" else "fp32"
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"precision: expected one of fp32, bf16, fp16, got {precision!r}")
-    if dev.type == "cpu" and precision == "fp16":
-        raise ValueError("precision: fp16 inference needs CUDA; on CPU use bf16 or fp32")
-    return dev, precision
-
-
-@torch.no_grad()
-def predict_batch(models: list[LoadedModel], weights: list[float], x: np.ndarray, device, precision: str,
-                  tta: bool = False) -> np.ndarray:
-    """(B,5,1000,70) raw seismic → (B,70,70) float32 m/s, clipped to 1500–4500."""
-    xt = torch.from_numpy(x).to(device)
-    acc = None
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    for m, w in zip(models, weights):
-        xn = m.norm.seismic(xt)  # each checkpoint's own normalisation constants
-        views = [xn, flip_tta(xn)] if tta else [xn]
-        outs = []
-        for k, v in enumerate(views):
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                p = m.model(v)
-            p = m.norm.denorm_velocity(p.float())  # (B, 1, 70, 70) float32 m/s
-            outs.append(p.flip(-1) if k == 1 else p)
-        p = torch.stack(outs).mean(0)
-        acc = p * w if acc is None else acc + p * w
-    return acc[:, 0].clamp(VMIN, VMAX).cpu().numpy().astype(np.float32)
-
-
 def rows_csv(oids: list[str], v: np.ndarray) -> str:
     """The submission rows for a batch: 70 per oid, odd columns only."""
     cols = v[:, :, COLUMNS]  # (B, 70, 35)
@@ -222,6 +134,41 @@ def rows_csv(oids: list[str], v: np.ndarray) -> str:
     return buf.getvalue()
 
 
+@dataclass
+class Members:
+    """The models that predict, their weights (global, and per family when the input names its
+    families), the CRF that smooths their mean, and where and how they run."""
+
+    models: list[LoadedModel]
+    weights: list[float]
+    family_weights: dict
+    crf: dict | None
+    device: torch.device
+    precision: str
+    tta: bool
+
+    def velocity(self, x: np.ndarray, fams: list[str] | None) -> np.ndarray:
+        """(B,5,1000,70) raw seismic → (B,70,70) m/s; ``fams`` (one per sample) picks family weights."""
+        if fams is None:
+            v = predict_batch(self.models, self.weights, x, self.device, self.precision, self.tta)
+        else:
+            bf = np.array(fams)
+            v = np.empty((len(x), ROWS, 70), np.float32)
+            for fam in sorted(set(bf.tolist())):
+                sel = np.flatnonzero(bf == fam)
+                v[sel] = predict_batch(self.models, self.family_weights[fam], x[sel], self.device, self.precision,
+                                       self.tta)
+        if self.crf:
+            v = crf_smooth(torch.from_numpy(v), self.crf["lambda"], self.crf["sigma"]).numpy()
+        return v
+
+    def std(self, x: np.ndarray, mc_samples: int) -> np.ndarray:
+        """Weighted MC-dropout std (B,70,70) m/s."""
+        xt = torch.from_numpy(x).to(self.device)
+        std = sum(w * mc_dropout_std(m, xt, mc_samples, nullcontext) for m, w in zip(self.models, self.weights))
+        return std.cpu().numpy()
+
+
 def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float] | None = None, tta: bool = False,
             precision: str | None = None, device: str | None = None, batch_size: int = 32, skip_bad: bool = False,
             ensemble: str | None = None, uncertainty: str | None = None, mc_samples: int = 8,
@@ -232,15 +179,52 @@ def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float]
     ``uncertainty``: also write MC-dropout per-pixel std (m/s) as ``.npy`` (N, 70, 70) float16, with
     the oids beside it in ``<file>.oids.json``.
     """
-    import time
-    from contextlib import nullcontext
-
     from tqdm import tqdm
 
-    from .models.ensemble import crf_smooth, load_ensemble, mc_dropout_std, write_plots
+    checkpoints, weights, crf, family_weights = _chosen_members(checkpoints, weights, ensemble)
+    dev, precision = resolve_device_precision(device, precision)
+    models = [load_model(c, dev) for c in checkpoints]
+    if weights is None:
+        weights = [1.0 / len(models)] * len(models)
+    if len(weights) != len(models) or abs(sum(weights) - 1) > 1e-6:
+        raise ValueError(f"weights: expected {len(models)} weights summing to 1, got {weights}")
+    src = TestSource(test, skip_bad)
+    fam_of, family_weights = _families(src, family_weights, log)
+    members = Members(models, weights, family_weights, crf, dev, precision, tta)
+    log(f"predicting {len(src)} test samples with {len(models)} model(s) "
+        f"({', '.join(m.name for m in models)}) on {dev} in {precision}" + (" with flip TTA" if tta else ""))
+    fill = models[0].norm.vel_mean or (VMIN + VMAX) / 2
+    t0 = time.time()
+    with _partial_outputs(out, uncertainty, src.oids) as (f, unc), \
+            tqdm(total=len(src), unit="file", desc="predict", disable=None if progress is None else not progress) as bar:
+        n, plot_keep = 0, []
+        for oids, x, ok in src.batches(batch_size):
+            v = members.velocity(x, None if fam_of is None else fam_of[n:n + len(oids)])
+            v[~ok] = fill
+            std = None
+            if unc is not None or (plots and len(plot_keep) < 4):
+                std = members.std(x, mc_samples)
+                if unc is not None:
+                    unc[n:n + len(oids)] = std
+            if plots and len(plot_keep) < 4:
+                plot_keep.extend((v[i], None if std is None else std[i], oids[i]) for i in range(min(4, len(oids))))
+            f.write(rows_csv(oids, v))
+            n += len(oids)
+            bar.update(len(oids))
+            report_progress(state="running", done=bar.n, total=len(src), unit="files")
+    if plots and plot_keep:
+        _plot(plots, plot_keep[:4])
+    dt = time.time() - t0
+    for oid, msg in src.bad:
+        log(f"warning: {msg}; {oid} filled with the training mean {fill:.0f} m/s")
+    return {"files": n, "rows": n * ROWS, "bad": [o for o, _ in src.bad], "seconds": dt,
+            "files_per_s": n / dt if dt > 0 else None, "device": str(dev), "precision": precision,
+            "models": [m.source for m in models]}
 
-    crf = None
-    family_weights: dict = {}
+
+def _chosen_members(checkpoints: list[str], weights: list[float] | None, ensemble: str | None):
+    """(checkpoints, weights, CRF or None, family weights) from the arguments or an ``ensemble.json``."""
+    crf, family_weights = None, {}
     if ensemble:
         if checkpoints:
             raise ValueError("give --checkpoint or --ensemble, not both")
@@ -251,88 +235,58 @@ def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float]
         family_weights = e.get("family_weights") or {}
     if not checkpoints:
         raise ValueError("checkpoints: expected at least one run or .pt file")
-    dev, precision = resolve_device_precision(device, precision)
-    models = [load_checkpoint(c, dev) for c in checkpoints]
-    if weights is None:
-        weights = [1.0 / len(models)] * len(models)
-    if len(weights) != len(models) or abs(sum(weights) - 1) > 1e-6:
-        raise ValueError(f"weights: expected {len(models)} weights summing to 1, got {weights}")
-    src = TestSource(test, skip_bad)
+    return checkpoints, weights, crf, family_weights
+
+
+def _families(src: TestSource, family_weights: dict, log) -> tuple[list[str] | None, dict]:
+    """(family of each sample, family weights) when the input names families the ensemble has
+    weights for; otherwise (None, {}): the global weights are used."""
     fam_of = src.families()
     if family_weights and fam_of is not None and set(fam_of) <= set(family_weights):
         log(f"using per-family ensemble weights for {', '.join(sorted(set(fam_of)))}")
-    else:
-        if family_weights:
-            log("the test input does not name families the ensemble has weights for: using the global weights")
-        family_weights, fam_of = {}, None
-    pos = 0
-    log(f"predicting {len(src)} test samples with {len(models)} model(s) "
-        f"({', '.join(m.name for m in models)}) on {dev} in {precision}" + (" with flip TTA" if tta else ""))
-    fill = models[0].norm.vel_mean or (VMIN + VMAX) / 2
+        return fam_of, family_weights
+    if family_weights:
+        log("the test input does not name families the ensemble has weights for: using the global weights")
+    return None, {}
+
+
+def _partial(p: Path) -> Path:
+    return p.with_name(p.name + ".partial")
+
+
+@contextmanager
+def _partial_outputs(out: str, uncertainty: str | None, oids: list[str]):
+    """The CSV (header written) and the uncertainty memmap (or None) to fill, under ``.partial``
+    names that are renamed when the block succeeds and removed when it fails."""
     out_p = Path(out)
     out_p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_p.with_name(out_p.name + ".partial")
+    tmp = _partial(out_p)
+    unc_p = Path(uncertainty) if uncertainty else None
     unc = None
-    if uncertainty:
-        unc_p = Path(uncertainty)
+    if unc_p is not None:
         unc_p.parent.mkdir(parents=True, exist_ok=True)
-        unc = np.lib.format.open_memmap(unc_p.with_name(unc_p.name + ".partial"), mode="w+", dtype=np.float16,
-                                        shape=(len(src), ROWS, 70))
-    plot_keep: list = []
-    t0 = time.time()
-    n = 0
+        unc = np.lib.format.open_memmap(_partial(unc_p), mode="w+", dtype=np.float16, shape=(len(oids), ROWS, 70))
     try:
-        with open(tmp, "w", newline="") as f, tqdm(total=len(src), unit="file", desc="predict",
-                                                    disable=None if progress is None else not progress) as bar:
+        with open(tmp, "w", newline="") as f:
             f.write(HEADER + "\n")
-            for oids, x, ok in src.batches(batch_size):
-                if family_weights:
-                    bf = np.array(fam_of[pos:pos + len(oids)])
-                    v = np.empty((len(oids), ROWS, 70), np.float32)
-                    for fam in sorted(set(bf.tolist())):
-                        sel = np.flatnonzero(bf == fam)
-                        v[sel] = predict_batch(models, family_weights[fam], x[sel], dev, precision, tta)
-                else:
-                    v = predict_batch(models, weights, x, dev, precision, tta)
-                pos += len(oids)
-                if crf:
-                    v = crf_smooth(torch.from_numpy(v), crf["lambda"], crf["sigma"]).numpy()
-                v[~ok] = fill
-                std = None
-                if unc is not None or (plots and len(plot_keep) < 4):
-                    xt = torch.from_numpy(x).to(dev)
-                    std = sum(w * mc_dropout_std(m, xt, mc_samples, nullcontext) for m, w in zip(models, weights))
-                    std = std.cpu().numpy()
-                    if unc is not None:
-                        unc[n:n + len(oids)] = std
-                if plots and len(plot_keep) < 4:
-                    plot_keep.extend((v[i], None if std is None else std[i], oids[i]) for i in range(min(4, len(oids))))
-                f.write(rows_csv(oids, v))
-                n += len(oids)
-                bar.update(len(oids))
-                report_progress(state="running", done=bar.n, total=len(src), unit="files")
+            yield f, unc
         os.replace(tmp, out_p)
         if unc is not None:
             unc.flush()
             del unc
-            os.replace(unc_p.with_name(unc_p.name + ".partial"), unc_p)
-            unc_p.with_name(unc_p.name + ".oids.json").write_text(json.dumps(src.oids))
+            os.replace(_partial(unc_p), unc_p)
+            unc_p.with_name(unc_p.name + ".oids.json").write_text(json.dumps(oids))
     except BaseException:
         tmp.unlink(missing_ok=True)
-        if uncertainty:
-            Path(uncertainty).with_name(Path(uncertainty).name + ".partial").unlink(missing_ok=True)
+        if unc_p is not None:
+            _partial(unc_p).unlink(missing_ok=True)
         raise
-    if plots and plot_keep:
-        keep = plot_keep[:4]
-        pv = np.stack([k[0] for k in keep])
-        ps = np.stack([k[1] for k in keep]) if keep[0][1] is not None else None
-        write_plots(plots, pv, None, np.array(["test"] * len(pv)), ps, per_family=4, ids=[k[2] for k in keep])
-    dt = time.time() - t0
-    for oid, msg in src.bad:
-        log(f"warning: {msg}; {oid} filled with the training mean {fill:.0f} m/s")
-    return {"files": n, "rows": n * ROWS, "bad": [o for o, _ in src.bad], "seconds": dt,
-            "files_per_s": n / dt if dt > 0 else None, "device": str(dev), "precision": precision,
-            "models": [m.source for m in models]}
+
+
+def _plot(folder: str, keep: list) -> None:
+    pv = np.stack([k[0] for k in keep])
+    ps = np.stack([k[1] for k in keep]) if keep[0][1] is not None else None
+    write_plots(folder, pv, None, np.array(["test"] * len(pv)), ps, per_family=4, ids=[k[2] for k in keep])
 
 
 # ------------------------------------------------------------------------------------------------

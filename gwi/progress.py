@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 
+from .runs import CANCEL
 from .store import Store, split_url
 
 ENV_URL = "GWI_HEARTBEAT"
@@ -101,9 +102,9 @@ def attempt_target() -> tuple[Store, str] | None:
 
 
 def cancel_flag() -> tuple[Store, str] | None:
-    """The ``cancel`` object beside the attempt's heartbeat."""
+    """The cancel flag beside the attempt's heartbeat."""
     target = attempt_target()
-    return (target[0], "cancel") if target else None
+    return (target[0], CANCEL) if target else None
 
 
 def interval_from_env(default: float = 20.0) -> float:

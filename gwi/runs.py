@@ -13,16 +13,36 @@ A run is a folder (prefix) in a store, ``STORE/runs/<spec>/<job>`` for a planned
 
 No other module spells these paths (a test checks): train, predict, ensemble, the scheduler and the
 adapters ask a :class:`Run`.
+
+A checkpoint is published in two steps: ``step-<n>.pt`` is uploaded, then ``latest.json`` is replaced
+to point at it with its size and sha256. A reader never follows a pointer to a partial upload, and a
+corrupt file is detected and the previous good one in the pointer's history is used instead.
+
+torch is imported only inside the functions that save or load checkpoints: the scheduler and the
+adapters import this module and stay torch-free.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import StoreError
-from .store import Store, open_store
+from .errors import GwiError, StoreError
+from .store import Store, open_store, resolve_url
+
+if TYPE_CHECKING:
+    import torch
+
+    from .inference import Normalizer
 
 RUNS = "runs"
 CHECKPOINTS = "checkpoints"
@@ -128,3 +148,155 @@ class Run:
             return int(self.pointer()["latest"]["step"])
         except (StoreError, KeyError, TypeError, ValueError):
             return None
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def write_json(self, name: str, obj: dict) -> None:
+        """A small JSON file in the run folder (``PROGRESS``, ``METRICS``)."""
+        self.store.put_bytes(name, _json(obj))
+
+    def publish_checkpoint(self, ckpt: dict, step: int, keep: int) -> dict:
+        """Upload ``ckpt`` as step ``step``, then point ``latest.json`` at it (size, sha256) with the
+        previous entries as its history; checkpoints beyond the newest ``keep`` are deleted.
+        Returns the new pointer entry."""
+        import torch
+
+        from .data.shards import sha256_file
+
+        key = self.checkpoint_key(step)
+        with scratch_dir() as tmp:
+            local = tmp / Path(key).name
+            torch.save(ckpt, local)
+            entry = {"path": key, "step": step, "epoch": ckpt["epoch"], "bytes": local.stat().st_size,
+                     "sha256": sha256_file(local), "time": _now(), "rank": int(os.environ.get("RANK", "0"))}
+            self.store.put_file(local, key, move=True)
+        old = self.pointer() or {}
+        history = [entry] + [h for h in [old.get("latest")] + old.get("history", []) if h and h["path"] != key]
+        self.store.put_bytes(LATEST, _json({"latest": entry, "history": history[1:keep]}))
+        kept = {h["path"] for h in history[:keep]}
+        for k in self.store.list(CHECKPOINTS):
+            if k.endswith(".pt") and k not in kept:
+                self.store.delete(k)
+        return entry
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def load_latest(self, log) -> tuple[dict | None, dict | None]:
+        """(checkpoint, its pointer entry) of the newest checkpoint whose size and sha256 match its
+        entry, trying the pointer's history in turn; (None, None) when there is none."""
+        ptr = self.pointer()
+        if not ptr:
+            return None, None
+        for entry in [ptr.get("latest")] + ptr.get("history", []):
+            if entry:
+                ckpt = self._load_verified(entry, log)
+                if ckpt is not None:
+                    return ckpt, entry
+        log("no readable checkpoint found; starting from scratch")
+        return None, None
+
+    def _load_verified(self, entry: dict, log) -> dict | None:
+        import torch
+
+        from .data.shards import sha256_file
+
+        path = entry["path"]
+        with scratch_dir() as tmp:
+            local = tmp / Path(path).name
+            try:
+                self.store.get_file(path, local)
+            except StoreError as e:
+                log(f"checkpoint {path} unavailable ({e}); trying the previous one")
+                return None
+            if local.stat().st_size != entry["bytes"] or sha256_file(local) != entry["sha256"]:
+                log(f"checkpoint {path} is truncated or corrupt (size/sha256 mismatch); trying the previous one")
+                return None
+            try:
+                return torch.load(local, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - any unreadable file falls back the same way
+                log(f"checkpoint {path} cannot be loaded ({type(e).__name__}: {e}); trying the previous one")
+                return None
+
+
+def _json(obj) -> bytes:
+    return json.dumps(obj, indent=1, default=str).encode()
+
+
+def _now() -> str:
+    # progress.now_iso's format; progress imports this module, so it is not imported back
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@contextlib.contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """A temporary folder in the gwi cache (checkpoints can be larger than ``/tmp``), removed after."""
+    from .data.sync import cache_root
+
+    root = cache_root() / "scratch"
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="run-", dir=root) as tmp:
+        yield Path(tmp)
+
+
+# ------------------------------------------------------------------------------------------------
+# models from checkpoints
+
+
+@dataclass
+class LoadedModel:
+    """A trained model in eval mode, with the normalisation it was trained with."""
+
+    name: str
+    model: torch.nn.Module
+    norm: Normalizer
+    source: str  # the checkpoint's URL or file
+    step: int | None
+    split: str | None = None  # the validation split it was trained with
+
+
+def load_model(ref: str, device, *, use_ema: bool = True) -> LoadedModel:
+    """The model in a run (``ref`` a run URL: its newest verified checkpoint) or in a ``.pt``
+    file/URL, on ``device``; with its EMA weights when it has them and ``use_ema``.
+    ``GWI_STORE_MAP`` serves either from a mirror."""
+    from .inference import Normalizer
+    from .models import registry
+
+    ckpt, source = read_checkpoint(str(ref))
+    if ckpt.get("format") != "gwi-checkpoint":
+        raise GwiError(f"checkpoint {ref}: not a gwi checkpoint")
+    name, args = ckpt["model"]["name"], ckpt["model"]["args"]
+    model = registry.build_from_args(name, args)
+    model.load_state_dict(ckpt["ema"] if use_ema and ckpt.get("ema") else ckpt["state_dict"])
+    model.to(device).eval()
+    n = ckpt["normalisation"]
+    norm = Normalizer(n["seis_min"], n["seis_max"], n["vel_min"], n["vel_max"], n.get("vel_mean"))
+    return LoadedModel(name, model, norm, source, ckpt.get("step"), ckpt.get("split"))
+
+
+def read_checkpoint(ref: str) -> tuple[dict, str]:
+    """(checkpoint, the URL or file it came from) for a run URL or a ``.pt`` file/URL."""
+    if ref.endswith(".pt"):
+        return _read_pt(resolve_url(ref))
+    run = Run(ref)
+    ckpt, entry = run.load_latest(lambda msg: print(f"gwi: {msg}", file=sys.stderr))
+    if ckpt is None:
+        raise GwiError(f"{ref}: no usable checkpoint (expected {LATEST} in the run folder)")
+    return ckpt, run.key_url(entry["path"])
+
+
+def _read_pt(ref: str) -> tuple[dict, str]:
+    import torch
+
+    with scratch_dir() as tmp:
+        if "://" in ref and not ref.startswith("file://"):
+            base, _, name = ref.rpartition("/")
+            path = tmp / name
+            open_store(base).get_file(name, path)
+        else:
+            path = Path(ref.removeprefix("file://"))
+        if not path.is_file():
+            raise GwiError(f"checkpoint {ref}: no such file")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True), ref
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is one clear error
+            raise GwiError(f"checkpoint {ref}: cannot be loaded ({type(e).__name__}: {e})") from None

@@ -1,20 +1,19 @@
 """``gwi train``: one training loop for every model, every platform, one GPU or many.
 
 The loop is deliberately plain (nanoGPT-style): DDP is detected from ``RANK`` (torchrun), rank 0 alone
-writes; one autocast context; a GradScaler that is enabled only for fp16. What makes it survive a
-platform dying under it:
+writes; one autocast context; a GradScaler that is enabled only for fp16. :func:`train` reads top to
+bottom as its phases: load the data, build the model and optimiser, resume, run the epochs (steps,
+validation, checkpoints), finish. What makes it survive a platform dying under it:
 
 * Checkpoints hold everything needed to resume exactly (model args and weights, optimizer, scheduler,
   scaler, EMA, step, epoch, position in the epoch, RNG states, normalisation constants, the dataset's
   manifest hash, the gwi version), contain only tensors and plain types (``torch.load(...,
-  weights_only=True)``), and are published in two steps: ``checkpoints/step-<n>.pt`` is uploaded,
-  then ``checkpoints/latest.json`` is replaced to point at it with its size and sha256. A reader
-  never follows a pointer to a partial upload; a corrupt file is detected and the previous good one
-  in the pointer's history is used.
+  weights_only=True)``), and are published atomically by :meth:`gwi.runs.Run.publish_checkpoint`
+  (blob, then the latest pointer with size and sha256); a resume takes the newest one that verifies.
 * Data order is a pure function of (seed, epoch), so a resumed run sees the batches the crashed one
   would have seen, from the step after its last checkpoint.
-* A heartbeat thread writes ``progress.json`` every ``heartbeat_s``; a crash writes state ``failed``
-  with the error, the end writes ``metrics.json``. The scheduler reads these from the store.
+* A heartbeat thread writes the run's progress file every ``heartbeat_s``; a crash writes state
+  ``failed`` with the error, the end writes the metrics file. The scheduler reads these from the store.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from __future__ import annotations
 import copy
 import gc
 import hashlib
-import json
 import math
 import os
 import random
@@ -30,8 +28,10 @@ import socket
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -40,47 +40,15 @@ import torch.distributed as dist
 from torch import nn
 
 from . import __version__, progress
-from .data import folds
-from .data.shards import ShardedDataset, log_transform, sha256_file
-from .data.sync import cache_root, pull
-from .errors import GwiError, StoreError
 from .config import LOSSES, PRECISIONS, TrainConfig, apply_sets  # noqa: F401 - re-exported
+from .data import folds
+from .data.shards import MANIFEST, ShardedDataset
+from .data.sync import pull
+from .errors import GwiError
+from .inference import Normalizer  # also re-exported: gwi.train.Normalizer
 from .models import registry
 from .progress import Heartbeat
-from .store import Store, open_store
-
-# ------------------------------------------------------------------------------------------------
-# normalisation
-
-
-@dataclass
-class Normalizer:
-    """OpenFWI normalisation; its constants travel in every checkpoint so prediction applies exactly
-    what training did."""
-
-    seis_min: float
-    seis_max: float
-    vel_min: float = 1500.0
-    vel_max: float = 4500.0
-    vel_mean: float | None = None
-
-    @classmethod
-    def from_manifest(cls, m: dict) -> "Normalizer":
-        n = m["normalisation"]
-        g = n["seismic"]["global"]
-        return cls(float(g["min"]), float(g["max"]), float(n["velocity"]["min"]), float(n["velocity"]["max"]),
-                   n["velocity"].get("mean"))
-
-    def seismic(self, x: torch.Tensor) -> torch.Tensor:
-        x = log_transform(x.float())
-        return (x - self.seis_min) / (self.seis_max - self.seis_min) * 2 - 1
-
-    def velocity(self, v: torch.Tensor) -> torch.Tensor:
-        return (v.float() - self.vel_min) / (self.vel_max - self.vel_min) * 2 - 1
-
-    def denorm_velocity(self, v: torch.Tensor) -> torch.Tensor:
-        return (v.float() + 1) / 2 * (self.vel_max - self.vel_min) + self.vel_min
-
+from .runs import METRICS, PROGRESS, Run
 
 # ------------------------------------------------------------------------------------------------
 # distributed
@@ -177,91 +145,6 @@ class EMA:
                 self.state[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
             else:
                 self.state[k].copy_(v)
-
-
-# ------------------------------------------------------------------------------------------------
-# the run folder in the store
-
-
-def _json(obj) -> bytes:
-    return json.dumps(obj, indent=1, default=str).encode()
-
-
-_now = progress.now_iso
-
-
-class RunStore:
-    """``runs/RUN/`` in a store: checkpoints, the latest pointer, progress and metrics."""
-
-    def __init__(self, url: str):
-        self.url = url.rstrip("/")
-        self.store: Store = open_store(self.url)
-        self.scratch = Path(tempfile.mkdtemp(prefix="run-", dir=self._scratch_root()))
-
-    @staticmethod
-    def _scratch_root() -> Path:
-        p = cache_root() / "scratch"
-        p.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def pointer(self) -> dict | None:
-        try:
-            return json.loads(self.store.get_bytes("checkpoints/latest.json"))
-        except StoreError as e:
-            if "no such object" in str(e):
-                return None
-            raise
-        except ValueError:
-            return None
-
-    def save_checkpoint(self, ckpt: dict, step: int, keep: int) -> dict:
-        """Upload ``step-<n>.pt``, then publish the pointer; prune beyond ``keep``. Returns the entry."""
-        tmp = self.scratch / f"step-{step}.pt"
-        torch.save(ckpt, tmp)
-        entry = {"path": f"checkpoints/step-{step}.pt", "step": step, "epoch": ckpt["epoch"],
-                 "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp), "time": _now(),
-                 "rank": int(os.environ.get("RANK", "0"))}
-        self.store.put_file(tmp, entry["path"], move=True)
-        old = self.pointer() or {}
-        history = [entry] + [h for h in [old.get("latest")] + old.get("history", []) if h and h["path"] != entry["path"]]
-        self.store.put_bytes("checkpoints/latest.json", _json({"latest": entry, "history": history[1:keep]}))
-        keep_paths = {h["path"] for h in history[:keep]}
-        for key in self.store.list("checkpoints"):
-            if key.endswith(".pt") and key not in keep_paths:
-                self.store.delete(key)
-        return entry
-
-    def load_latest(self, log) -> tuple[dict | None, dict | None]:
-        """The newest checkpoint whose size and sha256 match its pointer entry, or (None, None)."""
-        ptr = self.pointer()
-        if not ptr:
-            return None, None
-        for entry in [ptr.get("latest")] + ptr.get("history", []):
-            if not entry:
-                continue
-            local = self.scratch / Path(entry["path"]).name
-            try:
-                self.store.get_file(entry["path"], local)
-            except StoreError as e:
-                log(f"checkpoint {entry['path']} unavailable ({e}); trying the previous one")
-                continue
-            if local.stat().st_size != entry["bytes"] or sha256_file(local) != entry["sha256"]:
-                log(f"checkpoint {entry['path']} is truncated or corrupt (size/sha256 mismatch); trying the previous one")
-                local.unlink(missing_ok=True)
-                continue
-            try:
-                ckpt = torch.load(local, map_location="cpu", weights_only=True)
-            except Exception as e:  # noqa: BLE001 - any unreadable file falls back the same way
-                log(f"checkpoint {entry['path']} cannot be loaded ({type(e).__name__}: {e}); trying the previous one")
-                continue
-            finally:
-                local.unlink(missing_ok=True)
-            return ckpt, entry
-        log("no readable checkpoint found; starting from scratch")
-        return None, None
-
-    def write(self, name: str, obj: dict) -> None:
-        self.store.put_bytes(name, _json(obj))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -378,7 +261,77 @@ def train_mean_map(ds: ShardedDataset, idx: np.ndarray, limit: int = 2048) -> to
 
 
 # ------------------------------------------------------------------------------------------------
-# the loop
+# ------------------------------------------------------------------------------------------------
+# what the phases share
+
+
+@dataclass
+class Data:
+    """The dataset as training sees it."""
+
+    ds: ShardedDataset
+    manifest: dict
+    manifest_sha: str
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    families: list[str]
+    norm: Normalizer
+    mean_map: torch.Tensor  # the predict-the-training-mean baseline, on the device
+
+
+@dataclass
+class State:
+    """One rank's training: where it runs, the model and its optimiser, and how far it has come."""
+
+    cfg: TrainConfig
+    d: Dist
+    device: torch.device
+    precision: str
+    data: Data
+    run: Run | None  # rank 0 alone writes to the run folder
+    say: Callable
+    args: dict  # the model's constructor arguments, saved in every checkpoint
+    model: nn.Module  # the bare model: saved, validated, averaged into the EMA
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    ema: EMA | None
+    n_params: int
+    steps_per_epoch: int
+    total: int  # the steps this run takes in all
+    net: nn.Module | None = None  # what the loop calls: the model, or its DDP wrapper
+    hb: Heartbeat | None = None  # rank 0's
+    step: int = 0
+    epoch: int = 0
+    best: float = math.inf
+    history: list = field(default_factory=list)
+    resumed_from: str | None = None
+    t_loop: float = 0.0  # when this process's loop began, and what it has done since
+    start_step: int = 0
+    samples_seen: int = 0
+    last_loss: float | None = None
+
+    @property
+    def device_text(self) -> str:
+        return str(self.device) + (f" x{self.d.world}" if self.d.enabled else "")
+
+    @property
+    def best_or_none(self) -> float | None:
+        return None if self.best == math.inf else self.best
+
+    def beat(self, **kw) -> None:
+        """Update the heartbeat (rank 0; the other ranks have none)."""
+        if self.hb is not None:
+            self.hb.update(**kw)
+
+
+LOSS_FNS = {"l1": lambda p, t: (p - t).abs().mean(),
+            "l2": lambda p, t: ((p - t) ** 2).mean(),
+            "l1+l2": lambda p, t: (p - t).abs().mean() + ((p - t) ** 2).mean()}
+
+
+# ------------------------------------------------------------------------------------------------
+# the run, phase by phase
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
@@ -388,250 +341,312 @@ def train(cfg: TrainConfig, log=print) -> dict:
     device = torch.device(cfg.device if cfg.device else ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and d.enabled:
         device = torch.device("cuda", d.local_rank)
+    precision = resolve_precision(cfg, device, registry.model_card(cfg.model))
+    run = Run(cfg.run) if d.master else None
     say = log if d.master else (lambda *a, **k: None)
-    card = registry.model_card(cfg.model)
-    precision = resolve_precision(cfg, device, card)
-    run = RunStore(cfg.run) if d.master else None
-    hb: Heartbeat | None = None
-    model = raw_model = None
+    s: State | None = None
     t_start = time.time()
     try:
-        # every rank pulls (each needs a local copy); the cache makes the second pull free
-        local = pull(cfg.dataset, progress=False) if d.master else None
+        data = load_data(cfg, d, device)
+        s = build(cfg, d, device, precision, data, run, say)
+        resume(s)
+        s.net = s.model
         if d.enabled:
-            obj = [str(local) if local else None]
-            dist.broadcast_object_list(obj, src=0)
-            local = Path(obj[0])
-        ds = ShardedDataset(local)
-        manifest = ds.manifest
-        if not manifest.get("labelled", True):
-            raise GwiError(f"dataset {cfg.dataset} has no velocity labels (a test set?); train needs labelled data")
-        manifest_sha = hashlib.sha256((Path(local) / "manifest.json").read_bytes()).hexdigest()
-        train_idx, val_idx = folds.split(manifest, cfg.split, cfg.seed)
-        if len(train_idx) < d.world:
-            raise GwiError(f"split {cfg.split} leaves {len(train_idx)} training samples for {d.world} ranks")
-        families = sorted(manifest["families"])
-        norm = Normalizer.from_manifest(manifest)
-
-        args = registry.model_args(cfg.model, cfg.preset, cfg.model_args)
-        torch.manual_seed(cfg.seed)
-        model = registry.build_from_args(cfg.model, args).to(device)
-        n_params = registry.count_parameters(model)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        per_rank = len(train_idx) // d.world
-        # drop the last partial batch: a batch of one breaks BatchNorm, and equal steps keep DDP ranks in step
-        steps_per_epoch = max(1, per_rank // cfg.batch_size)
-        total = cfg.epochs * steps_per_epoch
-        if cfg.max_steps:
-            total = min(total, cfg.max_steps)
-        # warm-up and cosine span the steps this run will take: with --max-steps they end with it
-        schedule = lambda o: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(total, int(cfg.warmup_frac * total)))  # noqa: E731
-        sched = schedule(opt)
-        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
-        step, epoch, best, history = 0, 0, float("inf"), []
-        resumed_from = None
-
-        # resume: rank 0 finds the newest good checkpoint, every rank loads it
-        ckpt = None
+            s.net = nn.parallel.DistributedDataParallel(s.model, device_ids=[device.index] if device.type == "cuda" else None)
         if d.master:
-            ckpt, entry = run.load_latest(say)
-            if ckpt is not None:
-                if ckpt["model"]["name"] != cfg.model:
-                    raise GwiError(f"run {cfg.run} holds a {ckpt['model']['name']!r} checkpoint, not {cfg.model!r}; "
-                                   "use a new --run")
-                if ckpt["dataset"]["manifest_sha256"] != manifest_sha:
-                    say(f"warning: dataset {cfg.dataset} changed since the checkpoint was written")
-                resumed_from = entry["path"]
-        if d.enabled:
-            buf = [ckpt]
-            dist.broadcast_object_list(buf, src=0)
-            ckpt = buf[0]
-        if ckpt is not None:
-            args = ckpt["model"]["args"]
-            model = registry.build_from_args(cfg.model, args).to(device)
-            model.load_state_dict(ckpt["state_dict"])
-            opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-            # the scheduler first: its constructor resets the lr, which the optimizer state then restores
-            sched = schedule(opt)
-            opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
-            if ema is not None and ckpt.get("ema"):
-                ema.state = {k: v.to(device) for k, v in ckpt["ema"].items()}
-            step, epoch, best, history = ckpt["step"], ckpt["epoch"], ckpt["best_val_mae"], list(ckpt["history"])
-            set_rng_state(ckpt["rng"])
-            say(f"resumed from {resumed_from or 'checkpoint'} at step {step} (epoch {epoch})")
-
-        raw_model = model
-        if d.enabled:
-            model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-        mean_map = train_mean_map(ds, train_idx).to(device)
-        base = {"state": "starting", "model": cfg.model, "preset": cfg.preset, "run": cfg.run,
-                "dataset": cfg.dataset, "epoch": epoch, "epochs": cfg.epochs, "step": step, "total_steps": total,
-                "device": str(device) + (f" x{d.world}" if d.enabled else ""), "precision": precision,
-                "host": socket.gethostname(), "pid": os.getpid(), "attempt": os.environ.get("GWI_ATTEMPT"),
-                "gwi_version": __version__, "params": n_params, "resumed_from": resumed_from,
-                "started": _now(), "samples_per_s": None, "train_loss": None, "val_mae": None,
-                "val_mae_per_family": {}, "best_val_mae": None if best == float("inf") else best, "eta_s": None}
-        if d.master:
-            # the run's own file, and the scheduler's attempt file when launched by one
-            progress.take_over()
-            target = progress.attempt_target()
-            hb = Heartbeat([(run.store, "progress.json")] + ([target] if target else []), cfg.heartbeat_s, base,
-                           cancel=progress.cancel_flag())
-            hb.beat()
-            hb.start()
-        say(f"training {cfg.model} ({cfg.preset}, {n_params:,} params) on {base['device']} in {precision}: "
-            f"{len(train_idx)} train / {len(val_idx)} val samples, {steps_per_epoch} steps/epoch, {total} steps")
-
-        def checkpoint(epoch_now: int, step_in_epoch: int):
-            if not d.master:
-                return
-            hb.update(state="checkpointing")
-            ck = {
-                "format": "gwi-checkpoint", "format_version": 1, "gwi_version": __version__,
-                "model": {"name": cfg.model, "preset": cfg.preset, "args": args},
-                "state_dict": raw_model.state_dict(),
-                "ema": ema.state if ema else None,
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                "step": step, "epoch": epoch_now, "step_in_epoch": step_in_epoch,
-                "best_val_mae": best, "history": history, "rng": rng_state(),
-                "normalisation": asdict(norm),
-                "dataset": {"url": cfg.dataset, "name": manifest.get("name"), "build": manifest.get("build"),
-                            "manifest_sha256": manifest_sha, "families": families},
-                "split": cfg.split, "precision": precision,
-                "config": {k: v for k, v in asdict(cfg).items()},
-            }
-            run.save_checkpoint(ck, step, cfg.keep_checkpoints)
-            hb.update(state="running", last_checkpoint=f"checkpoints/step-{step}.pt")
-
-        def ema_model():
-            # a copy, not a fresh build: building would draw from the RNG and break exact resume
-            m = copy.deepcopy(raw_model)
-            m.load_state_dict(ema.state)
-            return m
-
-        model.train()
-        loss_fn = {"l1": lambda p, t: (p - t).abs().mean(),
-                   "l2": lambda p, t: ((p - t) ** 2).mean(),
-                   "l1+l2": lambda p, t: (p - t).abs().mean() + ((p - t) ** 2).mean()}[cfg.loss]
-        t_loop, samples_seen, last_loss = time.time(), 0, None
-        start_step = step
-        val = {}
-        while step < total and epoch < cfg.epochs:
-            order = epoch_order(train_idx, cfg.seed, epoch, d.rank, d.world)
-            in_epoch = step - epoch * steps_per_epoch
-            bs = cfg.batch_size if len(order) >= cfg.batch_size else len(order)
-            batches = [order[i:i + bs] for i in range(in_epoch * bs, steps_per_epoch * bs, bs)]
-            pf = Prefetcher(ds, batches)
-            try:
-                for x, y, _ in pf:
-                    x = norm.seismic(x.to(device, non_blocking=True))  # (B, 5, 1000, 70) float16 -> float32
-                    y = norm.velocity(y.to(device, non_blocking=True))  # (B, 1, 70, 70)
-                    with amp_context(device, precision):
-                        pred = model(x)
-                    loss = loss_fn(pred.float(), y)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower --lr or use fp32")
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if cfg.grad_clip > 0:
-                        scaler.unscale_(opt)
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    scaler.step(opt)
-                    scaler.update()
-                    sched.step()
-                    if ema is not None:
-                        ema.update(raw_model)
-                    step += 1
-                    samples_seen += x.shape[0] * d.world
-                    last_loss = float(loss.detach())
-                    if d.master:
-                        el = time.time() - t_loop
-                        sps = samples_seen / el if el > 0 else None
-                        rate = (step - start_step) / el if el > 0 else 0
-                        hb.update(state="running", step=step, epoch=epoch, train_loss=last_loss, samples_per_s=sps,
-                                  lr=sched.get_last_lr()[0], eta_s=(total - step) / rate if rate > 0 else None)
-                    in_epoch = step - epoch * steps_per_epoch
-                    end_of_epoch = in_epoch >= steps_per_epoch
-                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not end_of_epoch and step < total:
-                        checkpoint(epoch, in_epoch)
-                    if cfg.fault_at_step and step == cfg.fault_at_step:
-                        raise RuntimeError(f"injected fault at step {step} (fault_at_step)")
-                    if step >= total:
-                        break
-            finally:
-                pf.close()
-            if step - epoch * steps_per_epoch >= steps_per_epoch:
-                epoch += 1
-            last = step >= total or epoch >= cfg.epochs
-            if epoch % cfg.val_every == 0 or last:
-                if d.master:
-                    hb.update(state="validating")
-                val = evaluate(ema_model() if ema else raw_model, ds, val_idx, norm, families, device, precision,
-                               cfg.batch_size, d, mean_map)
-                if val["val_mae"] is not None:
-                    best = min(best, val["val_mae"])
-                history.append({"epoch": epoch, "step": step, "train_loss": last_loss, **val})
-                if d.master:
-                    hb.update(state="running", epoch=epoch, val_mae=val["val_mae"],
-                              val_mae_per_family=val["val_mae_per_family"], baseline_mae=val["baseline_mae"],
-                              best_val_mae=None if best == float("inf") else best)
-                    say(f"epoch {epoch}/{cfg.epochs} step {step}/{total} loss {last_loss:.4f} "
-                        f"val MAE {val['val_mae'] if val['val_mae'] is not None else float('nan'):.1f} m/s "
-                        f"(mean-map baseline {val['baseline_mae'] if val['baseline_mae'] is not None else float('nan'):.1f})")
-            checkpoint(epoch, step - epoch * steps_per_epoch)
-
-        if not val:  # resumed a finished run: report its numbers again
-            val = evaluate(ema_model() if ema else raw_model, ds, val_idx, norm, families, device, precision,
-                           cfg.batch_size, d, mean_map)
-        digests = [param_digest(raw_model)]
-        if d.enabled:
-            gathered = [None] * d.world
-            dist.all_gather_object(gathered, digests[0])
-            digests = gathered
-        elapsed = time.time() - t_start
-        metrics = {
-            "state": "succeeded", "model": cfg.model, "preset": cfg.preset, "params": n_params, "run": cfg.run,
-            "dataset": cfg.dataset, "split": cfg.split, "steps": step, "epochs": epoch, "precision": precision,
-            "device": base["device"], "world_size": d.world, "wall_s": elapsed,
-            "samples_per_s": samples_seen / max(1e-9, time.time() - t_loop),
-            "val_mae": val.get("val_mae"), "val_mae_per_family": val.get("val_mae_per_family", {}),
-            "baseline_mae": val.get("baseline_mae"), "best_val_mae": None if best == float("inf") else best,
-            "history": history, "rank_param_sha256": digests, "resumed_from": resumed_from,
-            "gwi_version": __version__, "finished": _now(),
-        }
-        if d.enabled:
-            dist.barrier()  # no collective work left in flight when the group is torn down
-        if d.master:
-            run.write("metrics.json", metrics)
-            hb.finish("succeeded", step=step, epoch=epoch, eta_s=0, val_mae=metrics["val_mae"])
-        return metrics
+            s.hb = start_heartbeat(s)
+        say(f"training {cfg.model} ({cfg.preset}, {s.n_params:,} params) on {s.device_text} in {precision}: "
+            f"{len(data.train_idx)} train / {len(data.val_idx)} val samples, {s.steps_per_epoch} steps/epoch, "
+            f"{s.total} steps")
+        val = run_epochs(s)
+        return finish(s, val, t_start)
     except BaseException as e:
-        if d.master and run is not None:
-            err = f"{type(e).__name__}: {e}"
-            if hb is not None:
-                hb.finish("failed", error=err, traceback=traceback.format_exc()[-4000:])
-            else:
-                try:
-                    run.write("progress.json", {"state": "failed", "error": err, "time": _now(), "unix_time": time.time(),
-                                                "run": cfg.run, "model": cfg.model, "host": socket.gethostname()})
-                except Exception:  # noqa: BLE001 - the original error matters more
-                    pass
+        if run is not None:
+            record_failure(run, s.hb if s else None, cfg, e)
         raise
     finally:
-        if hb is not None:
-            hb.stop()
-        if run is not None:
-            import shutil
-
-            shutil.rmtree(run.scratch, ignore_errors=True)
+        if s is not None and s.hb is not None:
+            s.hb.stop()
         if d.enabled and dist.is_initialized():
             # Free DDP's reducer while the process group is still registered: if the reducer held the
             # last reference, the group's destructor would join gloo's worker threads with the GIL
             # held while a worker waits for the GIL to drop a tensor, and the rank would hang.
-            model = raw_model = None
+            if s is not None:
+                s.net = s.model = None
+            s = None
             gc.collect()
             dist.destroy_process_group()
+
+
+def load_data(cfg: TrainConfig, d: Dist, device: torch.device) -> Data:
+    """The dataset in the local cache, its split and normalisation."""
+    # rank 0 pulls into the cache; the other ranks (torchrun: the same machine) read that folder
+    local = pull(cfg.dataset, progress=False) if d.master else None
+    if d.enabled:
+        obj = [str(local) if local else None]
+        dist.broadcast_object_list(obj, src=0)
+        local = Path(obj[0])
+    ds = ShardedDataset(local)
+    manifest = ds.manifest
+    if not manifest.get("labelled", True):
+        raise GwiError(f"dataset {cfg.dataset} has no velocity labels (a test set?); train needs labelled data")
+    manifest_sha = hashlib.sha256((Path(local) / MANIFEST).read_bytes()).hexdigest()
+    train_idx, val_idx = folds.split(manifest, cfg.split, cfg.seed)
+    if len(train_idx) < d.world:
+        raise GwiError(f"split {cfg.split} leaves {len(train_idx)} training samples for {d.world} ranks")
+    return Data(ds, manifest, manifest_sha, train_idx, val_idx, sorted(manifest["families"]),
+                Normalizer.from_manifest(manifest), train_mean_map(ds, train_idx).to(device))
+
+
+def build(cfg: TrainConfig, d: Dist, device: torch.device, precision: str, data: Data, run: Run | None,
+          say: Callable) -> State:
+    """A fresh model (seeded), its optimiser and schedule, the fp16 scaler and the EMA."""
+    args = registry.model_args(cfg.model, cfg.preset, cfg.model_args)
+    torch.manual_seed(cfg.seed)
+    model = registry.build_from_args(cfg.model, args).to(device)
+    # drop the last partial batch: a batch of one breaks BatchNorm, and equal steps keep DDP ranks in step
+    steps_per_epoch = max(1, len(data.train_idx) // d.world // cfg.batch_size)
+    total = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
+    opt, sched = optimizer(cfg, model, total)
+    return State(cfg=cfg, d=d, device=device, precision=precision, data=data, run=run, say=say, args=args,
+                 model=model, opt=opt, sched=sched,
+                 scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+                 ema=EMA(model, cfg.ema) if cfg.ema > 0 else None, n_params=registry.count_parameters(model),
+                 steps_per_epoch=steps_per_epoch, total=total)
+
+
+def optimizer(cfg: TrainConfig, model: nn.Module, total: int):
+    """AdamW, and a warm-up then cosine schedule spanning the steps this run takes (with
+    ``--max-steps`` they end with it)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, int(cfg.warmup_frac * total)))
+
+
+def resume(s: State) -> None:
+    """Continue from the run's newest good checkpoint if it has one: rank 0 finds it, every rank loads it."""
+    cfg, ckpt = s.cfg, None
+    if s.d.master:
+        ckpt, entry = s.run.load_latest(s.say)
+        if ckpt is not None:
+            if ckpt["model"]["name"] != cfg.model:
+                raise GwiError(f"run {cfg.run} holds a {ckpt['model']['name']!r} checkpoint, not {cfg.model!r}; "
+                               "use a new --run")
+            if ckpt["dataset"]["manifest_sha256"] != s.data.manifest_sha:
+                s.say(f"warning: dataset {cfg.dataset} changed since the checkpoint was written")
+            s.resumed_from = entry["path"]
+    if s.d.enabled:
+        buf = [ckpt]
+        dist.broadcast_object_list(buf, src=0)
+        ckpt = buf[0]
+    if ckpt is None:
+        return
+    s.args = ckpt["model"]["args"]
+    s.model = registry.build_from_args(cfg.model, s.args).to(s.device)
+    s.model.load_state_dict(ckpt["state_dict"])
+    # the scheduler is made first: its constructor resets the lr, which the optimizer state then restores
+    s.opt, s.sched = optimizer(cfg, s.model, s.total)
+    s.opt.load_state_dict(ckpt["optimizer"])
+    s.sched.load_state_dict(ckpt["scheduler"])
+    s.scaler.load_state_dict(ckpt["scaler"])
+    if s.ema is not None and ckpt.get("ema"):
+        s.ema.state = {k: v.to(s.device) for k, v in ckpt["ema"].items()}
+    s.step, s.epoch, s.best, s.history = ckpt["step"], ckpt["epoch"], ckpt["best_val_mae"], list(ckpt["history"])
+    set_rng_state(ckpt["rng"])
+    s.say(f"resumed from {s.resumed_from or 'checkpoint'} at step {s.step} (epoch {s.epoch})")
+
+
+def start_heartbeat(s: State) -> Heartbeat:
+    """Rank 0's heartbeat: to the run's own progress file, and to the attempt's when the scheduler
+    launched this process (taking over the process-wide heartbeat there)."""
+    cfg = s.cfg
+    base = {"state": "starting", "model": cfg.model, "preset": cfg.preset, "run": cfg.run,
+            "dataset": cfg.dataset, "epoch": s.epoch, "epochs": cfg.epochs, "step": s.step, "total_steps": s.total,
+            "device": s.device_text, "precision": s.precision,
+            "host": socket.gethostname(), "pid": os.getpid(), "attempt": os.environ.get("GWI_ATTEMPT"),
+            "gwi_version": __version__, "params": s.n_params, "resumed_from": s.resumed_from,
+            "started": progress.now_iso(), "samples_per_s": None, "train_loss": None, "val_mae": None,
+            "val_mae_per_family": {}, "best_val_mae": s.best_or_none, "eta_s": None}
+    progress.take_over()
+    target = progress.attempt_target()
+    hb = Heartbeat([(s.run.store, PROGRESS)] + ([target] if target else []), cfg.heartbeat_s, base,
+                   cancel=progress.cancel_flag())
+    hb.beat()
+    hb.start()
+    return hb
+
+
+def run_epochs(s: State) -> dict:
+    """The loop, from where the run stands: epochs of steps; validation every ``val_every`` epochs and
+    at the end; a checkpoint every ``checkpoint_every`` steps and after every epoch. Returns the last
+    validation (empty when the run had nothing left to do)."""
+    cfg = s.cfg
+    loss_fn = LOSS_FNS[cfg.loss]
+    s.net.train()
+    s.t_loop, s.start_step = time.time(), s.step
+    val = {}
+    while s.step < s.total and s.epoch < cfg.epochs:
+        pf = Prefetcher(s.data.ds, epoch_batches(s))
+        try:
+            for x, y, _ in pf:
+                s.last_loss = train_step(s, x, y, loss_fn)
+                s.step += 1
+                s.samples_seen += x.shape[0] * s.d.world
+                beat_step(s)
+                in_epoch = s.step - s.epoch * s.steps_per_epoch
+                if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and in_epoch < s.steps_per_epoch \
+                        and s.step < s.total:
+                    publish(s)
+                if cfg.fault_at_step and s.step == cfg.fault_at_step:
+                    raise RuntimeError(f"injected fault at step {s.step} (fault_at_step)")
+                if s.step >= s.total:
+                    break
+        finally:
+            pf.close()
+        if s.step - s.epoch * s.steps_per_epoch >= s.steps_per_epoch:
+            s.epoch += 1
+        if s.epoch % cfg.val_every == 0 or s.step >= s.total or s.epoch >= cfg.epochs:
+            val = validate(s)
+        publish(s)
+    return val
+
+
+def epoch_batches(s: State) -> list[np.ndarray]:
+    """This rank's batches left in the current epoch (all of them, unless resuming inside it)."""
+    order = epoch_order(s.data.train_idx, s.cfg.seed, s.epoch, s.d.rank, s.d.world)
+    in_epoch = s.step - s.epoch * s.steps_per_epoch
+    bs = min(s.cfg.batch_size, len(order))
+    return [order[i:i + bs] for i in range(in_epoch * bs, s.steps_per_epoch * bs, bs)]
+
+
+def train_step(s: State, x: torch.Tensor, y: torch.Tensor, loss_fn) -> float:
+    """One optimiser step on a batch; returns its loss."""
+    x = s.data.norm.seismic(x.to(s.device, non_blocking=True))  # (B, 5, 1000, 70) float16 -> float32
+    y = s.data.norm.velocity(y.to(s.device, non_blocking=True))  # (B, 1, 70, 70)
+    with amp_context(s.device, s.precision):
+        pred = s.net(x)
+    loss = loss_fn(pred.float(), y)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at step {s.step}; lower --lr or use fp32")
+    s.opt.zero_grad(set_to_none=True)
+    s.scaler.scale(loss).backward()
+    if s.cfg.grad_clip > 0:
+        s.scaler.unscale_(s.opt)
+        nn.utils.clip_grad_norm_(s.net.parameters(), s.cfg.grad_clip)
+    s.scaler.step(s.opt)
+    s.scaler.update()
+    s.sched.step()
+    if s.ema is not None:
+        s.ema.update(s.model)
+    return float(loss.detach())
+
+
+def beat_step(s: State) -> None:
+    if s.hb is None:
+        return
+    el = time.time() - s.t_loop
+    rate = (s.step - s.start_step) / el if el > 0 else 0
+    s.hb.update(state="running", step=s.step, epoch=s.epoch, train_loss=s.last_loss,
+                samples_per_s=s.samples_seen / el if el > 0 else None, lr=s.sched.get_last_lr()[0],
+                eta_s=(s.total - s.step) / rate if rate > 0 else None)
+
+
+def validate(s: State) -> dict:
+    """Validation MAE (all ranks), kept in the history and reported."""
+    s.beat(state="validating")
+    val = evaluate_model(s)
+    if val["val_mae"] is not None:
+        s.best = min(s.best, val["val_mae"])
+    s.history.append({"epoch": s.epoch, "step": s.step, "train_loss": s.last_loss, **val})
+    s.beat(state="running", epoch=s.epoch, val_mae=val["val_mae"], val_mae_per_family=val["val_mae_per_family"],
+           baseline_mae=val["baseline_mae"], best_val_mae=s.best_or_none)
+    nan = float("nan")
+    s.say(f"epoch {s.epoch}/{s.cfg.epochs} step {s.step}/{s.total} loss {s.last_loss:.4f} "
+          f"val MAE {val['val_mae'] if val['val_mae'] is not None else nan:.1f} m/s "
+          f"(mean-map baseline {val['baseline_mae'] if val['baseline_mae'] is not None else nan:.1f})")
+    return val
+
+
+def evaluate_model(s: State) -> dict:
+    """:func:`evaluate` on the EMA weights when there are some, else on the model."""
+    model = s.model
+    if s.ema is not None:
+        # a copy, not a fresh build: building would draw from the RNG and break exact resume
+        model = copy.deepcopy(s.model)
+        model.load_state_dict(s.ema.state)
+    data = s.data
+    return evaluate(model, data.ds, data.val_idx, data.norm, data.families, s.device, s.precision,
+                    s.cfg.batch_size, s.d, data.mean_map)
+
+
+def publish(s: State) -> None:
+    """Rank 0 publishes a checkpoint of everything an exact resume needs."""
+    if not s.d.master:
+        return
+    cfg, data = s.cfg, s.data
+    s.hb.update(state="checkpointing")
+    ckpt = {
+        "format": "gwi-checkpoint", "format_version": 1, "gwi_version": __version__,
+        "model": {"name": cfg.model, "preset": cfg.preset, "args": s.args},
+        "state_dict": s.model.state_dict(),
+        "ema": s.ema.state if s.ema else None,
+        "optimizer": s.opt.state_dict(), "scheduler": s.sched.state_dict(), "scaler": s.scaler.state_dict(),
+        "step": s.step, "epoch": s.epoch, "step_in_epoch": s.step - s.epoch * s.steps_per_epoch,
+        "best_val_mae": s.best, "history": s.history, "rng": rng_state(),
+        "normalisation": asdict(data.norm),
+        "dataset": {"url": cfg.dataset, "name": data.manifest.get("name"), "build": data.manifest.get("build"),
+                    "manifest_sha256": data.manifest_sha, "families": data.families},
+        "split": cfg.split, "precision": s.precision,
+        "config": asdict(cfg),
+    }
+    entry = s.run.publish_checkpoint(ckpt, s.step, cfg.keep_checkpoints)
+    s.hb.update(state="running", last_checkpoint=entry["path"])
+
+
+def finish(s: State, val: dict, t_start: float) -> dict:
+    """The final metrics; rank 0 writes them to the run folder and ends its heartbeat."""
+    cfg = s.cfg
+    if not val:  # resumed a finished run: report its numbers again
+        val = evaluate_model(s)
+    digests = [param_digest(s.model)]
+    if s.d.enabled:
+        gathered = [None] * s.d.world
+        dist.all_gather_object(gathered, digests[0])
+        digests = gathered
+    metrics = {
+        "state": "succeeded", "model": cfg.model, "preset": cfg.preset, "params": s.n_params, "run": cfg.run,
+        "dataset": cfg.dataset, "split": cfg.split, "steps": s.step, "epochs": s.epoch, "precision": s.precision,
+        "device": s.device_text, "world_size": s.d.world, "wall_s": time.time() - t_start,
+        "samples_per_s": s.samples_seen / max(1e-9, time.time() - s.t_loop),
+        "val_mae": val.get("val_mae"), "val_mae_per_family": val.get("val_mae_per_family", {}),
+        "baseline_mae": val.get("baseline_mae"), "best_val_mae": s.best_or_none,
+        "history": s.history, "rank_param_sha256": digests, "resumed_from": s.resumed_from,
+        "gwi_version": __version__, "finished": progress.now_iso(),
+    }
+    if s.d.enabled:
+        dist.barrier()  # no collective work left in flight when the group is torn down
+    if s.d.master:
+        s.run.write_json(METRICS, metrics)
+        s.hb.finish("succeeded", step=s.step, epoch=s.epoch, eta_s=0, val_mae=metrics["val_mae"])
+    return metrics
+
+
+def record_failure(run: Run, hb: Heartbeat | None, cfg: TrainConfig, e: BaseException) -> None:
+    """State ``failed`` with the error in the run's progress file (through the heartbeat if it started)."""
+    err = f"{type(e).__name__}: {e}"
+    if hb is not None:
+        hb.finish("failed", error=err, traceback=traceback.format_exc()[-4000:])
+        return
+    try:
+        run.write_json(PROGRESS, {"state": "failed", "error": err, "time": progress.now_iso(), "unix_time": time.time(),
+                                  "run": cfg.run, "model": cfg.model, "host": socket.gethostname()})
+    except Exception:  # noqa: BLE001 - the original error matters more
+        pass
+
+
+class RunStore(Run):
+    """The old name of :class:`gwi.runs.Run`. gwi/adapters/kaggle.py's ``package()`` still imports it
+    and removes ``scratch`` after ``load_latest``; it goes once that calls ``Run(url).load_latest``."""
+
+    @cached_property
+    def scratch(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="run-"))

@@ -116,11 +116,13 @@ def test_per_family_weights_are_used_when_the_input_names_families(two_runs, tmp
     # sample 0 is FlatVel_A: its rows are the FlatVel_A-weighted mean of the members
     from gwi.data.shards import ShardedDataset
     from gwi.data.sync import pull
-    from gwi.predict import COLUMNS, load_checkpoint, predict_batch
+    from gwi.inference import predict_batch
+    from gwi.predict import COLUMNS
+    from gwi.runs import load_model
 
     ds = ShardedDataset(pull(f"file://{root}/s/datasets/d", progress=False))
     assert ds.families[0] == "FlatVel_A"
-    members = [load_checkpoint(r, torch.device("cpu")) for r in runs]
+    members = [load_model(r, torch.device("cpu")) for r in runs]
     want = predict_batch(members, fw["FlatVel_A"], ds.batch([0])[0], torch.device("cpu"), "fp32")[0]
     import csv
 

@@ -13,7 +13,9 @@ import torch
 from gwi.data.prep import prep_test
 from gwi.data.synth import ForwardModel, synthesize, velocity_batch
 from gwi.errors import DataError
-from gwi.predict import COLUMNS, HEADER, check_submission, flip_tta, load_checkpoint, predict, predict_batch
+from gwi.inference import flip_tta, predict_batch
+from gwi.predict import COLUMNS, HEADER, check_submission, predict
+from gwi.runs import load_model
 from gwi.train import TrainConfig, train
 
 GWI = shutil.which("gwi", path=str(Path(sys.executable).parent)) or "gwi"
@@ -59,7 +61,7 @@ def test_submission_format_is_exact(trained, tmp_path):
 def test_values_are_the_models_prediction_on_odd_columns(trained, tmp_path):
     out = tmp_path / "sub.csv"
     predict([trained["run"]], str(trained["test"]), str(out), progress=False, log=lambda *_: None)
-    m = load_checkpoint(trained["run"], torch.device("cpu"))
+    m = load_model(trained["run"], torch.device("cpu"))
     oid = trained["oids"][2]
     v = predict_batch([m], [1.0], trained["x"][oid][None], torch.device("cpu"), "fp32")[0]  # (70, 70)
     rows = [r for r in read_csv(out)[1:] if r[0].startswith(f"{oid}_y_")]
@@ -70,7 +72,7 @@ def test_values_are_the_models_prediction_on_odd_columns(trained, tmp_path):
 def test_bf16_agrees_with_fp32_within_tolerance(trained):
     """CPU has no fp16 kernels for these models; bf16 (8-bit mantissa) is the coarser of the two
     half formats, so its agreement bounds the GPU's fp16 case too. Stated tolerance: 30 m/s max."""
-    m = load_checkpoint(trained["run"], torch.device("cpu"))
+    m = load_model(trained["run"], torch.device("cpu"))
     x = np.stack([trained["x"][o] for o in trained["oids"]])
     a = predict_batch([m], [1.0], x, torch.device("cpu"), "fp32")
     b = predict_batch([m], [1.0], x, torch.device("cpu"), "bf16")
@@ -79,7 +81,7 @@ def test_bf16_agrees_with_fp32_within_tolerance(trained):
 
 
 def test_flip_tta_averages_the_mirrored_prediction(trained):
-    m = load_checkpoint(trained["run"], torch.device("cpu"))
+    m = load_model(trained["run"], torch.device("cpu"))
     x = np.stack([trained["x"][o] for o in trained["oids"][:2]])
     xt = torch.from_numpy(x)
     assert torch.equal(flip_tta(flip_tta(xt)), xt)

@@ -131,12 +131,13 @@ def fit(members: list[str], dataset: str, out: str, *, split: str | None = None,
     from ..data import folds
     from ..data.shards import ShardedDataset
     from ..data.sync import pull
-    from ..predict import load_checkpoint, resolve_device_precision
+    from ..inference import resolve_device_precision
+    from ..runs import load_model
 
     if not members:
         raise ValueError("members: expected at least one checkpoint")
-    dev, precision = resolve_device_precision(device, "fp32")
-    loaded = [load_checkpoint(c, dev) for c in members]
+    dev, _ = resolve_device_precision(device, "fp32")
+    loaded = [load_model(c, dev) for c in members]
     # default: the fold the first member validated on, so the weights are fitted on unseen samples
     split = split or loaded[0].split or "kfold:5:0"
     ds = ShardedDataset(pull(dataset, progress=False))
@@ -145,47 +146,22 @@ def fit(members: list[str], dataset: str, out: str, *, split: str | None = None,
         raise ValueError(f"split {split} has no validation samples in {dataset}")
     log(f"fitting an ensemble of {len(loaded)} on {len(val_idx)} validation samples ({split}) of {dataset}")
     fams = ds.families[val_idx]
-    preds = torch.zeros(len(loaded), len(val_idx), 70, 70)
-    stds = torch.zeros(len(loaded), len(val_idx), 70, 70)
-    truth = torch.zeros(len(val_idx), 70, 70)
-    from contextlib import nullcontext
-
-    for s in range(0, len(val_idx), batch_size):
-        b = val_idx[s:s + batch_size]
-        x, y = ds.batch(b)
-        xt = torch.from_numpy(x).to(dev)
-        truth[s:s + len(b)] = torch.from_numpy(y[:, 0])
-        for k, m in enumerate(loaded):
-            with torch.no_grad():
-                preds[k, s:s + len(b)] = m.norm.denorm_velocity(m.model(m.norm.seismic(xt)).float())[:, 0].clamp(1500, 4500).cpu()
-            if mc_samples > 1:
-                stds[k, s:s + len(b)] = mc_dropout_std(m, xt, mc_samples, nullcontext).cpu()
+    preds, stds, truth = predict_fold(loaded, ds, val_idx, dev, batch_size, mc_samples)
 
     weights, how = fit_weights(preds, truth)
-    ens = torch.einsum("m,mnhw->nhw", torch.tensor(weights), preds)
+    ens = mix(weights, preds)
     # per-family weights where the fold has enough samples of a family; prediction uses them only
     # when the input names its families (the Kaggle test set does not: global weights there)
-    family_weights = {}
-    if len(loaded) > 1:
-        for f in sorted(set(fams.tolist())):
-            sel = torch.from_numpy(np.flatnonzero(fams == f))
-            if len(sel) >= min_family_samples:
-                family_weights[f] = fit_weights(preds[:, sel], truth[sel])[0]
+    family_weights = fit_family_weights(preds, truth, fams, min_family_samples) if len(loaded) > 1 else {}
     crf_cfg = fit_crf(ens, truth) if crf else {"enabled": False}
     final = crf_smooth(ens, crf_cfg["lambda"], crf_cfg["sigma"]) if crf_cfg.get("enabled") else ens
-
-    def per_family(p: torch.Tensor) -> dict:
-        err = (p - truth).abs().flatten(1).mean(1).numpy()
-        out = {f: float(err[fams == f].mean()) for f in sorted(set(fams.tolist()))}
-        out["overall"] = float(err.mean())
-        return out
 
     report = {
         "format": "gwi-ensemble", "format_version": 1, "gwi_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "dataset": dataset, "split": split, "val_samples": int(len(val_idx)),
         "members": [{"checkpoint": c, "resolved": m.source, "model": m.name, "weight": w,
-                     "val_mae": per_family(preds[k]),
+                     "val_mae": per_family_mae(preds[k], truth, fams),
                      "mc_dropout_std": ({f: float(stds[k][fams == f].mean()) for f in sorted(set(fams.tolist()))}
                                         if mc_samples > 1 else None)}
                     for k, (c, m, w) in enumerate(zip(members, loaded, weights))],
@@ -194,29 +170,83 @@ def fit(members: list[str], dataset: str, out: str, *, split: str | None = None,
         "family_weights_min_samples": min_family_samples,
         "crf": crf_cfg,
         "mc_samples": mc_samples,
-        "val_mae": per_family(final),
-        "val_mae_without_crf": per_family(ens),
+        "val_mae": per_family_mae(final, truth, fams),
+        "val_mae_without_crf": per_family_mae(ens, truth, fams),
     }
     if family_weights:
-        fw = ens.clone()
-        for f, w in family_weights.items():
-            sel = torch.from_numpy(np.flatnonzero(fams == f))
-            fw[sel] = torch.einsum("m,mnhw->nhw", torch.tensor(w), preds[:, sel])
         # fitted and scored on the same fold: optimistic, shown for comparison only
-        report["val_mae_family_weights_in_sample"] = per_family(fw)
-    out_p = Path(out)
-    out_p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_p.with_name(out_p.name + ".partial")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out_p)
+        report["val_mae_family_weights_in_sample"] = per_family_mae(
+            mix_per_family(family_weights, preds, fams, ens), truth, fams)
+    _write_json(out, report)
     if plots:
-        ens_std = torch.einsum("m,mnhw->nhw", torch.tensor(weights), stds) if mc_samples > 1 else None
+        ens_std = mix(weights, stds) if mc_samples > 1 else None
         write_plots(plots, final.numpy(), truth.numpy(), fams, None if ens_std is None else ens_std.numpy(),
                     ids=[int(i) for i in val_idx])
     best = min(m["val_mae"]["overall"] for m in report["members"])
     log(f"ensemble val MAE {report['val_mae']['overall']:.1f} m/s (best member {best:.1f}); weights {how}: "
         f"{', '.join(f'{w:.3f}' for w in weights)}; CRF {'kept' if crf_cfg.get('enabled') else 'off'}")
     return report
+
+
+def predict_fold(loaded, ds, idx: np.ndarray, device, batch_size: int, mc_samples: int):
+    """Each member's fp32 prediction (M, N, 70, 70) m/s on samples ``idx`` of ``ds``, its MC-dropout
+    std (zeros unless ``mc_samples`` > 1), and the truth (N, 70, 70)."""
+    from contextlib import nullcontext
+
+    from ..inference import predict_batch
+
+    preds = torch.zeros(len(loaded), len(idx), 70, 70)
+    stds = torch.zeros(len(loaded), len(idx), 70, 70)
+    truth = torch.zeros(len(idx), 70, 70)
+    for s in range(0, len(idx), batch_size):
+        b = idx[s:s + batch_size]
+        x, y = ds.batch(b)
+        truth[s:s + len(b)] = torch.from_numpy(y[:, 0])
+        for k, m in enumerate(loaded):
+            preds[k, s:s + len(b)] = torch.from_numpy(predict_batch([m], [1.0], x, device, "fp32"))
+            if mc_samples > 1:
+                stds[k, s:s + len(b)] = mc_dropout_std(m, torch.from_numpy(x).to(device), mc_samples, nullcontext).cpu()
+    return preds, stds, truth
+
+
+def mix(weights: list[float], preds: torch.Tensor) -> torch.Tensor:
+    """The weighted sum over members of ``preds`` (M, N, 70, 70)."""
+    return torch.einsum("m,mnhw->nhw", torch.tensor(weights), preds)
+
+
+def fit_family_weights(preds: torch.Tensor, truth: torch.Tensor, fams: np.ndarray, min_samples: int) -> dict:
+    """Weights per family that has at least ``min_samples`` samples in the fold."""
+    out = {}
+    for f in sorted(set(fams.tolist())):
+        sel = torch.from_numpy(np.flatnonzero(fams == f))
+        if len(sel) >= min_samples:
+            out[f] = fit_weights(preds[:, sel], truth[sel])[0]
+    return out
+
+
+def mix_per_family(family_weights: dict, preds: torch.Tensor, fams: np.ndarray, default: torch.Tensor) -> torch.Tensor:
+    """``default`` with each family that has weights replaced by its own weighted sum."""
+    out = default.clone()
+    for f, w in family_weights.items():
+        sel = torch.from_numpy(np.flatnonzero(fams == f))
+        out[sel] = mix(w, preds[:, sel])
+    return out
+
+
+def per_family_mae(p: torch.Tensor, truth: torch.Tensor, fams: np.ndarray) -> dict:
+    """MAE (m/s) of ``p`` per family and ``overall``."""
+    err = (p - truth).abs().flatten(1).mean(1).numpy()
+    out = {f: float(err[fams == f].mean()) for f in sorted(set(fams.tolist()))}
+    out["overall"] = float(err.mean())
+    return out
+
+
+def _write_json(out: str, obj: dict) -> None:
+    out_p = Path(out)
+    out_p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_p.with_name(out_p.name + ".partial")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(out_p)
 
 
 def load_ensemble(path: str) -> dict:

@@ -1,0 +1,87 @@
+"""Applying trained models to seismic data: the normalisation training used, the device and precision
+to run in, and one batch through one or several weighted models.
+
+Shared by training (normalisation), ``gwi predict`` and ``gwi ensemble``; it imports neither of
+them, so they do not import each other for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .data.layout import VMAX, VMIN
+from .data.shards import log_transform
+
+if TYPE_CHECKING:
+    from .runs import LoadedModel
+
+
+@dataclass
+class Normalizer:
+    """OpenFWI normalisation; its constants travel in every checkpoint so prediction applies exactly
+    what training did."""
+
+    seis_min: float
+    seis_max: float
+    vel_min: float = 1500.0
+    vel_max: float = 4500.0
+    vel_mean: float | None = None
+
+    @classmethod
+    def from_manifest(cls, m: dict) -> "Normalizer":
+        n = m["normalisation"]
+        g = n["seismic"]["global"]
+        return cls(float(g["min"]), float(g["max"]), float(n["velocity"]["min"]), float(n["velocity"]["max"]),
+                   n["velocity"].get("mean"))
+
+    def seismic(self, x: torch.Tensor) -> torch.Tensor:
+        x = log_transform(x.float())
+        return (x - self.seis_min) / (self.seis_max - self.seis_min) * 2 - 1
+
+    def velocity(self, v: torch.Tensor) -> torch.Tensor:
+        return (v.float() - self.vel_min) / (self.vel_max - self.vel_min) * 2 - 1
+
+    def denorm_velocity(self, v: torch.Tensor) -> torch.Tensor:
+        return (v.float() + 1) / 2 * (self.vel_max - self.vel_min) + self.vel_min
+
+
+def resolve_device_precision(device: str | None, precision: str | None) -> tuple[torch.device, str]:
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if precision in (None, "auto"):
+        precision = "fp16" if dev.type == "cuda" else "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision: expected one of fp32, bf16, fp16, got {precision!r}")
+    if dev.type == "cpu" and precision == "fp16":
+        raise ValueError("precision: fp16 inference needs CUDA; on CPU use bf16 or fp32")
+    return dev, precision
+
+
+def flip_tta(x: torch.Tensor) -> torch.Tensor:
+    """Mirror receivers and reverse the source order: the recording of the mirrored velocity map
+    (approximately: sources sit at 17 and 52, not exactly symmetric)."""
+    return x.flip(-1).flip(1)
+
+
+@torch.no_grad()
+def predict_batch(models: list[LoadedModel], weights: list[float], x: np.ndarray, device, precision: str,
+                  tta: bool = False) -> np.ndarray:
+    """(B,5,1000,70) raw seismic → (B,70,70) float32 m/s, clipped to 1500–4500."""
+    xt = torch.from_numpy(x).to(device)
+    acc = None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    for m, w in zip(models, weights):
+        xn = m.norm.seismic(xt)  # each checkpoint's own normalisation constants
+        views = [xn, flip_tta(xn)] if tta else [xn]
+        outs = []
+        for k, v in enumerate(views):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                p = m.model(v)
+            p = m.norm.denorm_velocity(p.float())  # (B, 1, 70, 70) float32 m/s
+            outs.append(p.flip(-1) if k == 1 else p)
+        p = torch.stack(outs).mean(0)
+        acc = p * w if acc is None else acc + p * w
+    return acc[:, 0].clamp(VMIN, VMAX).cpu().numpy().astype(np.float32)
