@@ -195,6 +195,21 @@ class Run:
         log("no readable checkpoint found; starting from scratch")
         return None, None
 
+    def mirror_latest(self, root: Path, log) -> str:
+        """Copy the newest verified checkpoint to this run's place under ``root`` (a store mirror, as
+        ``GWI_STORE_MAP`` reads one), with a pointer naming only it; returns its path under ``root``."""
+        rel = relative_run_path(self.url)
+        if rel is None:
+            raise ValueError(f"run: expected STORE/{RUNS}/..., got {self.url!r}")
+        ckpt, entry = self.load_latest(log)
+        if ckpt is None:
+            raise GwiError(f"{self.url}: no usable checkpoint to package")
+        dest = Path(root, rel)
+        (dest / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
+        self.store.get_file(entry["path"], dest / entry["path"])
+        (dest / LATEST).write_text(json.dumps({"latest": entry, "history": []}, indent=1))
+        return f"{rel}/{entry['path']}"
+
     def _load_verified(self, entry: dict, log) -> dict | None:
         import torch
 

@@ -25,13 +25,11 @@ import math
 import os
 import random
 import socket
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -641,12 +639,3 @@ def record_failure(run: Run, hb: Heartbeat | None, cfg: TrainConfig, e: BaseExce
                                   "run": cfg.run, "model": cfg.model, "host": socket.gethostname()})
     except Exception:  # noqa: BLE001 - the original error matters more
         pass
-
-
-class RunStore(Run):
-    """The old name of :class:`gwi.runs.Run`. gwi/adapters/kaggle.py's ``package()`` still imports it
-    and removes ``scratch`` after ``load_latest``; it goes once that calls ``Run(url).load_latest``."""
-
-    @cached_property
-    def scratch(self) -> Path:
-        return Path(tempfile.mkdtemp(prefix="run-"))

@@ -289,11 +289,6 @@ def package(out: str | os.PathLike, dataset_id: str, *, runs: list[str] = (), en
     for offline kernels), and a mirror of the store holding each run's latest verified checkpoint
     and each ensemble with its members: what an offline kernel reads through ``GWI_STORE_MAP``.
     Upload it with ``kaggle datasets create -p OUT`` (or ``version``)."""
-    import shutil
-
-    from ..store import open_store
-    from ..train import RunStore
-
     if not re.fullmatch(r"[^/\s]+/[a-z0-9][a-z0-9-]{4,49}", dataset_id or ""):
         raise ValueError(f"dataset id: expected OWNER/SLUG with a 5-50 character slug of a-z, 0-9 and '-', "
                          f"got {dataset_id!r}")
@@ -301,32 +296,13 @@ def package(out: str | os.PathLike, dataset_id: str, *, runs: list[str] = (), en
     out.mkdir(parents=True, exist_ok=True)
     wheels = _wheels(out / "wheels", wheel, with_deps, log)
     copied = []
-
-    def mirror_run(url: str) -> None:
-        url = url.rstrip("/")
-        if "/runs/" not in url:
-            raise ValueError(f"run: expected STORE/runs/..., got {url!r}")
-        rel = "runs/" + url.split("/runs/", 1)[1]
-        rs = RunStore(url)
-        try:
-            ck, entry = rs.load_latest(log)
-        finally:
-            shutil.rmtree(rs.scratch, ignore_errors=True)
-        if ck is None:
-            raise GwiError(f"{url}: no usable checkpoint to package")
-        dest = out / rel / entry["path"]
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        open_store(url).get_file(entry["path"], dest)
-        (out / rel / "checkpoints" / "latest.json").write_text(json.dumps({"latest": entry, "history": []}, indent=1))
-        copied.append(f"{rel}/{entry['path']}")
-
     for url in ensembles:
         path, members = _mirror_ensemble(out, url)
         copied.append(path)
         for run in members:
-            mirror_run(run)
+            copied.append(Run(run).mirror_latest(out, log))
     for url in runs:
-        mirror_run(url)
+        copied.append(Run(url).mirror_latest(out, log))
     meta = {"id": dataset_id, "title": (title or f"gwi {dataset_id.split('/')[1]}")[:50].ljust(6, "-"),
             "licenses": [{"name": "CC0-1.0"}]}
     (out / "dataset-metadata.json").write_text(json.dumps(meta, indent=1))
