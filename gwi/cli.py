@@ -178,6 +178,7 @@ def _params(name: str, preset: str) -> int:
 
 
 def cmd_train(a) -> int:
+    from .runs import METRICS, Run
     from .train import TrainConfig, apply_sets, train
 
     cfg = TrainConfig(model=a.model, dataset=a.dataset, run=a.run, preset=a.preset)
@@ -195,7 +196,7 @@ def cmd_train(a) -> int:
     apply_sets(cfg, a.set)
     m = train(cfg, log=lambda msg: print(msg, flush=True))
     fam = ", ".join(f"{f} {v:.1f}" for f, v in m["val_mae_per_family"].items())
-    print(f"done: {m['steps']} steps, val MAE {m['val_mae']:.1f} m/s ({fam}); metrics in {cfg.run}/metrics.json")
+    print(f"done: {m['steps']} steps, val MAE {m['val_mae']:.1f} m/s ({fam}); metrics in {Run(cfg.run).key_url(METRICS)}")
     return 0
 
 
@@ -266,16 +267,16 @@ def _clock(t: float | None) -> str:
     return "-" if t is None else time.strftime("%H:%M:%S", time.localtime(t))
 
 
-def _status_records(s, spec: str | None = None) -> list[dict]:
+def _status_records(v, spec: str | None = None) -> list[dict]:
     import time
 
     from .scheduler import ACTIVE
 
     now = time.time()
-    latest = s.latest_attempts()
-    costs = s.costs()
+    latest = v.latest_attempts()
+    costs = v.costs()
     out = []
-    for j in s.jobs(spec):
+    for j in v.jobs(spec):
         a = latest.get(j["id"])
         prog = json.loads(a["progress"]) if a is not None and a["progress"] else {}
         hours, cost = costs.get(j["id"], (0.0, 0.0))
@@ -307,15 +308,34 @@ def _status_table(recs: list[dict]) -> str:
     return _table(rows, ["job", "platform", "state", "try", "epoch", "val MAE m/s", "ETA", "beat", "cost", "note"])
 
 
-def _platform_table(s) -> str:
+def _platform_table(v, credentials: bool = False) -> str:
     rows = []
-    for name, p in sorted(s.profiles.items()):
-        u = s.usage(name)
+    for name, p in sorted(v.profiles.items()):
+        u = v.usage(name)
         quota = f"{u['hours_week']:.1f}/{p.quota_hours_per_week:g} h" if p.quota_hours_per_week is not None \
             else f"{u['hours_week']:.1f} h"
-        rows.append([name, p.adapter, p.gpu or "-", f"{u['active']}/{p.capacity}", quota, f"${p.usd_per_hour:g}/h",
-                     f"${u['cost_usd']:.2f}"])
-    return _table(rows, ["platform", "adapter", "gpu", "running", "used (7 days)", "price", "spent"])
+        row = [name, p.adapter, p.gpu or "-", f"{u['active']}/{p.capacity}", quota, f"${p.usd_per_hour:g}/h",
+               f"${u['cost_usd']:.2f}"]
+        if credentials:
+            missing = p.missing_credentials()
+            row.append("missing " + ", ".join(missing) if missing else "set" if p.credentials else "-")
+        rows.append(row)
+    head = ["platform", "adapter", "gpu", "running", "used (7 days)", "price", "spent"]
+    return _table(rows, head + (["credentials"] if credentials else []))
+
+
+def _scheduler_note(v, stale_s: float = 60.0) -> str:
+    """A line when jobs are unfinished and no scheduler pass ran lately: status only reads, so nothing
+    moves on until a watcher runs."""
+    import time
+
+    if not v.unfinished():
+        return ""
+    last = v.last_reconcile()
+    if last is not None and time.time() - last <= stale_s:
+        return ""
+    when = "yet" if last is None else f"for {_age(time.time() - last)}"
+    return f"\n\nno scheduler pass {when}: jobs move on while gwi watch (or gwi dispatch --follow) runs"
 
 
 def _print_events(s, after: int, spec: str | None = None) -> int:
@@ -332,7 +352,7 @@ def _follow(s, spec: str | None, interval: float, forever: bool = False) -> int:
     """Reconcile and print events until every job (of ``spec``) has finished."""
     import time
 
-    last = s.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+    last = s.last_event_id()
     try:
         while True:
             s.reconcile()  # waits while another watcher holds the lock, then acts on what it left
@@ -356,32 +376,43 @@ def _follow(s, spec: str | None, interval: float, forever: bool = False) -> int:
     return 1 if bad else 0
 
 
+def _dry_run(path: str) -> int:
+    """Where each job of a plan would go first, why, and its fallbacks; reads the state, changes nothing."""
+    from .scheduler import open_view
+    from .scheduler.policy import fallback_order
+    from .spec import load_spec
+
+    v = open_view()
+    spec = load_spec(path, profiles=v.profiles)
+    print(f"plan for {spec.name} ({path}): {len(spec.jobs)} job(s), store {spec.store}\n")
+    rows = []
+    for job in spec.jobs:
+        jid = f"{spec.name}/{job.name}"
+        known = v.job(jid)
+        if known is not None and known["state"] in ("succeeded", "running"):
+            rows.append([job.name, job.kind, ",".join(job.after) or "-", "-", f"already {known['state']}", ""])
+            continue
+        ch = v.choices(jid, job, spec.store)
+        first, rest = fallback_order(ch)
+        then = [c.platform + ("" if c.ok or c.busy else f" (skip: {c.why})") for c in rest]
+        rows.append([job.name, job.kind, ",".join(job.after) or "-", first.platform if first else "NONE",
+                     first.why if first else "; ".join(f"{c.platform}: {c.why}" for c in ch),
+                     " > ".join(then) or "-"])
+    print(_table(rows, ["job", "kind", "after", "first", "why", "then (fallback order)"]))
+    print()
+    print(_platform_table(v))
+    v.close()
+    return 0
+
+
 def cmd_dispatch(a) -> int:
+    if a.dry_run:
+        return _dry_run(a.spec)
     from .scheduler import Scheduler
     from .spec import load_spec
 
     s = Scheduler()
     spec = load_spec(a.spec, profiles=s.profiles)
-    if a.dry_run:
-        print(f"plan for {spec.name} ({a.spec}): {len(spec.jobs)} job(s), store {spec.store}\n")
-        rows = []
-        for job in spec.jobs:
-            jid = f"{spec.name}/{job.name}"
-            known = s.db.execute("SELECT state FROM jobs WHERE id=?", (jid,)).fetchone()
-            if known is not None and known["state"] in ("succeeded", "running"):
-                rows.append([job.name, job.kind, ",".join(job.after) or "-", "-", f"already {known['state']}", ""])
-                continue
-            ch = s.choices(jid, job, spec.store)
-            first = next((c for c in ch if c.ok or c.busy), None)
-            rest = [f"{c.platform}" + ("" if c.ok or c.busy else f" (skip: {c.why})") for c in ch if c is not first]
-            rows.append([job.name, job.kind, ",".join(job.after) or "-",
-                         first.platform if first else "NONE",
-                         first.why if first else "; ".join(f"{c.platform}: {c.why}" for c in ch),
-                         " > ".join(rest) or "-"])
-        print(_table(rows, ["job", "kind", "after", "first", "why", "then (fallback order)"]))
-        print()
-        print(_platform_table(s))
-        return 0
     for line in s.submit(spec):
         print(f"{spec.name}/{line}")
     if a.follow:
@@ -389,7 +420,7 @@ def cmd_dispatch(a) -> int:
     s.reconcile()
     print()
     print(_status_table(_status_records(s, spec.name)))
-    print("\nfollow with: gwi watch   (or gwi status --watch; logs: gwi logs JOB)")
+    print("\nfollow with: gwi watch   (gwi status --watch shows progress; logs: gwi logs JOB)")
     return 0
 
 
@@ -399,27 +430,30 @@ def cmd_watch(a) -> int:
     return _follow(Scheduler(), a.spec, a.interval, forever=a.forever)
 
 
+def _status_text(v, a) -> str:
+    if a.job:
+        return _job_detail(v, v.resolve(a.job), a.json)
+    recs = _status_records(v)
+    if a.json:
+        return json.dumps(recs, indent=1)
+    if not recs:
+        return "no jobs yet: gwi dispatch jobs/demo.yaml"
+    return _status_table(recs) + "\n\n" + _platform_table(v) + _scheduler_note(v)
+
+
 def cmd_status(a) -> int:
+    """Reads the state (read-only, no lock): it never reconciles, so it shows what the last scheduler
+    pass recorded while a dispatcher or watcher goes on beside it."""
     import time
 
-    from .scheduler import LockBusy, Scheduler
+    from .scheduler import open_view
 
-    s = Scheduler()
     while True:
-        last = s.last_reconcile()
-        if last is None or time.time() - last > 1.0:
-            try:
-                with s.lock(wait=False):
-                    s.reconcile()
-            except LockBusy:
-                pass  # a watcher is reconciling: its view is fresh
-        if a.job:
-            jid = s.resolve(a.job)
-            out = _job_detail(s, jid, a.json)
-        else:
-            recs = _status_records(s)
-            out = json.dumps(recs, indent=1) if a.json else (_status_table(recs) + "\n\n" + _platform_table(s)
-                                                             if recs else "no jobs yet: gwi dispatch jobs/demo.yaml")
+        v = open_view()  # afresh each time: a first dispatch may create the state meanwhile
+        try:
+            out = _status_text(v, a)
+        finally:
+            v.close()
         if not a.watch:
             print(out)
             return 0
@@ -430,47 +464,59 @@ def cmd_status(a) -> int:
             return 0
 
 
-def _job_detail(s, jid: str, as_json: bool) -> str:
-    j = s.db.execute("SELECT * FROM jobs WHERE id=?", (jid,)).fetchone()
-    atts = [dict(a) for a in s.attempts(jid)]
-    job = s.job_def(j)
+def cmd_platforms(a) -> int:
+    from .scheduler import open_view
+
+    v = open_view()
+    print(_platform_table(v, credentials=True) if v.profiles else "no platform profiles found")
+    v.close()
+    return 0
+
+
+def _job_detail(v, jid: str, as_json: bool) -> str:
+    j = v.job(jid)
+    atts = [dict(a) for a in v.attempts(jid)]
+    job = v.job_def(j)
     if as_json:
         for a in atts:
             a["progress"] = json.loads(a["progress"]) if a["progress"] else None
             a["handle"] = json.loads(a["handle"]) if a["handle"] else None
         return json.dumps({"job": jid, "state": j["state"], "reason": j["reason"], "definition": job.to_dict(),
                            "attempts": atts}, indent=1)
-    rec = next(r for r in _status_records(s, j["spec"]) if r["job"] == jid)
+    rec = next(r for r in _status_records(v, j["spec"]) if r["job"] == jid)
     lines = [f"{jid}: {j['kind']} {j['state']}" + (f" ({j['reason']})" if j["reason"] else ""),
              f"  command: {' '.join(job.argv)}", f"  platforms: {' > '.join(job.platforms)}"]
-    lines += [f"  {k}: {v}" for k, v in job.outputs.items()]
+    lines += [f"  {k}: {url}" for k, url in job.outputs.items()]
     if rec["epochs"]:
         lines.append(f"  progress: epoch {rec['epoch']}/{rec['epochs']}, step {rec['step']}/{rec['total_steps']}, "
                      f"val MAE {rec['val_mae'] if rec['val_mae'] is not None else '-'} m/s, ETA {_age(rec['eta_s'])}")
-    lines += ["", _history_table(s, jid)]
+    lines += ["", _history_table(v, jid)]
     return "\n".join(lines)
 
 
-def _history_table(s, jid: str) -> str:
+def _history_table(v, jid: str) -> str:
     rows = []
-    for a in s.attempts(jid):
+    for a in v.attempts(jid):
+        hours = v.attempt_hours(a)
         rows.append([a["n"], a["platform"], a["state"], _clock(a["launched_at"]), _clock(a["ended_at"]),
-                     _age(s.attempt_hours(a) * 3600), a["resumed_from_step"] if a["resumed_from_step"] is not None else "-",
-                     "-" if a["exit_code"] is None else a["exit_code"], f"${s.attempt_hours(a) * a['usd_per_hour']:.2f}",
+                     _age(hours * 3600), a["resumed_from_step"] if a["resumed_from_step"] is not None else "-",
+                     "-" if a["exit_code"] is None else a["exit_code"], f"${hours * a['usd_per_hour']:.2f}",
                      (a["end_reason"] or a["last_error"] or "")[:90]])
     return _table(rows, ["try", "platform", "state", "launched", "ended", "ran", "from step", "exit", "cost", "why it ended"]) \
         if rows else "no attempts yet"
 
 
 def cmd_history(a) -> int:
-    from .scheduler import Scheduler
+    """Reads the state (read-only, no lock)."""
+    from .scheduler import open_view
 
-    s = Scheduler()
-    jid = s.resolve(a.job)
-    print(_history_table(s, jid))
+    v = open_view()
+    jid = v.resolve(a.job)
+    print(_history_table(v, jid))
     print()
-    for e in s.events(jid):
+    for e in v.events(jid):
         print(f"{_clock(e['time'])}  {e['kind']:<10} {e['message']}")
+    v.close()
     return 0
 
 
@@ -527,21 +573,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"gwi {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
+    _data_parsers(sub)
+    _training_parsers(sub)
+    _prediction_parsers(sub)
+    _dispatch_parsers(sub)
+    _job_parsers(sub)
+    _kaggle_parsers(sub)
+    return p
 
+
+def _store_args(q, out_help: str) -> None:
+    q.add_argument("--out", metavar="STORE_URL", help=out_help + " (default: the embedded file:// store under $GWI_HOME, ./.gwi)")
+    q.add_argument("--name", required=True, help="dataset name: written to STORE_URL/datasets/NAME/")
+    q.add_argument("--shard-size", type=int, default=500, help="samples per shard (default 500)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+
+
+def _data_parsers(sub) -> None:
     data = sub.add_parser("data", help="prepare, synthesise, move and check datasets")
     dsub = data.add_subparsers(dest="data_cmd", metavar="SUBCOMMAND")
     dsub.required = True
 
-    def store_args(q, out_help):
-        q.add_argument("--out", metavar="STORE_URL", help=out_help + " (default: the embedded file:// store under $GWI_HOME, ./.gwi)")
-        q.add_argument("--name", required=True, help="dataset name: written to STORE_URL/datasets/NAME/")
-        q.add_argument("--shard-size", type=int, default=500, help="samples per shard (default 500)")
-        q.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
-
     q = dsub.add_parser("prep", help="Kaggle/OpenFWI folders -> float16 shards + manifest")
     q.add_argument("--src", metavar="DIR", help="competition root, train_samples/, or one family folder")
     q.add_argument("--test-dir", metavar="DIR", help="a folder of test/<oid>.npy files")
-    store_args(q, "store to write to: file://PATH or s3://BUCKET/PREFIX")
+    _store_args(q, "store to write to: file://PATH or s3://BUCKET/PREFIX")
     q.add_argument("--time-decimate", type=int, default=1, metavar="K",
                    help="keep every K-th time sample after a zero-phase anti-alias low-pass")
     q.add_argument("--velocity-tolerance", type=float, default=1.0, metavar="M_S",
@@ -557,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     q.add_argument("--exist-ok", action="store_true", dest="exist_ok",
                    help="succeed without work if the dataset exists with the same families, samples and seed")
-    store_args(q, "store to write to")
+    _store_args(q, "store to write to")
     q.set_defaults(fn=cmd_data_synth)
 
     q = dsub.add_parser("pull", help="download a dataset into the local cache, verifying every shard")
@@ -589,6 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--family", help="leave this family out instead of K-fold")
     q.set_defaults(fn=cmd_data_folds)
 
+
+def _training_parsers(sub) -> None:
+    from .runs import RUNS  # the run layout is spelled in one place, help text included
+
     q = sub.add_parser("models", help="list the model registry")
     q.add_argument("name", nargs="?", help="show one model's card")
     q.set_defaults(fn=cmd_models)
@@ -596,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("train", help="train (or resume) a model on a dataset; writes to a run folder in a store")
     q.add_argument("--model", required=True, help="registry name (see 'gwi models')")
     q.add_argument("--dataset", required=True, metavar="URL", help="STORE_URL/datasets/NAME")
-    q.add_argument("--run", required=True, metavar="URL", help="STORE_URL/runs/RUN: checkpoints, progress, metrics")
+    q.add_argument("--run", required=True, metavar="URL", help=f"STORE_URL/{RUNS}/RUN: checkpoints, progress, metrics")
     q.add_argument("--preset", default="default", help="model preset: default or tiny")
     q.add_argument("--epochs", type=int)
     q.add_argument("--batch-size", type=int, dest="batch_size")
@@ -616,6 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any training setting (e.g. weight_decay=0.01) or model argument (model.dropout=0.1)")
     q.set_defaults(fn=cmd_train)
 
+
+def _prediction_parsers(sub) -> None:
     q = sub.add_parser("predict", help="checkpoints -> Kaggle submission.csv (works offline)")
     q.add_argument("--checkpoint", action="append", metavar="RUN_OR_FILE",
                    help="a run URL (uses its latest verified checkpoint) or a .pt file; repeat to average")
@@ -655,6 +717,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--test", metavar="DIR", help="the test folder the submission must cover")
     q.set_defaults(fn=cmd_submission_check)
 
+
+def _dispatch_parsers(sub) -> None:
     q = sub.add_parser("dispatch", help="validate a job spec and launch its jobs (idempotent)")
     q.add_argument("spec", help="a job spec, e.g. jobs/demo.yaml")
     q.add_argument("--dry-run", action="store_true", help="print the plan: where each job goes first, why, and its fallbacks")
@@ -669,6 +733,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--interval", type=float, default=2.0)
     q.set_defaults(fn=cmd_status)
 
+    q = sub.add_parser("platforms", help="the platform profiles: adapter, GPU, slots, quota used, price, credentials")
+    q.set_defaults(fn=cmd_platforms)
+
+
+def _job_parsers(sub) -> None:
     q = sub.add_parser("watch", help="run the scheduler: reconcile, fall back, launch, until all jobs finish")
     q.add_argument("--spec", help="only wait for this spec's jobs")
     q.add_argument("--interval", type=float, default=2.0)
@@ -689,6 +758,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("history", help="every attempt of a job and why it ended")
     q.add_argument("job")
     q.set_defaults(fn=cmd_history)
+
+
+def _kaggle_parsers(sub) -> None:
     q = sub.add_parser("kaggle", help="Kaggle helpers")
     ksub = q.add_subparsers(dest="kcmd", required=True)
     q = ksub.add_parser("package", help="the dataset a Kaggle kernel attaches: gwi wheel(s) + a store mirror of runs")
@@ -701,7 +773,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--with-deps", action="store_true", help="also the dependencies' wheels, for kernels without internet")
     q.add_argument("--title")
     q.set_defaults(fn=cmd_kaggle_package)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,3 +78,55 @@ def test_prep_cli_to_s3_and_pull_back(s3, tmp_path):
     np.testing.assert_allclose(ds.batch([0, 1])[1], arrays["CurveVel_B"][0][1], rtol=1e-3)
     r = run("data", "pull", "s3://no-such-bucket-here/datasets/kt")
     assert r.returncode == 1 and "bucket 'no-such-bucket-here' does not exist" in r.stderr
+
+
+def _dispatched_state(tmp_path):
+    """A state with a plan's jobs recorded and no scheduler pass yet (nothing launched)."""
+    from gwi.adapters.base import load_profiles
+    from gwi.scheduler import Scheduler
+    from gwi.spec import load_spec
+
+    plat = tmp_path / "platforms"
+    plat.mkdir()
+    (plat / "box.yaml").write_text("adapter: local\ncapacity: 1\noptions: {runtime: process}\n")
+    spec = tmp_path / "p.yaml"
+    spec.write_text(f"name: p\nstore: file://{tmp_path}/store\njobs:\n"
+                    "  - {name: d, kind: synth, dataset: d, families: [FlatVel_A], samples: 1, platforms: [box]}\n")
+    s = Scheduler(tmp_path / "home", profiles=load_profiles([plat]))
+    s.submit(load_spec(spec, profiles=s.profiles))
+    return s, {"GWI_HOME": str(tmp_path / "home"), "GWI_PLATFORMS": str(plat)}
+
+
+def test_status_and_history_only_read_and_never_wait_for_the_lock(tmp_path):
+    s, env = _dispatched_state(tmp_path)
+    with s.lock(), s.state.tx() as st:  # a dispatcher mid-pass: the lock held, a write open
+        st.event("p/d", "note", "uncommitted")
+        r = run("status", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        assert [(j["job"], j["state"]) for j in json.loads(r.stdout)] == [("p/d", "waiting")]
+        r = run("status", env=env)
+        assert r.returncode == 0 and "p/d" in r.stdout and "no scheduler pass yet" in r.stdout, r.stderr
+        r = run("status", "d", env=env)
+        assert r.returncode == 0 and "p/d: synth waiting" in r.stdout and "no attempts yet" in r.stdout
+        r = run("history", "d", env=env)
+        assert r.returncode == 0 and "dispatched" in r.stdout and "uncommitted" not in r.stdout
+    # nothing was reconciled: the job was not even queued
+    assert s.job("p/d")["state"] == "waiting" and s.last_reconcile() is None
+    s.close()
+
+
+def test_reading_commands_on_a_fresh_home_create_nothing(tmp_path):
+    env = {"GWI_HOME": str(tmp_path / "home")}
+    r = run("status", env=env)
+    assert r.returncode == 0 and "no jobs yet" in r.stdout, r.stderr
+    r = run("status", "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout) == []
+    r = run("history", "x", env=env)
+    assert r.returncode == 1 and "no job 'x'; nothing dispatched yet" in r.stderr
+    r = run("platforms", env=env)
+    assert r.returncode == 0 and "local" in r.stdout and "credentials" in r.stdout, r.stderr
+    assert not (tmp_path / "home").exists()
+    repo = Path(__file__).resolve().parents[1]
+    r = run("dispatch", "--dry-run", str(repo / "jobs" / "demo.yaml"), env=env)
+    assert r.returncode == 0 and "fallback order" in r.stdout, r.stderr
+    assert not (tmp_path / "home" / "state.db").exists()  # the plan's default store may be made; no state

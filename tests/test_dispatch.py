@@ -15,6 +15,7 @@ import pytest
 
 from gwi.adapters.base import load_profiles
 from gwi.data.synth import synthesize
+from gwi.runs import Run, run_url
 from gwi.scheduler import Scheduler
 from gwi.spec import load_spec
 from gwi.store import open_store
@@ -47,7 +48,7 @@ def sched(world, tmp_path, monkeypatch):
     monkeypatch.setenv("GWI_PLATFORMS", str(plat))
     s = Scheduler(tmp_path / "home", profiles=load_profiles([plat]))
     yield s
-    for a in s.db.execute("SELECT * FROM attempts WHERE state IN ('pending','running')").fetchall():
+    for a in s.state.active_attempts():
         s.adapter(a["platform"]).cancel(json.loads(a["handle"]))  # never leave a process behind
     s.close()
 
@@ -73,15 +74,16 @@ jobs:
 
 
 def progress(s, attempt_id):
-    a = s.db.execute("SELECT progress FROM attempts WHERE id=?", (attempt_id,)).fetchone()
+    a = s.state.attempt(attempt_id)
     return json.loads(a["progress"]) if a and a["progress"] else {}
 
 
 def latest_step(store):
-    try:
-        return json.loads(open_store(store + "/runs/e2e/tr/checkpoints").get_bytes("latest.json"))["latest"]["step"]
-    except Exception:  # noqa: BLE001 - not there yet
-        return None
+    return Run(run_url(store, "e2e", "tr")).latest_step()  # None: not there yet
+
+
+def attempt_counts(s):
+    return {j["id"]: len(s.attempts(j["id"])) for j in s.jobs() if s.attempts(j["id"])}
 
 
 def test_killed_training_moves_to_the_next_platform_and_resumes(sched, world, tmp_path):
@@ -97,7 +99,7 @@ def test_killed_training_moves_to_the_next_platform_and_resumes(sched, world, tm
     assert (a2["platform"], a2["state"]) == ("local-b", "succeeded")
     # it continued from the last checkpoint, not from scratch: the step count goes on
     assert 10 <= a2["resumed_from_step"] < 90  # checkpoints every 5 steps and at each epoch's end (3 steps)
-    metrics = json.loads(open_store(store + "/runs/e2e/tr").get_bytes("metrics.json"))
+    metrics = json.loads(open_store(run_url(store, "e2e", "tr")).get_bytes("metrics.json"))
     assert metrics["resumed_from"] == f"checkpoints/step-{a2['resumed_from_step']}.pt"
     assert metrics["steps"] == 90 and metrics["epochs"] == 30
     assert "resumed from checkpoints/step-" in Path(s.home, "attempts", "e2e.tr.2", "log").read_text()
@@ -139,7 +141,7 @@ jobs:
     out = subprocess.run(gwi + ["dispatch", str(spec)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     s = Scheduler(home)
-    assert {a["job_id"] for a in s.db.execute("SELECT job_id FROM attempts")} == {"restart/d2", "restart/tr"}
+    assert set(attempt_counts(s)) == {"restart/d2", "restart/tr"}
     watch = subprocess.Popen(gwi + ["watch", "--interval", "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not progress(s, "restart.tr.1").get("step"):
@@ -152,13 +154,12 @@ jobs:
     for w in watchers:
         w.wait(timeout=240)
     assert [w.returncode for w in watchers] == [0, 0], watchers[0].stdout.read()
-    rows = s.db.execute("SELECT job_id, COUNT(*) AS n FROM attempts GROUP BY job_id").fetchall()
-    assert {r["job_id"]: r["n"] for r in rows} == {"restart/d2": 1, "restart/tr": 1, "restart/ens": 1}
+    assert attempt_counts(s) == {"restart/d2": 1, "restart/tr": 1, "restart/ens": 1}
     assert {j["name"]: j["state"] for j in s.jobs()} == {"d2": "succeeded", "tr": "succeeded", "ens": "succeeded"}
     assert sorted(p.name for p in (home / "attempts").iterdir()) == ["restart.d2.1", "restart.ens.1", "restart.tr.1"]
     launched = [e for e in s.events() if e["kind"] == "launched"]
     assert len(launched) == 3
-    ens = json.loads(open_store(store + "/runs/restart/ens").get_bytes("ensemble.json"))
+    ens = json.loads(open_store(run_url(store, "restart", "ens")).get_bytes("ensemble.json"))
     assert ens["format"] == "gwi-ensemble"
     st = subprocess.run(gwi + ["status", "--json"], capture_output=True, text=True, timeout=60)
     assert [r["state"] for r in json.loads(st.stdout)] == ["succeeded"] * 3

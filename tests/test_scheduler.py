@@ -10,7 +10,7 @@ import pytest
 
 from gwi.adapters.base import Adapter, PlatformError, Profile, State, Status
 from gwi.errors import GwiError
-from gwi.scheduler import LockBusy, Scheduler
+from gwi.scheduler import LockBusy, Scheduler, open_view
 from gwi.spec import load_spec
 from gwi.store import open_store
 
@@ -82,8 +82,7 @@ def env(tmp_path):
         return load_spec(p, profiles=profiles)
 
     def beat(attempt_id, **kw):
-        a = s.db.execute("SELECT heartbeat_url FROM attempts WHERE id=?", (attempt_id,)).fetchone()
-        head, _, key = a["heartbeat_url"].rpartition("/")
+        head, _, key = s.state.attempt(attempt_id)["heartbeat_url"].rpartition("/")
         beat.n += 1
         open_store(head).put_bytes(key, json.dumps({"state": "running", "beat": beat.n, "unix_time": clock(), **kw}).encode())
 
@@ -305,7 +304,7 @@ def test_redispatch_is_idempotent_and_a_crash_before_launch_is_recovered(env):
     # an attempt recorded but never launched (the scheduler died in between) is launched once, same id
     fakes["a"].finish("t.data.1", 1)
     s.reconcile()
-    s.db.execute("UPDATE attempts SET handle=NULL WHERE id='t.data.2'")
+    s.state.update_attempt("t.data.2", handle=None)
     fakes["b"].states.clear()
     fakes["b"].launched.clear()
     s.reconcile()
@@ -412,16 +411,17 @@ def test_unreachable_platform_and_silent_attempt_is_lost(env):
 
 
 def test_a_version_1_state_is_migrated(tmp_path):
-    from gwi.scheduler import _SCHEMA
+    from gwi.scheduler.state import _SCHEMA
 
     db = sqlite3.connect(tmp_path / "state.db")
     db.executescript(_SCHEMA)
     db.execute("PRAGMA user_version=1")
     db.close()
-    s = Scheduler(tmp_path, profiles={})
-    cols = {r[1] for r in s.db.execute("PRAGMA table_info(attempts)")}
-    assert {"cleanup", "generation"} <= cols and s.db.execute("PRAGMA user_version").fetchone()[0] == 2
-    s.close()
+    Scheduler(tmp_path, profiles={}).close()
+    db = sqlite3.connect(tmp_path / "state.db")
+    cols = {r[1] for r in db.execute("PRAGMA table_info(attempts)")}
+    assert {"cleanup", "generation"} <= cols and db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
 
 
 def test_redispatch_after_failure_gets_fresh_tries(env):
@@ -497,3 +497,36 @@ def test_one_broken_platform_does_not_stop_the_others(env):
     s.reconcile()
     assert s.jobs("u")[0]["state"] == "succeeded"  # the other job went on
     assert any(e["kind"] == "error" or "adapter bug" in e["message"] for e in s.events("t/data"))
+
+
+def test_a_read_only_view_reads_while_a_scheduler_holds_the_lock_and_writes(env):
+    s, fakes, clock, spec, beat = env
+    s.submit(spec(SYNTH))
+    s.reconcile()
+    v = open_view(s.home, profiles=s.profiles)
+    with s.lock(), s.state.tx() as st:  # a pass under way: the lock held and a write transaction open
+        st.event("t/data", "note", "not yet committed")
+        assert [j["id"] for j in v.jobs()] == ["t/data", "t/tr"]
+        assert v.events("t/data")[-1]["kind"] == "launched"
+        assert v.resolve("data") == "t/data" and v.usage("a")["active"] == 1
+    assert v.events("t/data")[-1]["message"] == "not yet committed"
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        v.db.execute("DELETE FROM events")
+    v.close()
+
+
+def test_no_state_yet_reads_as_nothing_dispatched(tmp_path):
+    v = open_view(tmp_path / "home", profiles={})
+    assert v.jobs() == [] and v.unfinished() == 0 and v.latest_attempts() == {} and v.last_reconcile() is None
+    with pytest.raises(GwiError, match="no job 'x'; nothing dispatched yet"):
+        v.resolve("x")
+    v.close()
+    assert not (tmp_path / "home").exists()  # reading created nothing
+
+
+def test_a_read_only_view_refuses_a_newer_schema(tmp_path):
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(GwiError, match="schema 99, this gwi knows 2"):
+        open_view(tmp_path, profiles={})

@@ -1,0 +1,404 @@
+"""The scheduler: which job runs where, every attempt, and moving on when a platform lets us down.
+
+It wires the parts: :mod:`.state` (what is recorded), :mod:`.policy` (where a job goes next),
+:mod:`.judge` (what an attempt's platform and heartbeat say about it) and the adapters (which act).
+
+One ``reconcile`` pass, under an exclusive file lock so two watchers never act at once:
+
+1. every active attempt is asked for its platform state (``adapter.query``) and its heartbeat is
+   read from the store; the judge's verdict is recorded. A lost or over-limit attempt is cancelled
+   on its platform so nothing keeps running (or billing); a stop that failed is retried every pass.
+2. a job whose attempt ended badly goes back in the queue; the platform that failed it counts one
+   more try, and with ``retries`` used up the job moves to the next platform in its list. A job
+   with a run resumes there from the run's latest checkpoint: the run URL is the job's, not the
+   attempt's.
+3. jobs whose ``after`` jobs all succeeded are queued; queued jobs are launched on the first platform
+   in their list that can take them. When every platform is used up the job fails with each
+   platform's reason.
+
+Launches are made idempotent by attempt id: the attempt row is committed before the adapter is
+asked, and an attempt without a handle is launched again with the same id, which adapters answer
+with the launch they already made. One job's error (a broken profile, an adapter bug) is recorded
+on that job and the pass goes on with the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+from ..adapters.base import LaunchRequest, PlatformError, Profile, State
+from ..errors import GwiError, StoreError
+from ..progress import ENV_ATTEMPT, ENV_INTERVAL, ENV_URL
+from ..runs import CANCEL, Run, run_url
+from ..spec import Job, Spec
+from ..store import split_url
+from . import judge, policy
+from .judge import Attempt
+from .lifecycle import CANCELLED, FAILED, JOB_TERMINAL, QUEUED, RUNNING, SUCCEEDED, WAITING
+from .state import StateDB, gwi_home
+from .view import View
+
+
+class LockBusy(GwiError):
+    """Another scheduler process holds the lock."""
+
+
+class Scheduler(View):
+    def __init__(self, home: str | Path | None = None, profiles: dict[str, Profile] | None = None,
+                 clock=time.time):
+        home = Path(home).resolve() if home else gwi_home()
+        home.mkdir(parents=True, exist_ok=True)
+        super().__init__(StateDB.open(home / "state.db", clock), home, profiles, clock)
+        self._stores: dict = {}
+        self._lock_fd: int | None = None
+
+    # -- the lock ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, wait: bool = True):
+        """The scheduler lock (one reconcile at a time across processes). ``wait=False`` raises LockBusy."""
+        if self._lock_fd is not None:  # re-entrant within a process
+            yield
+            return
+        path = self.home / "scheduler.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                raise LockBusy(f"another gwi scheduler (pid {holder}) holds {path}") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            self._lock_fd = fd
+            yield
+        finally:
+            self._lock_fd = None
+            os.close(fd)  # closing drops the flock
+
+    # -- dispatch ---------------------------------------------------------------------------------
+
+    def submit(self, spec: Spec) -> list[str]:
+        """Record a spec's jobs. Idempotent: a job already known with the same definition is left as
+        it is (running, done or waiting); a failed or cancelled one is queued again."""
+        now = self.clock()
+        with self.state.tx() as st:
+            st.save_spec(spec.name, spec.path, spec.sha256, spec.store, now)
+            return [self._submit_job(spec, pos, job, now) for pos, job in enumerate(spec.jobs)]
+
+    def _submit_job(self, spec: Spec, pos: int, job: Job, now: float) -> str:
+        st = self.state
+        jid = f"{spec.name}/{job.name}"
+        definition = json.dumps(job.to_dict(), sort_keys=True)
+        row = st.job(jid)
+        if row is None:
+            st.insert_job(jid, spec.name, job.name, job.kind, pos, definition, WAITING, now)
+            st.event(jid, "dispatched", f"from {spec.path}")
+            return f"{job.name}: new"
+        changed = row["definition"] != definition
+        if row["state"] in (FAILED, CANCELLED):
+            # a new generation: the platforms' tries and the hour limit start again
+            st.new_generation(jid, WAITING, definition, pos, now)
+            st.event(jid, "requeued", f"re-dispatched after it {row['state']}" + (" (definition changed)" if changed else ""))
+            return f"{job.name}: {row['state']} before, queued again"
+        if changed and row["state"] in (WAITING, QUEUED):
+            st.update_job(jid, definition=definition, position=pos, updated_at=now)
+            st.event(jid, "updated", "definition changed before launch")
+            return f"{job.name}: definition updated"
+        if changed:
+            return (f"{job.name}: {row['state']} with an earlier definition; left as it is "
+                    f"(gwi cancel {jid} and dispatch again to rerun)")
+        return f"{job.name}: already {row['state']}"
+
+    # -- the reconcile pass -------------------------------------------------------------------------
+
+    def reconcile(self, launch: bool = True) -> None:
+        with self.lock():
+            for row in self.state.active_attempts():
+                self._isolated(row["job_id"], row["id"], self._check_attempt, row)
+            for row in self.state.attempts_to_clean():
+                self._isolated(row["job_id"], row["id"], self._retry_cleanup, row)
+            self._promote()
+            if launch:
+                for row in self.state.jobs_in(QUEUED):
+                    self._place(row)
+                self._promote()  # jobs that just failed for want of a platform fail their dependents now
+            self.state.set_last_reconcile(self.clock())
+
+    def _isolated(self, job_id: str, attempt_id: str | None, fn, *args):
+        """Run one job's step; an error is recorded on the job and the pass goes on with the others."""
+        try:
+            return fn(*args)
+        except Exception as e:  # noqa: BLE001 - one bad platform or profile must not stop every job
+            self.state.note_error(job_id, attempt_id, f"{type(e).__name__}: {e}"[:500])
+            return None
+
+    def _check_attempt(self, row) -> None:
+        now = self.clock()
+        att = Attempt.of(row)
+        job_row = self.state.job(att.job_id)
+        job = self.job_def(job_row)
+        limits = self._limits(job, att.platform)
+        if att.handle is None:  # died between recording and launching, or a retryable launch error
+            verdict = judge.unlaunched(att, limits, now)
+            if verdict.kind == judge.RELAUNCH:
+                self._launch(job_row, job, att)
+            else:
+                with self.state.tx():
+                    self._end_attempt(job_row, att, verdict.state, verdict.reason, None)
+            return
+        status, query_error = self._query(att)
+        beat = judge.observe(att, *self._read_progress(att.heartbeat_url), now)
+        note = judge.progress_note(att.progress, beat.progress)
+        if note:
+            self.state.event(att.job_id, "progress", note, att.id)
+        _, dollars = self.job_cost(att.job_id)
+        verdict = judge.judge(att, job_row["state"], limits, status, query_error, beat, now, dollars)
+        self._record_verdict(job_row, att, verdict, self._beat_columns(att, beat, now))
+
+    def _record_verdict(self, job_row, att: Attempt, verdict: judge.Verdict, updates: dict) -> None:
+        reason = verdict.reason
+        if verdict.kind == judge.STARTED:
+            updates["state"] = State.RUNNING.value
+            self.state.event(att.job_id, "running", verdict.reason, att.id)
+        if verdict.stop:
+            err, updates["cleanup"] = self._stop(att)
+            if err is not None:
+                reason += f"; stop failed: {self._stop_note(err)}"
+        with self.state.tx() as st:
+            st.update_attempt(att.id, **updates)
+            if verdict.state is not None:
+                self._end_attempt(job_row, att, verdict.state, reason, verdict.exit_code)
+
+    def _limits(self, job: Job, platform: str) -> judge.Limits:
+        return judge.Limits(start_timeout_s=job.limits.start_timeout_s or self.profiles[platform].start_timeout_s,
+                            stall_s=job.limits.stall_s, heartbeat_s=job.heartbeat_s, max_cost_usd=job.limits.max_cost_usd)
+
+    @staticmethod
+    def _beat_columns(att: Attempt, beat: judge.Beat, now: float) -> dict:
+        cols = {"beat_seen_at": beat.seen_at}
+        if beat.progress is not None:
+            cols.update(progress=json.dumps(beat.progress), beat_key=beat.key)
+            if att.started_at is None:
+                cols["started_at"] = now
+        return cols
+
+    def _query(self, att: Attempt) -> tuple:
+        """(the platform's Status, None) or (None, the translated error of asking it)."""
+        adapter = self.adapter(att.platform)
+        try:
+            return adapter.query(att.handle), None
+        except Exception as e:  # noqa: BLE001 - one bad platform must not stop the pass
+            err = adapter.translate(e)
+            self.state.update_attempt(att.id, last_error=str(err))
+            return None, err
+
+    def _store_for(self, url: str):
+        head, _, name = url.rpartition("/")
+        store = self._stores.get(head)
+        if store is None:
+            store, _ = split_url(url)
+            self._stores[head] = store
+        return store, name
+
+    def _read_progress(self, url: str) -> tuple[dict | None, bool]:
+        """(the heartbeat, whether the store answered). An unreachable store is not a stalled job."""
+        store, name = self._store_for(url)
+        try:
+            prog = json.loads(store.get_bytes(name))
+        except StoreError as e:
+            return None, "no such object" in str(e)
+        except ValueError:
+            return None, True  # caught mid-write on a store without atomic puts; the next look will do
+        return (prog, True) if isinstance(prog, dict) else (None, True)
+
+    def _end_attempt(self, job_row, att: Attempt, state: str, reason: str, exit_code: int | None) -> None:
+        now = self.clock()
+        st = self.state
+        st.update_attempt(att.id, state=state, ended_at=now, end_reason=reason, exit_code=exit_code)
+        jid = job_row["id"]
+        if state == State.SUCCEEDED.value:
+            st.update_job(jid, state=SUCCEEDED, reason="", updated_at=now, finished_at=now)
+            st.event(jid, "succeeded", f"on {att.platform} (attempt {att.n})", att.id)
+            return
+        st.event(jid, state, f"attempt {att.n} on {att.platform}: {reason}", att.id)
+        if job_row["state"] == CANCELLED:
+            return
+        st.update_job(jid, state=QUEUED, reason=f"attempt {att.n} {state}: {reason}", updated_at=now)
+
+    # -- stopping ---------------------------------------------------------------------------------
+
+    def _stop(self, att: Attempt) -> tuple[PlatformError | None, str | None]:
+        """Cancel an attempt on its platform: (the error if that failed, what to keep in ``cleanup``
+        so every pass retries it: only a retryable error; any other needs a person)."""
+        if not att.handle:
+            return None, None
+        adapter = self.adapter(att.platform)
+        try:
+            adapter.cancel(att.handle)
+        except Exception as e:  # noqa: BLE001
+            err = adapter.translate(e)
+            return err, (str(err)[:500] if err.retryable else None)
+        return None, None
+
+    @staticmethod
+    def _stop_note(err: PlatformError) -> str:
+        return f"{err}; " + ("gwi retries it at every pass" if err.retryable else "stop it by hand")
+
+    def _retry_cleanup(self, row) -> None:
+        """Stop again what an earlier stop failed to stop (a paid instance must not be forgotten)."""
+        att = Attempt.of(row)
+        err, cleanup = self._stop(att)
+        if err is None:
+            self.state.event(att.job_id, "stopped", f"attempt {att.n} on {att.platform} stopped on retry", att.id)
+        elif not err.retryable:
+            self.state.event(att.job_id, "error", f"could not stop attempt {att.n} on {att.platform}: "
+                                                  f"{self._stop_note(err)}", att.id)
+        self.state.update_attempt(att.id, cleanup=cleanup)
+
+    # -- queueing and launching ---------------------------------------------------------------------
+
+    def _promote(self) -> None:
+        """Waiting jobs whose ``after`` jobs all succeeded are queued; a failed dependency fails them."""
+        with self.state.tx() as st:
+            waiting = st.jobs_in(WAITING)
+            states = st.job_states() if waiting else {}
+            for row in waiting:
+                job = self.job_def(row)
+                state, why = policy.dependencies(job.after, {d: states.get(f"{row['spec']}/{d}") for d in job.after})
+                now = self.clock()
+                if state == FAILED:
+                    st.update_job(row["id"], state=FAILED, reason=why, updated_at=now, finished_at=now)
+                    st.event(row["id"], "failed", why)
+                elif state == QUEUED:
+                    st.update_job(row["id"], state=QUEUED, updated_at=now)
+                    st.event(row["id"], "queued", why)
+
+    def _place(self, row) -> None:
+        # a launch refused at once (no capacity there) moves on to the next platform now
+        for _ in range(len(self.job_def(row).platforms) * 4):
+            if self._isolated(row["id"], None, self._assign, row) is None:
+                break
+            row = self.state.job(row["id"])
+            if row["state"] != QUEUED:
+                break
+
+    def _assign(self, row) -> str | None:
+        """Launch a queued job on its best platform now; the attempt id, or None when nothing launched."""
+        job = self.job_def(row)
+        choices = self.choices(row["id"], job)
+        pick = policy.pick(choices)
+        if pick is None:
+            wait, why = policy.no_pick(choices)
+            if not wait:
+                with self.state.tx() as st:
+                    st.update_job(row["id"], state=FAILED, reason=why, updated_at=self.clock(), finished_at=self.clock())
+                    st.event(row["id"], "failed", why)
+            elif row["reason"] != why:
+                self.state.update_job(row["id"], reason=why)
+            return None
+        att = self._record_attempt(row, job, pick)
+        # a heartbeat or cancel flag at this path from an earlier state (a reset GWI_HOME) is not this attempt's
+        store, name = self._store_for(att.heartbeat_url)
+        for key in (name, CANCEL):
+            try:
+                store.delete(key)
+            except StoreError:
+                pass
+        self._launch(self.state.job(row["id"]), job, att)
+        return att.id
+
+    def _record_attempt(self, row, job: Job, pick: policy.Choice) -> Attempt:
+        """The attempt, committed before its platform is asked (so a restart launches it, not another)."""
+        prof = self.profiles[pick.platform]
+        resume = self._resume_step(job)
+        with self.state.tx() as st:
+            n = st.attempt_count(row["id"]) + 1
+            aid = f"{row['spec']}.{row['name']}.{n}"
+            hours_used, _ = self.job_cost(row["id"])
+            week = self.usage(pick.platform)["hours_week"] if prof.quota_hours_per_week is not None else 0.0
+            st.insert_attempt(aid, job_id=row["id"], n=n, platform=pick.platform, state=State.PENDING.value,
+                              heartbeat_url=Run(self._run_url(row, job)).attempt_heartbeat_url(n),
+                              launched_at=self.clock(), usd_per_hour=prof.usd_per_hour,
+                              hours_limit=policy.hours_limit(prof, job.limits.max_hours, hours_used, week),
+                              resumed_from_step=resume, generation=row["generation"])
+            st.update_job(row["id"], state=RUNNING, reason=f"on {pick.platform}", updated_at=self.clock())
+            st.event(row["id"], "assigned", f"attempt {n} -> {pick.platform} ({pick.why})", aid)
+        return Attempt.of(self.state.attempt(aid))
+
+    def _run_url(self, row, job: Job) -> str:
+        return job.outputs.get("run") or run_url(self.state.spec_store(row["spec"]), row["spec"], row["name"])
+
+    @staticmethod
+    def _resume_step(job: Job) -> int | None:
+        """Where a job with a run (a training job) resumes: its run's newest checkpoint."""
+        return Run(job.outputs["run"]).latest_step() if "run" in job.outputs else None
+
+    def _other_secrets(self, platform: str) -> set[str]:
+        """Variables holding other platforms' secrets: a job here never sees them."""
+        names = set()
+        for name in self.profiles:
+            try:
+                names |= self.adapter(name).secret_vars()
+            except Exception:  # noqa: BLE001 - a broken profile: its declared credentials at least
+                names |= set(self.profiles[name].credentials)
+        return names - set(self.profiles[platform].credentials)
+
+    def _launch(self, job_row, job: Job, att: Attempt) -> None:
+        req = LaunchRequest(
+            attempt_id=att.id, job=job_row["id"], kind=job.kind, argv=list(job.argv),
+            env={ENV_ATTEMPT: att.id, ENV_URL: att.heartbeat_url, ENV_INTERVAL: str(job.heartbeat_s)},
+            store_url=self.state.spec_store(job_row["spec"]), heartbeat_url=att.heartbeat_url,
+            workdir=str(self.home / "attempts" / att.id), gpus=job.resources.gpus, hours_limit=att.hours_limit,
+            scrub_env=tuple(sorted(self._other_secrets(att.platform))))
+        adapter = self.adapter(att.platform)
+        try:
+            handle = adapter.launch(req)
+        except Exception as e:  # noqa: BLE001 - translated and recorded; the pass goes on
+            err = adapter.translate(e)
+            with self.state.tx() as st:
+                if err.retryable:
+                    st.update_attempt(att.id, last_error=str(err))
+                    st.event(job_row["id"], "launch-retry", str(err), att.id)
+                else:
+                    self._end_attempt(job_row, att, State.FAILED.value, f"launch failed ({err.kind}): {err}", None)
+            return
+        with self.state.tx() as st:
+            st.update_attempt(att.id, handle=json.dumps(handle))
+            resumed = f", resuming from step {att.resumed_from_step}" if att.resumed_from_step else ""
+            note = f": {handle['note']}" if handle.get("note") else ""  # what a person must do (Colab)
+            st.event(job_row["id"], "launched", f"attempt {att.n} on {att.platform}{resumed}{note}", att.id)
+
+    # -- user actions -------------------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> str:
+        with self.lock():
+            row = self.state.job(job_id)
+            if row["state"] in JOB_TERMINAL:
+                return f"{job_id} already {row['state']}"
+            with self.state.tx() as st:
+                st.update_job(job_id, state=CANCELLED, reason="cancelled by user", updated_at=self.clock(),
+                              finished_at=self.clock())
+                st.event(job_id, "cancelled", "by user")
+            msgs = [f"{job_id} cancelled"]
+            for att in map(Attempt.of, self.state.active_attempts(job_id)):
+                err, cleanup = self._stop(att)
+                with self.state.tx() as st:
+                    st.update_attempt(att.id, state=State.CANCELLED.value, ended_at=self.clock(),
+                                      end_reason="cancelled by user", cleanup=cleanup)
+                msgs.append(f"attempt {att.n} on {att.platform} stopped" if err is None else
+                            f"stopping attempt {att.n} on {att.platform} failed: {self._stop_note(err)}")
+            return "; ".join(msgs)
+
+    def logs(self, job_id: str, attempt: int | None = None, tail: int | None = None) -> tuple[dict, str]:
+        a = self.state.latest_attempt(job_id, attempt)
+        if a is None:
+            raise GwiError(f"{job_id} has no attempt{f' {attempt}' if attempt else ''} yet")
+        if not a["handle"]:
+            return dict(a), ""
+        return dict(a), self.adapter(a["platform"]).logs(json.loads(a["handle"]), tail)

@@ -1,0 +1,344 @@
+"""The scheduler's state: SQLite (WAL) at ``$GWI_HOME/state.db``, and the only module that speaks SQL.
+
+Tables: specs, jobs, attempts, events, meta; the schema version is ``PRAGMA user_version``.
+Nothing is held in memory between commands, so a scheduler killed at any moment loses nothing:
+the next pass reads where the last one stopped.
+
+Two ways in:
+
+- :meth:`StateDB.open` (the scheduler, ``gwi dispatch``, ``gwi cancel``): read-write, creating and
+  migrating the schema.
+- :meth:`StateDB.open_readonly` (``gwi status``, ``gwi history``, ``--dry-run``): a ``mode=ro``
+  connection that never writes, never migrates, and reads while a dispatcher holds the scheduler
+  lock and writes (WAL readers do not block writers). No ``state.db`` yet means nothing was
+  dispatched: an empty state, not an error.
+
+Rows come back as :class:`sqlite3.Row` (``row["state"]``, ``dict(row)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from ..errors import GwiError
+from .lifecycle import ACTIVE, JOB_TERMINAL
+
+SCHEMA_VERSION = 2
+# what each version adds to the one before (v1 is _SCHEMA without these columns)
+_MIGRATIONS = {
+    2: ["ALTER TABLE attempts ADD COLUMN cleanup TEXT",  # a stop that failed: retried every pass
+        "ALTER TABLE attempts ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN generation INTEGER NOT NULL DEFAULT 0"],
+}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS specs (
+    name TEXT PRIMARY KEY, path TEXT NOT NULL, sha256 TEXT NOT NULL, store TEXT NOT NULL, dispatched_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,            -- spec/job
+    spec TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL, position INTEGER NOT NULL,
+    definition TEXT NOT NULL,       -- Job.to_dict() as JSON
+    state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS attempts (
+    id TEXT PRIMARY KEY,            -- spec.job.n
+    job_id TEXT NOT NULL REFERENCES jobs(id), n INTEGER NOT NULL, platform TEXT NOT NULL,
+    state TEXT NOT NULL, handle TEXT, heartbeat_url TEXT NOT NULL,
+    launched_at REAL NOT NULL, started_at REAL, ended_at REAL, end_reason TEXT NOT NULL DEFAULT '', exit_code INTEGER,
+    usd_per_hour REAL NOT NULL DEFAULT 0, hours_limit REAL, cost_limit REAL,
+    progress TEXT, beat_key TEXT, beat_seen_at REAL, resumed_from_step INTEGER, last_error TEXT NOT NULL DEFAULT '');
+CREATE INDEX IF NOT EXISTS attempts_job ON attempts(job_id);
+CREATE INDEX IF NOT EXISTS attempts_state ON attempts(state);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, job_id TEXT NOT NULL, attempt_id TEXT,
+    kind TEXT NOT NULL, message TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_job ON events(job_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+# the columns an update may set: names are spliced into SQL, so only these are accepted
+_JOB_COLUMNS = frozenset({"state", "reason", "definition", "position", "updated_at", "finished_at"})
+_ATTEMPT_COLUMNS = frozenset({
+    "job_id", "n", "platform", "state", "handle", "heartbeat_url", "launched_at", "started_at", "ended_at",
+    "end_reason", "exit_code", "usd_per_hour", "hours_limit", "cost_limit", "progress", "beat_key", "beat_seen_at",
+    "resumed_from_step", "last_error", "cleanup", "generation"})
+
+
+def gwi_home() -> Path:
+    return Path(os.environ.get("GWI_HOME", ".gwi")).resolve()
+
+
+def _newer_schema(path, version: int) -> GwiError:
+    return GwiError(f"{path}: state written by a newer gwi (schema {version}, this gwi knows {SCHEMA_VERSION}); "
+                    "upgrade gwi or point GWI_HOME elsewhere")
+
+
+def _columns(table: str, allowed: frozenset, cols: dict) -> str:
+    bad = sorted(set(cols) - allowed)
+    if bad:
+        raise ValueError(f"{table}: expected columns among {', '.join(sorted(allowed))}, got {', '.join(bad)}")
+    return ", ".join(f"{k}=?" for k in cols)
+
+
+class StateDB:
+    """One connection to the state; every query and update the scheduler and the CLI make."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path, clock=time.time, readonly: bool = False):
+        self.db = db
+        self.path = path
+        self.clock = clock
+        self.readonly = readonly
+
+    # -- opening ----------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path, clock=time.time) -> StateDB:
+        """Read-write: WAL, the schema created or migrated to :data:`SCHEMA_VERSION`."""
+        path = Path(path)
+        db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        _wal(db)
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=30000")
+        _migrate(db, path)
+        return cls(db, path, clock)
+
+    @classmethod
+    def open_readonly(cls, path: str | Path, clock=time.time) -> StateDB:
+        """Read-only (``mode=ro``): never writes, never takes a write lock, never migrates (an older
+        schema is read as it is). No state yet: an empty one in memory."""
+        path = Path(path)
+        if not path.exists():
+            return cls._empty(path, clock)
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout=30000")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            db.close()
+            raise _newer_schema(path, version)
+        if version == 0:  # created by a dispatcher that has not yet written its schema
+            db.close()
+            return cls._empty(path, clock)
+        return cls(db, path, clock, readonly=True)
+
+    @classmethod
+    def _empty(cls, path: Path, clock) -> StateDB:
+        db = sqlite3.connect(":memory:", isolation_level=None)
+        db.row_factory = sqlite3.Row
+        _migrate(db, path)
+        return cls(db, path, clock, readonly=True)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextlib.contextmanager
+    def tx(self):
+        """One write transaction (BEGIN IMMEDIATE: writers queue instead of failing)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- specs ------------------------------------------------------------------------------------
+
+    def save_spec(self, name: str, path: str, sha256: str, store: str, now: float) -> None:
+        self.db.execute("INSERT INTO specs(name, path, sha256, store, dispatched_at) VALUES (?,?,?,?,?) "
+                        "ON CONFLICT(name) DO UPDATE SET path=excluded.path, sha256=excluded.sha256, "
+                        "store=excluded.store, dispatched_at=excluded.dispatched_at",
+                        (name, path, sha256, store, now))
+
+    def spec_store(self, name: str) -> str | None:
+        row = self.db.execute("SELECT store FROM specs WHERE name=?", (name,)).fetchone()
+        return row["store"] if row else None
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+
+    def jobs(self, spec: str | None = None) -> list[sqlite3.Row]:
+        if spec:
+            return self.db.execute("SELECT * FROM jobs WHERE spec=? ORDER BY created_at, position", (spec,)).fetchall()
+        return self.db.execute("SELECT * FROM jobs ORDER BY created_at, position").fetchall()
+
+    def jobs_in(self, state: str) -> list[sqlite3.Row]:
+        """Jobs in ``state``, oldest dispatch first, in plan order."""
+        return self.db.execute("SELECT * FROM jobs WHERE state=? ORDER BY created_at, position", (state,)).fetchall()
+
+    def job_states(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT id, state FROM jobs").fetchall())
+
+    def job_ids_named(self, name: str) -> list[str]:
+        return [r["id"] for r in self.db.execute("SELECT id FROM jobs WHERE name=?", (name,))]
+
+    def first_job_ids(self, limit: int) -> list[str]:
+        return [r["id"] for r in self.db.execute("SELECT id FROM jobs ORDER BY created_at, position LIMIT ?", (limit,))]
+
+    def generation(self, job_id: str) -> int:
+        r = self.db.execute("SELECT generation FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return r["generation"] if r else 0
+
+    def unfinished(self, spec: str | None = None) -> int:
+        q = "SELECT COUNT(*) FROM jobs WHERE state NOT IN (?,?,?)" + (" AND spec=?" if spec else "")
+        return self.db.execute(q, (*JOB_TERMINAL, spec) if spec else JOB_TERMINAL).fetchone()[0]
+
+    def insert_job(self, job_id: str, spec: str, name: str, kind: str, position: int, definition: str,
+                   state: str, now: float) -> None:
+        self.db.execute("INSERT INTO jobs(id, spec, name, kind, position, definition, state, created_at, updated_at) "
+                        "VALUES (?,?,?,?,?,?,?,?,?)", (job_id, spec, name, kind, position, definition, state, now, now))
+
+    def new_generation(self, job_id: str, state: str, definition: str, position: int, now: float) -> None:
+        """Dispatched again after it ended: tries and budgets count from zero."""
+        self.db.execute("UPDATE jobs SET state=?, reason='', definition=?, position=?, updated_at=?, "
+                        "finished_at=NULL, generation=generation+1 WHERE id=?", (state, definition, position, now, job_id))
+
+    def update_job(self, job_id: str, **cols) -> None:
+        sets = _columns("jobs", _JOB_COLUMNS, cols)
+        self.db.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*cols.values(), job_id))
+
+    # -- attempts ---------------------------------------------------------------------------------
+
+    def attempt(self, attempt_id: str) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM attempts WHERE id=?", (attempt_id,)).fetchone()
+
+    def attempts(self, job_id: str) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM attempts WHERE job_id=? ORDER BY n", (job_id,)).fetchall()
+
+    def active_attempts(self, job_id: str | None = None) -> list[sqlite3.Row]:
+        """Attempts that may still run somewhere, oldest launch first."""
+        if job_id:
+            return self.db.execute("SELECT * FROM attempts WHERE job_id=? AND state IN (?,?) ORDER BY launched_at",
+                                   (job_id, *ACTIVE)).fetchall()
+        return self.db.execute("SELECT * FROM attempts WHERE state IN (?,?) ORDER BY launched_at", ACTIVE).fetchall()
+
+    def attempts_to_clean(self) -> list[sqlite3.Row]:
+        """Ended attempts whose stop on their platform failed and must be tried again."""
+        return self.db.execute("SELECT * FROM attempts WHERE cleanup IS NOT NULL").fetchall()
+
+    def attempt_count(self, job_id: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM attempts WHERE job_id=?", (job_id,)).fetchone()[0]
+
+    def generation_attempts(self, job_id: str, generation: int) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM attempts WHERE job_id=? AND generation=?", (job_id, generation)).fetchall()
+
+    def tries(self, job_id: str, platform: str, generation: int) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM attempts WHERE job_id=? AND platform=? AND generation=?",
+                               (job_id, platform, generation)).fetchone()[0]
+
+    def platform_attempts(self, platform: str, ended_after: float | None = None, paid: bool = False) -> list[sqlite3.Row]:
+        """A platform's attempts: those running or ended after ``ended_after``; or, ``paid``, the billed ones."""
+        if paid:
+            return self.db.execute("SELECT * FROM attempts WHERE platform=? AND usd_per_hour>0", (platform,)).fetchall()
+        return self.db.execute("SELECT * FROM attempts WHERE platform=? AND (ended_at IS NULL OR ended_at>?)",
+                               (platform, ended_after)).fetchall()
+
+    def active_count(self, platform: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM attempts WHERE platform=? AND state IN (?,?)",
+                               (platform, *ACTIVE)).fetchone()[0]
+
+    def latest_attempt(self, job_id: str, n: int | None = None) -> sqlite3.Row | None:
+        """Attempt ``n`` of a job, or its newest."""
+        q = "SELECT * FROM attempts WHERE job_id=?" + (" AND n=?" if n else "") + " ORDER BY n DESC LIMIT 1"
+        return self.db.execute(q, (job_id, n) if n else (job_id,)).fetchone()
+
+    def latest_attempts(self) -> dict[str, sqlite3.Row]:
+        rows = self.db.execute("SELECT a.* FROM attempts a JOIN (SELECT job_id, MAX(n) AS n FROM attempts GROUP BY job_id) m "
+                               "ON a.job_id=m.job_id AND a.n=m.n").fetchall()
+        return {r["job_id"]: r for r in rows}
+
+    def billing_rows(self) -> list[sqlite3.Row]:
+        """What every attempt costs is computed from: its job, times and price."""
+        return self.db.execute("SELECT job_id, launched_at, started_at, ended_at, usd_per_hour FROM attempts").fetchall()
+
+    def insert_attempt(self, attempt_id: str, **cols) -> None:
+        _columns("attempts", _ATTEMPT_COLUMNS, cols)
+        names = ", ".join(["id", *cols])
+        marks = ",".join("?" * (len(cols) + 1))
+        self.db.execute(f"INSERT INTO attempts({names}) VALUES ({marks})", (attempt_id, *cols.values()))
+
+    def update_attempt(self, attempt_id: str, **cols) -> None:
+        sets = _columns("attempts", _ATTEMPT_COLUMNS, cols)
+        self.db.execute(f"UPDATE attempts SET {sets} WHERE id=?", (*cols.values(), attempt_id))
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def event(self, job_id: str, kind: str, message: str, attempt_id: str | None = None) -> None:
+        self.db.execute("INSERT INTO events(time, job_id, attempt_id, kind, message) VALUES (?,?,?,?,?)",
+                        (self.clock(), job_id, attempt_id, kind, message))
+
+    def events(self, job_id: str | None = None, after_id: int = 0) -> list[sqlite3.Row]:
+        if job_id:
+            return self.db.execute("SELECT * FROM events WHERE job_id=? AND id>? ORDER BY id", (job_id, after_id)).fetchall()
+        return self.db.execute("SELECT * FROM events WHERE id>? ORDER BY id", (after_id,)).fetchall()
+
+    def last_event_id(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+
+    def note_error(self, job_id: str, attempt_id: str | None, message: str) -> None:
+        """Record an error of one job's step (once while it repeats). Never raises: it runs while
+        handling another error, and the pass must go on."""
+        try:
+            if attempt_id:
+                self.update_attempt(attempt_id, last_error=message)
+            last = self.db.execute("SELECT message FROM events WHERE job_id=? ORDER BY id DESC LIMIT 1",
+                                   (job_id,)).fetchone()
+            if last is None or last["message"] != message:
+                self.event(job_id, "error", message, attempt_id)
+        except sqlite3.Error:
+            pass
+
+    # -- meta -------------------------------------------------------------------------------------
+
+    def last_reconcile(self) -> float | None:
+        r = self.db.execute("SELECT value FROM meta WHERE key='last_reconcile'").fetchone()
+        return float(r["value"]) if r else None
+
+    def set_last_reconcile(self, t: float) -> None:
+        self.db.execute("INSERT INTO meta(key, value) VALUES ('last_reconcile', ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(t),))
+
+
+def _wal(db: sqlite3.Connection) -> None:
+    # switching to WAL needs the database to itself for a moment: a second gwi starting at the
+    # same time (gwi status beside gwi dispatch) gets SQLITE_BUSY without waiting, so retry
+    deadline = time.monotonic() + 30
+    while db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise _newer_schema(path, version)
+    if version == SCHEMA_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]  # another process may have migrated
+        if version == 0:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
+            version = 1
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            for stmt in _MIGRATIONS[v]:
+                db.execute(stmt)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise

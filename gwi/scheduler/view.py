@@ -1,0 +1,151 @@
+"""Reading the scheduler's state: what ``gwi status``, ``gwi history`` and ``dispatch --dry-run`` show.
+
+A :class:`View` reads the state and does the accounting (hours, dollars, quota use) and placement
+answers (which platform a job would go to) on top of it, without changing anything: opened with
+:func:`open_view` it holds a read-only connection and never takes the scheduler's lock, so it can
+look while a dispatcher works. The :class:`~gwi.scheduler.loop.Scheduler` is a View that also writes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..adapters.base import Adapter, PlatformError, Profile, get_adapter, load_profiles
+from ..errors import GwiError
+from ..spec import Job
+from . import policy
+from .state import StateDB, gwi_home
+
+
+class View:
+    def __init__(self, state: StateDB, home: Path, profiles: dict[str, Profile] | None = None, clock=time.time):
+        self.state = state
+        self.home = home
+        self.clock = clock
+        self._profiles = profiles
+        self._adapters: dict[str, Adapter] = {}
+
+    @property
+    def db(self):
+        """The raw SQLite connection (for tests that inspect the state)."""
+        return self.state.db
+
+    def close(self) -> None:
+        self.state.close()
+
+    # -- platforms ----------------------------------------------------------------------------------
+
+    @property
+    def profiles(self) -> dict[str, Profile]:
+        if self._profiles is None:
+            self._profiles = load_profiles()
+        return self._profiles
+
+    def adapter(self, platform: str) -> Adapter:
+        if platform not in self._adapters:
+            if platform not in self.profiles:
+                raise GwiError(f"platform {platform!r} has no profile (known: {', '.join(sorted(self.profiles))})")
+            self._adapters[platform] = get_adapter(self.profiles[platform])
+        return self._adapters[platform]
+
+    # -- jobs, attempts, events -------------------------------------------------------------------
+
+    def job(self, job_id: str):
+        return self.state.job(job_id)
+
+    def job_def(self, row) -> Job:
+        return Job.from_dict(json.loads(row["definition"]))
+
+    def jobs(self, spec: str | None = None):
+        return self.state.jobs(spec)
+
+    def attempts(self, job_id: str):
+        return self.state.attempts(job_id)
+
+    def latest_attempts(self):
+        return self.state.latest_attempts()
+
+    def events(self, job_id: str | None = None, after_id: int = 0):
+        return self.state.events(job_id, after_id)
+
+    def last_event_id(self) -> int:
+        return self.state.last_event_id()
+
+    def last_reconcile(self) -> float | None:
+        return self.state.last_reconcile()
+
+    def unfinished(self, spec: str | None = None) -> int:
+        return self.state.unfinished(spec)
+
+    def resolve(self, name: str) -> str:
+        """``spec/job`` or an unambiguous ``job`` -> the job id."""
+        if self.state.job(name) is not None:
+            return name
+        rows = self.state.job_ids_named(name)
+        if len(rows) == 1:
+            return rows[0]
+        if rows:
+            raise GwiError(f"job name {name!r} is in several specs: {', '.join(rows)}; give SPEC/JOB")
+        known = self.state.first_job_ids(30)
+        raise GwiError(f"no job {name!r}" + (f"; known: {', '.join(known)}" if known else "; nothing dispatched yet"))
+
+    # -- accounting -------------------------------------------------------------------------------
+
+    def attempt_hours(self, a, now: float | None = None, since: float | None = None) -> float:
+        return policy.attempt_hours(a, self.clock() if now is None else now, since)
+
+    def usage(self, platform: str) -> dict:
+        """Hours used in the last 7 days (the quota window), dollars in total, attempts running now."""
+        now = self.clock()
+        hours = policy.week_hours(self.state.platform_attempts(platform, ended_after=now - policy.WEEK_S), now)
+        _, cost = policy.spend(self.state.platform_attempts(platform, paid=True), now)
+        return {"hours_week": hours, "cost_usd": cost, "active": self.state.active_count(platform)}
+
+    def job_cost(self, job_id: str) -> tuple[float, float]:
+        """(hours, dollars) over the attempts of a job since it was last dispatched."""
+        rows = self.state.generation_attempts(job_id, self.state.generation(job_id))
+        return policy.spend(rows, self.clock())
+
+    def costs(self) -> dict[str, tuple[float, float]]:
+        """job id -> (hours, dollars) for every job, in one query."""
+        by_job: dict[str, list] = {}
+        for a in self.state.billing_rows():
+            by_job.setdefault(a["job_id"], []).append(a)
+        now = self.clock()
+        return {job_id: policy.spend(rows, now) for job_id, rows in by_job.items()}
+
+    # -- placement --------------------------------------------------------------------------------
+
+    def choices(self, job_id: str, job: Job, spec_store: str | None = None) -> list[policy.Choice]:
+        """Each platform of the job, in preference order, with whether it can take the job now and why."""
+        hours_used, dollars_used = self.job_cost(job_id) if job_id else (0.0, 0.0)
+        store = self.state.spec_store(job_id.split("/")[0]) or spec_store
+        generation = self.state.generation(job_id)
+        facts = [self._platform(name, job_id, generation, job.limits.retries, store) for name in job.platforms]
+        return policy.choose(facts, job.limits, hours_used, dollars_used)
+
+    def _platform(self, name: str, job_id: str, generation: int, retries: int, store: str | None) -> policy.Platform:
+        """What placement needs to know of one platform; its adapter is asked only while it has tries left."""
+        prof = self.profiles.get(name)
+        if prof is None:
+            return policy.Platform(name, None)
+        tries = self.state.tries(job_id, name, generation)
+        if not policy.has_tries(tries, retries):
+            return policy.Platform(name, prof, tries)
+        try:
+            adapter = self.adapter(name)
+            why_not = adapter.available() or (adapter.reachable_store(store) if store else None)
+        except (GwiError, PlatformError) as e:
+            why_not = str(e)
+        if why_not:
+            return policy.Platform(name, prof, tries, why_not)
+        use = self.usage(name)
+        return policy.Platform(name, prof, tries, None, use["hours_week"], use["active"])
+
+
+def open_view(home: str | Path | None = None, profiles: dict[str, Profile] | None = None) -> View:
+    """The state as it is now, read-only: no lock, no writes, nothing created (no state yet: empty)."""
+    home = Path(home).resolve() if home else gwi_home()
+    return View(StateDB.open_readonly(home / "state.db"), home, profiles)
