@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+
+from .fake_http import JSONHandler
 
 
 class LambdaState:
@@ -36,19 +38,8 @@ def _error(code: str, message: str, suggestion: str | None = None) -> dict:
     return {"error": e}
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JSONHandler):
     st: "LambdaState"  # set by make_handler
-
-    def log_message(self, *a):  # quiet
-        pass
-
-    def _send(self, code: int, obj: dict) -> None:
-        body = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def _gate(self) -> bool:
         with self.st.lock:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import nbformat
@@ -21,6 +21,8 @@ from gwi.adapters.colab import ColabAdapter
 from gwi.scheduler import Scheduler
 from gwi.spec import load_spec
 from gwi.store import open_store
+
+from .fake_http import JSONHandler
 
 ACCESS, SECRET = "AKIACOLABTESTSECRET", "colab-s3cr3t-never-in-a-notebook"
 
@@ -88,10 +90,7 @@ class Drive:
         self.token, self.files = token, {}
         me = self
 
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
+        class H(JSONHandler):
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if self.headers.get("Authorization") != f"Bearer {me.token}":
@@ -105,14 +104,6 @@ class Drive:
                 fid = f"file{len(me.files) + 1}"
                 me.files[fid] = {"meta": meta, "content": content}
                 self._send(200, {"id": fid})
-
-            def _send(self, code, obj):
-                b = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(b)))
-                self.end_headers()
-                self.wfile.write(b)
 
         self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
         threading.Thread(target=self.srv.serve_forever, daemon=True).start()
