@@ -109,10 +109,6 @@ class Run:
         return self.key_url(self.attempt_key(n))
 
     @property
-    def progress_url(self) -> str:
-        return self.key_url(PROGRESS)
-
-    @property
     def ensemble_url(self) -> str:
         return self.key_url(ENSEMBLE)
 
