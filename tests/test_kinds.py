@@ -3,6 +3,7 @@ module and its registration."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -119,8 +120,8 @@ def test_unknown_kind_lists_the_registered_ones(tmp_path, verify_kind):
 def test_dry_run_of_every_kind(tmp_path):
     """The examples dispatch as a plan (dry run, through the real entry point)."""
     out = subprocess.run([sys.executable, "-m", "gwi", "dispatch", "--dry-run", _every_kind(tmp_path)],
-                         capture_output=True, text=True, timeout=120, env={**__import__("os").environ,
-                                                                           "GWI_HOME": str(tmp_path / "home")})
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "GWI_HOME": str(tmp_path / "home")})
     assert out.returncode == 0, out.stderr
     for name in ("synth", "train-f0", "train-f1", "ensemble", "predict"):
         assert name in out.stdout

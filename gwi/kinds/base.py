@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from ..runs import Run
+from ..runs import Run, run_url
 from ..yamlfile import Fields, Node, closest
 
 _DATASET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -53,8 +53,6 @@ class Plan:
         return dataset if "://" in dataset else f"{self.store}/datasets/{dataset}"
 
     def run(self, job: str) -> Run:
-        from ..runs import run_url
-
         return Run(run_url(self.store, self.name, job))
 
     def claim(self, c: Fields, key: str, url: str, job: str, what: str) -> None:
