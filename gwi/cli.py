@@ -7,9 +7,10 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 from . import __version__
-from .errors import GwiError
+from .errors import EXIT_STORE_UNAVAILABLE, GwiError
 
 
 _NUMERIC = re.compile(r"^[-+]?[\d.,]+(e[-+]?\d+)?[A-Za-z%/]*$|^-$")
@@ -425,9 +426,39 @@ def cmd_dispatch(a) -> int:
 
 
 def cmd_watch(a) -> int:
+    if a.install:
+        from .scheduler import gwi_home
+        from .service import install
+
+        print(install(gwi_home(), dry_run=a.dry_run))
+        return 0
     from .scheduler import Scheduler
 
     return _follow(Scheduler(), a.spec, a.interval, forever=a.forever)
+
+
+def cmd_doctor(a) -> int:
+    from .doctor import doctor
+    from .scheduler import gwi_home
+
+    findings = doctor(gwi_home(), fix=a.fix)
+    rows = [[f.area, "fixed" if f.fixed else "ok" if f.ok else "PROBLEM", f.message] for f in findings]
+    print(_table(rows, ["area", "", "finding"]))
+    bad = [f for f in findings if not (f.ok or f.fixed)]
+    if bad and not a.fix:
+        print("\ngwi doctor --fix repairs what it safely can (it says what it does)")
+    return 1 if bad else 0
+
+
+def cmd_instances(a) -> int:
+    from .scheduler import open_view
+    from .scheduler.instances import command
+
+    v = open_view()
+    try:
+        return command(v, stop=a.stop_orphans, as_json=a.json)
+    finally:
+        v.close()
 
 
 def _status_text(v, a) -> str:
@@ -465,11 +496,25 @@ def cmd_status(a) -> int:
 
 
 def cmd_platforms(a) -> int:
+    from .adapters.base import secret_routes, trust_profile
     from .scheduler import open_view
 
+    for path in a.trust:  # before anything loads the profiles: an untrusted one would be refused
+        t = trust_profile(path)
+        print(f"trusted {t['path']} (sha256 {t['sha256'][:12]}…): sends "
+              f"{', '.join(t['variables']) or 'no secret'} to {', '.join(t['destinations']) or 'nowhere'}")
     v = open_view()
-    print(_platform_table(v, credentials=True) if v.profiles else "no platform profiles found")
-    v.close()
+    try:
+        if not v.profiles:
+            print("no platform profiles found")
+            return 0
+        print(_platform_table(v, credentials=True))
+        routes = [[plat, var, dest, src] for plat, var, dest, src in secret_routes(v.profiles)]
+        if routes:
+            print("\nwhere each secret goes (AWS_* are the store's credentials)\n")
+            print(_table(routes, ["platform", "variable", "sent to", "profile"]))
+    finally:
+        v.close()
     return 0
 
 
@@ -571,6 +616,9 @@ def cmd_kaggle_package(a) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gwi", description="Seismic FWI team runner: data, training, dispatch, submission.")
     p.add_argument("--version", action="version", version=f"gwi {__version__}")
+    p.add_argument("--platforms", metavar="DIR", action="append", default=[],
+                   help="also read platform profiles from DIR (a project's platforms/ folder); repeatable. "
+                        "Profiles that send secrets somewhere new must be trusted first: gwi platforms --trust FILE")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
     _data_parsers(sub)
@@ -733,7 +781,11 @@ def _dispatch_parsers(sub) -> None:
     q.add_argument("--interval", type=float, default=2.0)
     q.set_defaults(fn=cmd_status)
 
-    q = sub.add_parser("platforms", help="the platform profiles: adapter, GPU, slots, quota used, price, credentials")
+    q = sub.add_parser("platforms", help="the platform profiles: adapter, GPU, slots, quota used, price, "
+                                         "credentials and where each secret goes")
+    q.add_argument("--trust", action="append", default=[], metavar="FILE",
+                   help="trust a project's profile that sends secrets somewhere the package's profiles do not "
+                        "(recorded with its sha256: an edit needs trusting again)")
     q.set_defaults(fn=cmd_platforms)
 
 
@@ -742,7 +794,22 @@ def _job_parsers(sub) -> None:
     q.add_argument("--spec", help="only wait for this spec's jobs")
     q.add_argument("--interval", type=float, default=2.0)
     q.add_argument("--forever", action="store_true", help="keep running when nothing is left")
+    q.add_argument("--install", action="store_true",
+                   help="install 'gwi watch --forever' as a service (systemd user unit, launchd or cron) so "
+                        "supervision survives logout and reboot")
+    q.add_argument("--dry-run", action="store_true", help="with --install: print what would be written")
     q.set_defaults(fn=cmd_watch)
+
+    q = sub.add_parser("doctor", help="check the state, the profiles, the stores and the cache; --fix repairs "
+                                      "what it safely can")
+    q.add_argument("--fix", action="store_true",
+                   help="move a corrupt state aside and restore its backup, remove stale temp and lock files")
+    q.set_defaults(fn=cmd_doctor)
+
+    q = sub.add_parser("instances", help="the machines gwi launched on every platform and the attempt owning each")
+    q.add_argument("--stop-orphans", action="store_true", help="terminate those that no live attempt owns")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(fn=cmd_instances)
 
     q = sub.add_parser("cancel", help="stop a job on its platform (and release the machine)")
     q.add_argument("job")
@@ -779,6 +846,9 @@ def main(argv: list[str] | None = None) -> int:
     from . import progress
 
     args = build_parser().parse_args(argv)
+    if args.platforms:  # through the environment, so the scheduler and the jobs it starts see the same profiles
+        os.environ["GWI_PLATFORMS"] = os.pathsep.join(
+            [str(Path(d).resolve()) for d in args.platforms] + [p for p in [os.environ.get("GWI_PLATFORMS")] if p])
     # launched by the scheduler: beat from the first second, so a slow start is not taken for a stall
     progress.start_process_heartbeat(" ".join(sys.argv[1:3] if argv is None else argv[:2]))
     rc, err = 1, None
@@ -787,10 +857,11 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     except (GwiError, ValueError, TypeError) as e:
         err = f"{type(e).__name__}: {e}"
+        rc = getattr(e, "exit_code", 1)  # 75: the store was unreachable, worth retrying later (not a bug)
         if os.environ.get("GWI_DEBUG"):
             raise
         print(f"gwi: error: {e}", file=sys.stderr)
-        return 1
+        return rc
     except KeyboardInterrupt:
         err = "interrupted"
         print("gwi: interrupted", file=sys.stderr)
@@ -803,7 +874,8 @@ def main(argv: list[str] | None = None) -> int:
         if rc == 0 and err is None:
             progress.end_process_heartbeat("succeeded")
         else:
-            progress.end_process_heartbeat("failed", error=err or f"exit status {rc}")
+            progress.end_process_heartbeat("failed", error=err or f"exit status {rc}",
+                                           retryable=rc == EXIT_STORE_UNAVAILABLE)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,12 @@ A checkpoint is published in two steps: ``step-<n>.pt`` is uploaded, then ``late
 to point at it with its size and sha256. A reader never follows a pointer to a partial upload, and a
 corrupt file is detected and the previous good one in the pointer's history is used instead.
 
+Unavailable is not corrupt: a store that cannot be reached (after the store's patience) raises
+:class:`~gwi.errors.StoreUnavailable` out of :meth:`Run.load_latest`, so ``gwi train`` exits 75 and is
+tried again later. Falling back to an older checkpoint throws steps away, so only proof that the
+newer one is bad allows it: a size/sha256 mismatch, a blob the pointer names that is gone, or a file
+torch cannot load. The entry returned then says why, under ``"fallback"``.
+
 torch is imported only inside the functions that save or load checkpoints: the scheduler and the
 adapters import this module and stay torch-free.
 """
@@ -31,12 +37,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import GwiError, StoreError
+from .errors import GwiError, StoreError, StoreUnavailable
 from .store import Store, open_store, resolve_url
 
 if TYPE_CHECKING:
@@ -76,6 +82,8 @@ class Run:
     """A run folder in a store, named by its URL (``file:///…/runs/day2/egnn`` or ``s3://b/runs/…``)."""
 
     url: str
+    # seconds a store call waits out an outage (None: GWI_STORE_PATIENCE_S); the scheduler passes 0
+    patience: float | None = field(default=None, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "url", str(self.url).rstrip("/"))
@@ -90,7 +98,7 @@ class Run:
 
     @cached_property
     def store(self) -> Store:
-        return open_store(self.url)
+        return open_store(self.url, patience=self.patience)
 
     def key_url(self, key: str) -> str:
         return f"{self.url}/{key}"
@@ -127,7 +135,8 @@ class Run:
     # -- the latest pointer -------------------------------------------------------------------------
 
     def pointer(self) -> dict | None:
-        """``checkpoints/latest.json``, or None when the run has none (or it is unreadable)."""
+        """``checkpoints/latest.json``, or None when the run has none (or it is unreadable).
+        A store that cannot be reached raises (StoreUnavailable): that is not "no checkpoint"."""
         try:
             return json.loads(self.store.get_bytes(LATEST))
         except StoreError as e:
@@ -154,7 +163,10 @@ class Run:
     def publish_checkpoint(self, ckpt: dict, step: int, keep: int) -> dict:
         """Upload ``ckpt`` as step ``step``, then point ``latest.json`` at it (size, sha256) with the
         previous entries as its history; checkpoints beyond the newest ``keep`` are deleted.
-        Returns the new pointer entry."""
+        Returns the new pointer entry.
+
+        Safe under an outage: each call waits (the store's patience) and may then raise; a blob
+        without a pointer is harmless (the old pointer stays valid, and the next publish prunes it)."""
         import torch
 
         from .data.shards import sha256_file
@@ -179,15 +191,22 @@ class Run:
 
     def load_latest(self, log) -> tuple[dict | None, dict | None]:
         """(checkpoint, its pointer entry) of the newest checkpoint whose size and sha256 match its
-        entry, trying the pointer's history in turn; (None, None) when there is none."""
+        entry, trying the pointer's history in turn; (None, None) when there is none.
+
+        Only a bad checkpoint (mismatch, missing blob, unloadable) is skipped, and the entry
+        returned then carries ``"fallback"``: why the newer ones were skipped. A store outage
+        raises StoreUnavailable instead: an older checkpoint would silently lose steps."""
         ptr = self.pointer()
         if not ptr:
             return None, None
+        skipped: list[str] = []
         for entry in [ptr.get("latest")] + ptr.get("history", []):
             if entry:
-                ckpt = self._load_verified(entry, log)
+                ckpt, why = self._load_verified(entry)
                 if ckpt is not None:
-                    return ckpt, entry
+                    return ckpt, ({**entry, "fallback": "; ".join(skipped)} if skipped else entry)
+                log(f"checkpoint {entry['path']} {why}; trying the previous one")
+                skipped.append(f"{entry['path']} {why}")
         log("no readable checkpoint found; starting from scratch")
         return None, None
 
@@ -206,7 +225,9 @@ class Run:
         (dest / LATEST).write_text(json.dumps({"latest": entry, "history": []}, indent=1))
         return f"{rel}/{entry['path']}"
 
-    def _load_verified(self, entry: dict, log) -> dict | None:
+    def _load_verified(self, entry: dict) -> tuple[dict | None, str]:
+        """(the checkpoint, "") or (None, why it is bad). StoreUnavailable and any other refusal of
+        the store (access denied) propagate: they say nothing about the checkpoint."""
         import torch
 
         from .data.shards import sha256_file
@@ -216,17 +237,18 @@ class Run:
             local = tmp / Path(path).name
             try:
                 self.store.get_file(path, local)
+            except StoreUnavailable:
+                raise
             except StoreError as e:
-                log(f"checkpoint {path} unavailable ({e}); trying the previous one")
-                return None
+                if "no such object" not in str(e):
+                    raise
+                return None, f"is missing ({e})"
             if local.stat().st_size != entry["bytes"] or sha256_file(local) != entry["sha256"]:
-                log(f"checkpoint {path} is truncated or corrupt (size/sha256 mismatch); trying the previous one")
-                return None
+                return None, "is truncated or corrupt (size/sha256 mismatch)"
             try:
-                return torch.load(local, map_location="cpu", weights_only=True)
+                return torch.load(local, map_location="cpu", weights_only=True), ""
             except Exception as e:  # noqa: BLE001 - any unreadable file falls back the same way
-                log(f"checkpoint {path} cannot be loaded ({type(e).__name__}: {e}); trying the previous one")
-                return None
+                return None, f"cannot be loaded ({type(e).__name__}: {e})"
 
 
 def _json(obj) -> bytes:

@@ -73,8 +73,10 @@ ignored for it, so a default ``fold: 0`` does not clash with a job's ``folds: [0
 Limits: ``max_hours`` (> 0; none: no limit) and ``max_cost_usd`` (>= 0) cap the job over all its
 attempts; ``retries`` (default 0) is how many extra attempts one platform gets after a failure before
 the next platform is tried; ``stall_s`` (default 6 x heartbeat_s) is how old a running attempt's
-heartbeat may get before the attempt is declared lost; ``start_timeout_s`` (default: the platform
-profile's) is how long a launch may take to send its first heartbeat.
+heartbeat may get before the attempt is declared lost, and, when set, also how long its work may go
+without progress (its step counter standing still while the heartbeat goes on; unset: 20 typical
+steps, at least 10 minutes); ``start_timeout_s`` (default: the platform profile's) is how long a
+launch may take to send its first heartbeat.
 
 Order: a job runs after the jobs in its ``after`` and, implicitly, after the train jobs it names as
 ``members``, the ensemble job it names as ``ensemble``, and the synth job that writes a dataset it
@@ -93,14 +95,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import kinds
 from .errors import StoreError
 from .kinds.base import JobKind, Plan, Ref
-from .yamlfile import NAME, ConfigError, Fields, closest, entries, loads, node_at, type_name
+from .yamlfile import (
+    NAME,
+    ConfigError,
+    Fields,
+    closest,
+    entries,
+    loads,
+    node_at,
+    type_name,
+)
 
 TOP_FIELDS = ("name", "store", "defaults", "jobs")
 COMMON_FIELDS = ("name", "kind", "platforms", "after", "resources", "limits", "heartbeat_s")
@@ -117,6 +128,15 @@ class Limits:
     retries: int = 0
     stall_s: float = 6 * DEFAULT_HEARTBEAT_S
     start_timeout_s: float | None = None
+    # whether the plan set stall_s (not the 6 x heartbeat_s default): then it also bounds the time
+    # without progress; otherwise the scheduler sizes that from the measured step time. Not part of
+    # equality: two limits with the same numbers bound the pulse alike.
+    stall_set: bool = field(default=False, compare=False)
+
+    @property
+    def progress_stall_s(self) -> float | None:
+        """The plan's bound on time without progress, or None: sized from the step time."""
+        return self.stall_s if self.stall_set else None
 
 
 @dataclass(frozen=True)
@@ -206,7 +226,7 @@ def _check_store(c: Fields, url: str) -> None:
         if url.startswith("file://"):
             # the embedded default starts empty: a missing folder is one to make, not a typo to report
             Path(url[len("file://"):]).mkdir(parents=True, exist_ok=True)
-        open_store(url).list("datasets")
+        open_store(url, patience=0).list("datasets")  # a check answers now; it does not wait out an outage
     except StoreError as e:
         raise c.error("store", f"cannot reach {url}: {e}") from None
     except OSError as e:
@@ -375,7 +395,7 @@ class _Loader:
         cost = lc.get("max_cost_usd", "number", None, minimum=0)
         return Limits(max_hours=lc.positive("max_hours"), max_cost_usd=None if cost is None else float(cost),
                       retries=lc.get("retries", "int", 0, minimum=0), stall_s=stall_s,
-                      start_timeout_s=lc.positive("start_timeout_s"))
+                      start_timeout_s=lc.positive("start_timeout_s"), stall_set=lc.node.get("stall_s") is not None)
 
     @staticmethod
     def _resources(rc: Fields) -> Resources:

@@ -12,20 +12,34 @@ botocore traceback.
 Writes are atomic per object: a reader sees either the old bytes or the new ones, never a prefix.
 On a folder that is write-to-temp then ``os.replace``; on S3 a PUT (or a completed multipart upload)
 is atomic by the service's contract.
+
+Unavailable is not missing. Every S3 call has a connect and a read timeout and botocore's standard
+retries; what still fails is sorted by :meth:`S3Store._translate`: no connection, a timeout, a reset,
+5xx or throttling is :class:`StoreUnavailable` (transient), and the call is tried again with jittered
+exponential backoff until the store's ``patience`` runs out (a week-long run should outlive a
+five-minute outage; the process's wait hook meanwhile tells the heartbeat it is waiting, not stuck).
+A missing object, a missing bucket or a refusal is a plain :class:`StoreError` at once. Every retried
+call is idempotent: downloads land in a fresh temp name per try, a failed multipart upload is aborted
+by the transfer manager, and a stream resumes with a ranged GET of the same ETag.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import random
 import shutil
+import sys
 import tempfile
+import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-from .errors import StoreError
+from .errors import StoreError, StoreUnavailable
 
 CHUNK = 8 * 1024 * 1024
 
@@ -34,6 +48,13 @@ def join(*parts: str) -> str:
     """Join key parts with single slashes, ignoring empty parts."""
     out = "/".join(p.strip("/") for p in parts if p and p.strip("/"))
     return out
+
+
+def local_error(what: str, path: str | os.PathLike, e: OSError) -> StoreError:
+    """A local file system refusal (full disk, quota, permissions, read-only) as one line naming the
+    path: not an outage, so nothing waits for it."""
+    name = errno.errorcode.get(e.errno or 0, "")
+    return StoreError(f"{what} {path}: {e.strerror or e}" + (f" ({name})" if name else ""))
 
 
 class Store(ABC):
@@ -130,21 +151,29 @@ class FileStore(Store):
             raise StoreError(f"{self.key_url(key)} is a folder, expected an object") from None
 
     def _tmp(self, p: Path) -> Path:
-        return p.with_name(f".{p.name}.{uuid.uuid4().hex[:8]}.partial")
+        return p.with_name(f".{p.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+
+    def _write(self, dest: Path, fill: Callable[[Path], None], what: str) -> None:
+        """``fill`` a temp file beside ``dest``, then rename it over ``dest``: readers see the old
+        bytes or the new ones. A full disk or a refused write is a StoreError naming the path."""
+        self._mkdir(dest.parent)
+        tmp = self._tmp(dest)
+        try:
+            fill(tmp)
+            os.replace(tmp, dest)
+        except OSError as e:
+            raise local_error(what, dest, e) from None
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        p = self.path(key)
-        self._mkdir(p.parent)
-        tmp = self._tmp(p)
-        try:
+        def fill(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+
+        self._write(self.path(key), fill, "write")
 
     def _mkdir(self, d: Path) -> None:
         try:
@@ -153,20 +182,14 @@ class FileStore(Store):
             raise StoreError(f"permission denied creating {d}") from None
         except FileExistsError:
             raise StoreError(f"{d} exists and is not a folder") from None
+        except OSError as e:
+            raise local_error("create folder", d, e) from None
 
     def get_file(self, key: str, dest: str | os.PathLike) -> None:
         src = self.path(key)
         if not src.is_file():
             raise self._missing(key)
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._tmp(dest)
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        self._write(Path(dest), lambda tmp: shutil.copyfile(src, tmp), f"copy {self.key_url(key)} to")
 
     def put_file(self, src: str | os.PathLike, key: str, *, move: bool = False) -> None:
         p = self.path(key)
@@ -180,13 +203,7 @@ class FileStore(Store):
                 return
             except OSError:
                 pass  # another filesystem: fall back to copy
-        tmp = self._tmp(p)
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, p)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        self._write(p, lambda tmp: shutil.copyfile(src, tmp), "write")
         if move:
             src.unlink(missing_ok=True)
 
@@ -230,6 +247,98 @@ class FileStore(Store):
 
 
 # --------------------------------------------------------------------------------------------
+# Waiting out an outage
+
+
+PATIENCE_ENV = "GWI_STORE_PATIENCE_S"
+DEFAULT_PATIENCE_S = 300.0
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 15.0
+
+_wait_hook: Callable[[str | None], None] | None = None
+_waits: dict[int, str] = {}  # one entry per call that is waiting now, oldest first
+_waits_lock = threading.Lock()
+
+
+def set_wait_hook(fn: Callable[[str | None], None] | None):
+    """Call ``fn(reason)`` while any store call of this process waits out an outage, and
+    ``fn(None)`` once none does (the heartbeat's ``waiting`` field). Returns the previous hook."""
+    global _wait_hook
+    with _waits_lock:
+        prev, _wait_hook = _wait_hook, fn
+    return prev
+
+
+on_wait = set_wait_hook
+
+
+def _report_wait(token: int, reason: str | None) -> None:
+    with _waits_lock:
+        before = next(iter(_waits.values()), None)
+        if reason is None:
+            _waits.pop(token, None)
+        else:
+            _waits[token] = reason
+        now, hook = next(iter(_waits.values()), None), _wait_hook
+    if hook is not None and now != before:
+        try:
+            hook(now)
+        except Exception:  # noqa: BLE001 - a broken hook must not turn an outage into a crash
+            pass
+
+
+def resolve_patience(patience: float | None) -> float:
+    """``patience``, or ``GWI_STORE_PATIENCE_S`` (default 300) when it is None."""
+    if patience is not None:
+        return max(0.0, float(patience))
+    raw = os.environ.get(PATIENCE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_PATIENCE_S
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        raise StoreError(f"{PATIENCE_ENV}: expected seconds (a number), got {raw!r}") from None
+
+
+class _Waiter:
+    """The bounded wait of one store call: jittered exponential backoff between tries until
+    ``patience`` seconds have passed since the first failure, then the last error is raised."""
+
+    def __init__(self, what: str, patience: float | None):
+        self.what, self.patience = what, patience
+        self.since: float | None = None
+        self.tries = 0
+
+    def failed(self, err: StoreUnavailable) -> None:
+        """Sleep before the next try, or raise ``err`` when out of patience."""
+        patience = resolve_patience(self.patience)
+        now = time.monotonic()
+        if self.since is None:
+            self.since, self.started = now, time.strftime("%H:%M:%SZ", time.gmtime())
+            if patience > 0:
+                print(f"gwi: store {self.what} unreachable ({err}); waiting up to {patience:g} s", file=sys.stderr)
+        waited = now - self.since
+        left = patience - waited
+        if left <= 0:
+            _report_wait(id(self), None)
+            if patience == 0:
+                raise err
+            raise StoreUnavailable(f"{err} (still unavailable after waiting {waited:.0f} s; "
+                                   f"{PATIENCE_ENV}={patience:g})") from None
+        _report_wait(id(self), f"store {self.what} unreachable since {self.started}: {err}")
+        delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** self.tries) * random.uniform(0.5, 1.0)
+        self.tries += 1
+        time.sleep(min(delay, left))
+
+    def done(self) -> None:
+        if self.since is not None:
+            _report_wait(id(self), None)
+            print(f"gwi: store {self.what} reachable again after {time.monotonic() - self.since:.0f} s",
+                  file=sys.stderr)
+            self.since, self.tries = None, 0
+
+
+# --------------------------------------------------------------------------------------------
 # S3
 
 
@@ -237,22 +346,40 @@ def _endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+def _timeouts() -> tuple[float, float]:
+    """(connect, read) seconds; ``GWI_S3_CONNECT_TIMEOUT_S`` / ``GWI_S3_READ_TIMEOUT_S`` override
+    the defaults (a test or a chaos run that stalls the store need not wait a minute per try)."""
+    out = []
+    for name, default in (("GWI_S3_CONNECT_TIMEOUT_S", 5.0), ("GWI_S3_READ_TIMEOUT_S", 60.0)):
+        raw = os.environ.get(name, "").strip()
+        try:
+            out.append(float(raw) if raw else default)
+        except ValueError:
+            raise StoreError(f"{name}: expected seconds (a number), got {raw!r}") from None
+    return out[0], out[1]
+
+
 _CLIENTS: dict[tuple, object] = {}
+QUICK_READ_TIMEOUT_S = 10.0
 
 
-def _s3_client():
-    """One boto3 client per (endpoint, process): creating them is slow and they are thread-safe."""
-    key = (_endpoint(), os.getpid())
+def _s3_client(quick: bool = False):
+    """One boto3 client per (endpoint, timeouts, quick, process): creating them is slow and they are
+    thread-safe. ``quick`` (a store with no patience: heartbeats, the scheduler's reads) tries once
+    with a short read timeout, so a stalled store costs a beat or a pass seconds, not minutes."""
+    key = (_endpoint(), _timeouts(), quick, os.getpid())
     if key not in _CLIENTS:
         try:
             import boto3
             from botocore.config import Config
         except ImportError:  # pragma: no cover - boto3 is a core dependency
             raise StoreError("s3:// URLs need boto3: pip install boto3") from None
+        connect, read = _timeouts()
         cfg = Config(
-            connect_timeout=10,
-            read_timeout=120,
-            retries={"max_attempts": 5, "mode": "standard"},
+            connect_timeout=connect,
+            read_timeout=min(read, QUICK_READ_TIMEOUT_S) if quick else read,
+            # botocore's retries absorb a blip within one call; a longer outage is waited out by _Waiter
+            retries={"total_max_attempts": 1 if quick else 3, "mode": "standard"},
             s3={"addressing_style": "path"} if _endpoint() else {},
         )
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
@@ -273,26 +400,64 @@ def _transfer_config():
     )
 
 
+# S3 error codes that mean "busy or broken for now", whatever the HTTP status says
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "RequestTimeout",
+                    "RequestLimitExceeded", "ServiceUnavailable", "InternalError", "503", "500", "429"}
+
+
+def _provider_error(exc: BaseException) -> BaseException | None:
+    """The botocore, urllib3 or socket error behind ``exc`` (boto3's transfer manager wraps them:
+    ``S3UploadFailedError`` chains the ClientError, ``RetriesExceededError`` keeps the last one), or
+    None for an error that is not the provider's."""
+    import urllib3.exceptions
+    from botocore.exceptions import BotoCoreError, ClientError
+    from s3transfer.exceptions import RetriesExceededError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (BotoCoreError, ClientError, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)):
+            return exc
+        exc = exc.last_exception if isinstance(exc, RetriesExceededError) else (exc.__cause__ or exc.__context__)
+    return None
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Worth waiting for: no connection, a timeout, a reset mid-body, 5xx, throttling."""
+    import urllib3.exceptions
+    from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        return status >= 500 or status == 429 or code in _TRANSIENT_CODES
+    return isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError, ConnectionError,
+                            TimeoutError, urllib3.exceptions.ProtocolError, urllib3.exceptions.TimeoutError))
+
+
 class S3Store(Store):
-    def __init__(self, bucket: str, prefix: str = ""):
+    def __init__(self, bucket: str, prefix: str = "", *, patience: float | None = None):
         if not bucket:
             raise StoreError("s3 URL has no bucket: expected s3://BUCKET[/PREFIX]")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        self.patience = patience
         self.url = f"s3://{bucket}" + (f"/{self.prefix}" if self.prefix else "")
 
     @property
     def client(self):
-        return _s3_client()
+        return _s3_client(quick=self.patience == 0)
 
     def child(self, prefix: str) -> "S3Store":
-        return S3Store(self.bucket, join(self.prefix, prefix))
+        return S3Store(self.bucket, join(self.prefix, prefix), patience=self.patience)
 
     def _k(self, key: str) -> str:
         return join(self.prefix, key)
 
-    def _translate(self, exc: Exception, op: str, key: str | None = None) -> StoreError:
-        """The one place provider errors become user messages."""
+    def _translate(self, exc: BaseException, op: str, key: str | None = None) -> StoreError:
+        """The one place provider errors become user messages, and where "unavailable" (wait and
+        retry: :class:`StoreUnavailable`) is told from "refused or missing" (:class:`StoreError`)."""
         from botocore.exceptions import (
             ClientError,
             EndpointConnectionError,
@@ -300,15 +465,26 @@ class S3Store(Store):
             PartialCredentialsError,
         )
 
+        if isinstance(exc, StoreError):
+            return exc
         where = self.key_url(key) if key is not None else self.url
         endpoint = _endpoint() or "AWS default endpoint"
+        exc = _provider_error(exc) or exc
         if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
             return StoreError(
                 f"{op} {where}: no AWS credentials found; set AWS_ACCESS_KEY_ID/"
                 "AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
             )
         if isinstance(exc, EndpointConnectionError):
-            return StoreError(f"{op} {where}: cannot reach the S3 endpoint {endpoint}")
+            return StoreUnavailable(f"{op} {where}: cannot reach the S3 endpoint {endpoint}")
+        if _is_transient(exc):
+            if isinstance(exc, ClientError):
+                err = exc.response.get("Error", {})
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                return StoreUnavailable(f"{op} {where}: S3 busy or failing (HTTP {status}, "
+                                        f"{err.get('Code', '?')}: {err.get('Message', exc)})")
+            return StoreUnavailable(f"{op} {where}: connection to the S3 endpoint {endpoint} failed "
+                                    f"({type(exc).__name__}: {exc})")
         if isinstance(exc, ClientError):
             err = exc.response.get("Error", {})
             code = str(err.get("Code", ""))
@@ -320,9 +496,9 @@ class S3Store(Store):
                 return StoreError(
                     f"{op} {where}: access denied ({code}); check the credentials and the bucket policy"
                 )
+            if code in ("412", "PreconditionFailed"):
+                return StoreError(f"{op} {where}: the object changed while it was being read")
             return StoreError(f"{op} {where}: S3 error {code}: {err.get('Message', exc)}")
-        if isinstance(exc, StoreError):
-            return exc
         return StoreError(f"{op} {where}: {type(exc).__name__}: {exc}")
 
     def _bucket_exists(self) -> bool:
@@ -333,15 +509,30 @@ class S3Store(Store):
             code = str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
             return code not in ("404", "NoSuchBucket", "NotFound")
 
-    def _call(self, op: str, key: str | None, fn, *a, **kw):
+    def _once(self, op: str, key: str | None, fn, *a, **kw):
+        """``fn`` once, its provider errors translated; other errors (ours, the caller's) pass."""
         try:
             return fn(*a, **kw)
         except Exception as e:  # noqa: BLE001 - every provider error goes through the translator
-            from botocore.exceptions import BotoCoreError, ClientError
-
-            if isinstance(e, (BotoCoreError, ClientError)):
+            if isinstance(e, StoreError) or _provider_error(e) is not None:
                 raise self._translate(e, op, key) from None
             raise
+
+    def _waiter(self) -> _Waiter:
+        return _Waiter(f"s3://{self.bucket}", self.patience)
+
+    def _call(self, op: str, key: str | None, fn, *a, **kw):
+        """``fn`` through the translator, tried again through an outage for up to ``patience`` s.
+        Only idempotent calls come here (a whole GET, PUT, HEAD, LIST, DELETE or transfer)."""
+        waiter = self._waiter()
+        while True:
+            try:
+                out = self._once(op, key, fn, *a, **kw)
+            except StoreUnavailable as e:
+                waiter.failed(e)
+                continue
+            waiter.done()
+            return out
 
     def exists(self, key: str) -> bool:
         try:
@@ -357,8 +548,11 @@ class S3Store(Store):
         return int(r["ContentLength"])
 
     def get_bytes(self, key: str) -> bytes:
-        r = self._call("read", key, self.client.get_object, Bucket=self.bucket, Key=self._k(key))
-        return self._call("read", key, r["Body"].read)
+        def get():
+            # the GET and its body are one try: a reset mid-body is retried from the start
+            return self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"].read()
+
+        return self._call("read", key, get)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self._call("write", key, self.client.put_object, Bucket=self.bucket, Key=self._k(key), Body=data)
@@ -366,20 +560,27 @@ class S3Store(Store):
     def get_file(self, key: str, dest: str | os.PathLike) -> None:
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
-        try:
-            self._call(
-                "download", key, self.client.download_file, self.bucket, self._k(key), str(tmp),
-                Config=_transfer_config(),
-            )
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+        def download():
+            # each try downloads to a fresh temp name: a retried transfer never appends to a stale one
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+            try:
+                self.client.download_file(self.bucket, self._k(key), str(tmp), Config=_transfer_config())
+                os.replace(tmp, dest)
+            except OSError as e:
+                if _provider_error(e) is None:  # the local disk refused (full, read-only): no outage
+                    raise local_error(f"download {self.key_url(key)} to", dest, e) from None
+                raise
+            finally:
+                tmp.unlink(missing_ok=True)
+
+        self._call("download", key, download)
 
     def put_file(self, src: str | os.PathLike, key: str, *, move: bool = False) -> None:
         src = Path(src)
         if not src.is_file():
             raise StoreError(f"cannot upload {src}: no such file")
+        # a failed multipart upload is aborted by the transfer manager, so a retry starts clean
         self._call(
             "upload", key, self.client.upload_file, str(src), self.bucket, self._k(key),
             Config=_transfer_config(),
@@ -388,16 +589,30 @@ class S3Store(Store):
             src.unlink(missing_ok=True)
 
     def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
-        r = self._call("read", key, self.client.get_object, Bucket=self.bucket, Key=self._k(key))
-        body = r["Body"]
-        try:
-            while True:
-                chunk = self._call("read", key, body.read, chunk_size)
-                if not chunk:
+        """Stream the object. A connection lost mid-stream is waited out like any call, and the
+        stream resumes where it stopped (a ranged GET pinned to the first response's ETag, so the
+        bytes are one object's even if it is overwritten meanwhile: then a clear error)."""
+        waiter, done, etag, total = self._waiter(), 0, None, None
+        while True:
+            try:
+                kw = {"Range": f"bytes={done}-", "IfMatch": etag} if etag else {}
+                if total is not None and done >= total:
                     break
-                yield chunk
-        finally:
-            body.close()
+                r = self._once("read", key, self.client.get_object, Bucket=self.bucket, Key=self._k(key), **kw)
+                if etag is None:
+                    etag, total = r.get("ETag"), int(r["ContentLength"])
+                body = r["Body"]
+                try:
+                    while chunk := self._once("read", key, body.read, chunk_size):
+                        waiter.done()
+                        done += len(chunk)
+                        yield chunk
+                finally:
+                    body.close()
+                break
+            except StoreUnavailable as e:
+                waiter.failed(e)
+        waiter.done()
 
     def list(self, prefix: str = "") -> list[str]:
         full = self._k(prefix)
@@ -442,15 +657,20 @@ def resolve_url(url: str) -> str:
     return url
 
 
-def open_store(url: str | os.PathLike | None = None) -> Store:
-    """A store for ``file:///abs``, ``file://rel/path``, a plain path, or ``s3://bucket/prefix``."""
+def open_store(url: str | os.PathLike | None = None, *, patience: float | None = None) -> Store:
+    """A store for ``file:///abs``, ``file://rel/path``, a plain path, or ``s3://bucket/prefix``.
+
+    ``patience``: seconds an S3 call keeps trying through an outage (unreachable, 5xx, throttled,
+    timed out, reset) before it raises :class:`StoreUnavailable`; None reads ``GWI_STORE_PATIENCE_S``
+    (default 300). Workers keep the default; a loop that must not block (the scheduler, a
+    heartbeat) passes 0."""
     if url is None:
         url = default_store_url()
     url = resolve_url(str(url))
     if url.startswith("s3://"):
         rest = url[len("s3://"):]
         bucket, _, prefix = rest.partition("/")
-        return S3Store(bucket, prefix)
+        return S3Store(bucket, prefix, patience=patience)
     if url.startswith("file://"):
         return FileStore(url[len("file://"):] or ".")
     if "://" in url:
@@ -459,10 +679,10 @@ def open_store(url: str | os.PathLike | None = None) -> Store:
     return FileStore(url)
 
 
-def split_url(url: str) -> tuple[Store, str]:
+def split_url(url: str, *, patience: float | None = None) -> tuple[Store, str]:
     """``s3://b/runs/x/progress.json`` -> (the store at ``s3://b/runs/x``, ``progress.json``)."""
     head, _, name = str(url).rstrip("/").rpartition("/")
-    return open_store(head), name
+    return open_store(head, patience=patience), name
 
 
 def is_url(s: str | os.PathLike | None) -> bool:

@@ -12,8 +12,11 @@ validation, checkpoints), finish. What makes it survive a platform dying under i
   (blob, then the latest pointer with size and sha256); a resume takes the newest one that verifies.
 * Data order is a pure function of (seed, epoch), so a resumed run sees the batches the crashed one
   would have seen, from the step after its last checkpoint.
-* A heartbeat thread writes the run's progress file every ``heartbeat_s``; a crash writes state
-  ``failed`` with the error, the end writes the metrics file. The scheduler reads these from the store.
+* A heartbeat thread writes the run's progress file every ``heartbeat_s``; every optimizer step and
+  validation batch is an advance, so a loop stuck in a blocking read shows as progress that stopped
+  while the pulse goes on. A crash writes state ``failed`` with the error (``retryable`` when the store
+  stayed unreachable: ``gwi train`` then exits 75), the end writes the metrics file. The scheduler
+  reads these from the store.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import copy
 import gc
 import hashlib
+import json
 import math
 import os
 import random
@@ -42,7 +46,7 @@ from .config import LOSSES, PRECISIONS, TrainConfig, apply_sets  # noqa: F401 - 
 from .data import folds
 from .data.shards import MANIFEST, ShardedDataset
 from .data.sync import pull
-from .errors import GwiError
+from .errors import GwiError, StoreUnavailable
 from .inference import Normalizer  # also re-exported: gwi.train.Normalizer
 from .models import registry
 from .progress import Heartbeat
@@ -210,10 +214,11 @@ def lr_lambda(total: int, warmup: int):
 
 @torch.no_grad()
 def evaluate(model, ds, idx, norm: Normalizer, families: list[str], device, precision, batch_size, d: Dist,
-             mean_map: torch.Tensor | None = None) -> dict:
+             mean_map: torch.Tensor | None = None, on_batch: Callable[[], None] | None = None) -> dict:
     """MAE in m/s on de-normalised velocity, overall and per family (all ranks, all-reduced).
 
-    With ``mean_map`` also the predict-the-training-mean baseline on the same samples.
+    With ``mean_map`` also the predict-the-training-mean baseline on the same samples; ``on_batch``
+    is called after each batch (a heartbeat advance: a long validation is progress too).
     """
     model.eval()
     mine = idx[d.rank::d.world]
@@ -235,6 +240,8 @@ def evaluate(model, ds, idx, norm: Normalizer, families: list[str], device, prec
         counts.index_add_(0, fi, torch.ones_like(err))
         if mean_map is not None:
             sums[1].index_add_(0, fi, (mean_map.double() - y).abs().flatten(1).mean(1))
+        if on_batch is not None:
+            on_batch()
     if d.enabled:
         dist.all_reduce(sums)
         dist.all_reduce(counts)
@@ -303,7 +310,9 @@ class State:
     epoch: int = 0
     best: float = math.inf
     history: list = field(default_factory=list)
-    resumed_from: str | None = None
+    resumed_from: str | None = None  # the checkpoint's path
+    resumed_step: int = 0  # the step it resumed from (0: from scratch)
+    resume_fallback: str | None = None  # why an older checkpoint than the newest was used
     t_loop: float = 0.0  # when this process's loop began, and what it has done since
     start_step: int = 0
     samples_seen: int = 0
@@ -346,8 +355,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
     t_start = time.time()
     try:
         data = load_data(cfg, d, device)
+        progress.phase("pulled")
         s = build(cfg, d, device, precision, data, run, say)
-        resume(s)
+        progress.phase("built")
+        resume(s)  # a store that stays unreachable raises StoreUnavailable: never "from scratch" instead
         s.net = s.model
         if d.enabled:
             s.net = nn.parallel.DistributedDataParallel(s.model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -376,10 +387,15 @@ def train(cfg: TrainConfig, log=print) -> dict:
             dist.destroy_process_group()
 
 
+def pulled(done: int, total: int) -> None:
+    """A shard pulled (or found cached and verified): an advance of the process heartbeat."""
+    progress.update(phase="pulling", shards_pulled=done, shards_total=total)
+
+
 def load_data(cfg: TrainConfig, d: Dist, device: torch.device) -> Data:
     """The dataset in the local cache, its split and normalisation."""
     # rank 0 pulls into the cache; the other ranks (torchrun: the same machine) read that folder
-    local = pull(cfg.dataset, progress=False) if d.master else None
+    local = pull(cfg.dataset, progress=False, on_progress=pulled) if d.master else None
     if d.enabled:
         obj = [str(local) if local else None]
         dist.broadcast_object_list(obj, src=0)
@@ -431,7 +447,8 @@ def resume(s: State) -> None:
                                "use a new --run")
             if ckpt["dataset"]["manifest_sha256"] != s.data.manifest_sha:
                 s.say(f"warning: dataset {cfg.dataset} changed since the checkpoint was written")
-            s.resumed_from = entry["path"]
+            s.resumed_from, s.resumed_step = entry["path"], int(entry["step"])
+            s.resume_fallback = entry.get("fallback")
     if s.d.enabled:
         buf = [ckpt]
         dist.broadcast_object_list(buf, src=0)
@@ -450,7 +467,8 @@ def resume(s: State) -> None:
         s.ema.state = {k: v.to(s.device) for k, v in ckpt["ema"].items()}
     s.step, s.epoch, s.best, s.history = ckpt["step"], ckpt["epoch"], ckpt["best_val_mae"], list(ckpt["history"])
     set_rng_state(ckpt["rng"])
-    s.say(f"resumed from {s.resumed_from or 'checkpoint'} at step {s.step} (epoch {s.epoch})")
+    s.say(f"resumed from {s.resumed_from or 'checkpoint'} at step {s.step} (epoch {s.epoch})"
+          + (f"; an older checkpoint than the newest: {s.resume_fallback}" if s.resume_fallback else ""))
 
 
 def start_heartbeat(s: State) -> Heartbeat:
@@ -461,16 +479,13 @@ def start_heartbeat(s: State) -> Heartbeat:
             "dataset": cfg.dataset, "epoch": s.epoch, "epochs": cfg.epochs, "step": s.step, "total_steps": s.total,
             "device": s.device_text, "precision": s.precision,
             "host": socket.gethostname(), "pid": os.getpid(), "attempt": os.environ.get("GWI_ATTEMPT"),
-            "gwi_version": __version__, "params": s.n_params, "resumed_from": s.resumed_from,
+            "gwi_version": __version__, "params": s.n_params, "phase": "resumed",
+            "resumed_from": s.resumed_step, "resumed_checkpoint": s.resumed_from,
             "started": progress.now_iso(), "samples_per_s": None, "train_loss": None, "val_mae": None,
             "val_mae_per_family": {}, "best_val_mae": s.best_or_none, "eta_s": None}
-    progress.take_over()
-    target = progress.attempt_target()
-    hb = Heartbeat([(s.run.store, PROGRESS)] + ([target] if target else []), cfg.heartbeat_s, base,
-                   cancel=progress.cancel_flag())
-    hb.beat()
-    hb.start()
-    return hb
+    if s.resume_fallback:
+        base["resume_fallback"] = s.resume_fallback
+    return progress.take_over([progress.beat_target(s.run.key_url(PROGRESS))], cfg.heartbeat_s, base)
 
 
 def run_epochs(s: State) -> dict:
@@ -543,9 +558,10 @@ def beat_step(s: State) -> None:
         return
     el = time.time() - s.t_loop
     rate = (s.step - s.start_step) / el if el > 0 else 0
-    s.hb.update(state="running", step=s.step, epoch=s.epoch, train_loss=s.last_loss,
-                samples_per_s=s.samples_seen / el if el > 0 else None, lr=s.sched.get_last_lr()[0],
-                eta_s=(s.total - s.step) / rate if rate > 0 else None)
+    # an advance per step: host values only (the loss was already read), no device sync
+    s.hb.advance(state="running", phase="training", step=s.step, epoch=s.epoch, train_loss=s.last_loss,
+                 samples_per_s=s.samples_seen / el if el > 0 else None, lr=s.sched.get_last_lr()[0],
+                 eta_s=(s.total - s.step) / rate if rate > 0 else None)
 
 
 def validate(s: State) -> dict:
@@ -573,7 +589,7 @@ def evaluate_model(s: State) -> dict:
         model.load_state_dict(s.ema.state)
     data = s.data
     return evaluate(model, data.ds, data.val_idx, data.norm, data.families, s.device, s.precision,
-                    s.cfg.batch_size, s.d, data.mean_map)
+                    s.cfg.batch_size, s.d, data.mean_map, on_batch=s.hb.advance if s.hb is not None else None)
 
 
 def publish(s: State) -> None:
@@ -629,13 +645,20 @@ def finish(s: State, val: dict, t_start: float) -> dict:
 
 
 def record_failure(run: Run, hb: Heartbeat | None, cfg: TrainConfig, e: BaseException) -> None:
-    """State ``failed`` with the error in the run's progress file (through the heartbeat if it started)."""
-    err = f"{type(e).__name__}: {e}"
+    """The final beat, state ``failed`` with the error: through training's heartbeat if it started,
+    else straight to the run's progress file and through the process heartbeat (the attempt's file).
+    A store that stayed unreachable is ``retryable``: the attempt is worth running again later."""
+    retryable = isinstance(e, StoreUnavailable)
+    err = ("the store was unreachable (retryable): " if retryable else "") + f"{type(e).__name__}: {e}"
     if hb is not None:
-        hb.finish("failed", error=err, traceback=traceback.format_exc()[-4000:])
+        hb.finish("failed", error=err, retryable=retryable, traceback=traceback.format_exc()[-4000:])
         return
-    try:
-        run.write_json(PROGRESS, {"state": "failed", "error": err, "time": progress.now_iso(), "unix_time": time.time(),
-                                  "run": cfg.run, "model": cfg.model, "host": socket.gethostname()})
+    progress.end_process_heartbeat("failed", error=err, retryable=retryable)
+    try:  # without patience: the store may be what failed
+        store, key = progress.beat_target(run.key_url(PROGRESS))
+        store.put_bytes(key, json.dumps({
+            "state": "failed", "error": err, "retryable": retryable, "final": True, "time": progress.now_iso(),
+            "unix_time": time.time(), "run": cfg.run, "model": cfg.model, "host": socket.gethostname()},
+            indent=1).encode())
     except Exception:  # noqa: BLE001 - the original error matters more
         pass

@@ -74,6 +74,9 @@ def isolated_home(tmp_path, monkeypatch):
     """Keep every test's cache and default store inside its tmp dir."""
     monkeypatch.setenv("GWI_HOME", str(tmp_path / "gwi-home"))
     monkeypatch.setenv("GWI_CACHE", str(tmp_path / "gwi-cache"))
+    # a dead store in a test should fail in seconds, not wait out gwi's default 5 minutes; tests of
+    # the waiting set their own patience
+    monkeypatch.setenv("GWI_STORE_PATIENCE_S", "5")
 
 
 def run_until(s, cond, timeout: float, interval: float = 0.2):

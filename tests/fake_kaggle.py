@@ -3,6 +3,10 @@
 A pushed script runs as a local subprocess with what a Kaggle kernel has: a ``kaggle_secrets``
 module backed by this fake's secret store, and none of the caller's AWS settings in its
 environment. Its exit status becomes COMPLETE or ERROR; its output is the kernel log.
+
+``faults`` is a queue of what the next requests get instead of an answer: an HTTP status (429,
+500, 503), ``"hang"`` (read, never answered until ``release`` is set or 30 s pass) or ``"reset"``
+(the connection closed without a word).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class KaggleState:
         self.kernels: dict[str, dict] = {}  # "owner/slug" -> {proc, log, id, cancelled}
         self.lock = threading.Lock()
         self.next_id = 100
+        self.faults: list = []  # what the next requests get instead of an answer (see the module's doc)
+        self.release = threading.Event()  # ends every hang (set at shutdown)
 
     def status(self, ref: str) -> tuple[str, str]:
         k = self.kernels[ref]
@@ -52,6 +58,7 @@ class KaggleState:
         return ("COMPLETE", "") if code == 0 else ("ERROR", f"script exited with {code}")
 
     def stop_all(self) -> None:
+        self.release.set()
         for k in self.kernels.values():
             _kill(k["proc"])
             k["proc"].wait()
@@ -68,14 +75,34 @@ def _kill(proc) -> None:
 
 def make_handler(st: KaggleState):
     class Handler(JSONHandler):
+        def _fault(self) -> bool:
+            with st.lock:
+                fault = st.faults.pop(0) if st.faults else None
+            if fault is None:
+                return False
+            self.close_connection = True
+            if fault == "hang":
+                st.release.wait(30)
+            elif fault != "reset":
+                self._send(int(fault), {"code": int(fault), "message": f"scripted fault {fault}"})
+            return True
+
         def do_POST(self):  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            if self._fault():
+                return
             want = "Basic " + base64.b64encode(f"{st.username}:{st.key}".encode()).decode()
             if self.headers.get("Authorization") != want:
                 return self._send(401, {"code": 401, "message": "Unauthenticated"})
             method = self.path.rsplit("/", 1)[-1]
             if method == "SaveKernel":
                 return self._save(body)
+            if method == "ListKernels":  # the caller's own kernels matching the search, newest first
+                mine = [{"id": k["id"], "ref": ref, "title": k["title"], "slug": ref.split("/", 1)[1],
+                         "author": ref.split("/", 1)[0]}
+                        for ref, k in st.kernels.items()
+                        if ref.startswith(st.username + "/") and (body.get("search") or "") in ref]
+                return self._send(200, {"kernels": mine[::-1], "nextPageToken": ""})
             ref = f"{body.get('userName')}/{body.get('kernelSlug')}"
             if method in ("GetKernelSessionStatus", "ListKernelSessionOutput") and ref not in st.kernels:
                 return self._send(404, {"code": 404, "message": "Notebook not found"})
@@ -111,7 +138,8 @@ def make_handler(st: KaggleState):
             # its own process group: stopping a kernel stops what its script started too
             proc = subprocess.Popen([sys.executable, str(kdir / "gwi_job.py")], cwd=kdir / "working", env=env,
                                     stdout=open(kdir / "stdout", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-            st.kernels[ref] = {"proc": proc, "dir": str(kdir), "id": kid, "cancelled": False, "started": time.time()}
+            st.kernels[ref] = {"proc": proc, "dir": str(kdir), "id": kid, "cancelled": False, "started": time.time(),
+                               "title": body.get("newTitle") or ""}
             owner, slug = ref.split("/", 1)
             self._send(200, {"ref": f"/code/{ref}", "url": f"https://www.kaggle.com/code/{ref}", "versionNumber": 1,
                              "kernelId": kid})

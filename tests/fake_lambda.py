@@ -1,7 +1,10 @@
 """A fake Lambda Cloud API v1 on 127.0.0.1, for the adapter's real HTTP client.
 
 Instances "boot" after a few polls to the address the test names (127.0.0.1, where a real sshd
-waits). Tests script capacity, rate limits and failures through the attributes of ``LambdaState``.
+waits). Tests script capacity, rate limits and failures through the attributes of ``LambdaState``:
+``faults`` is a queue of what the next requests get instead of an answer: an HTTP status (429,
+500, 503), ``"hang"`` (accepted, read, never answered until ``release`` is set or 30 s pass) or
+``"reset"`` (the connection closed without a word).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class LambdaState:
         self.capacity_refusals: set[tuple[str, str]] = set()  # (type, region) whose launch says no capacity
         self.requests: list[tuple[str, str]] = []
         self.launch_times: list[float] = []
+        self.faults: list = []  # what the next requests get instead of an answer (see the module's doc)
+        self.release = threading.Event()  # ends every hang (set at shutdown)
 
     def running(self) -> list[dict]:
         return [i for i in self.instances.values() if i["status"] not in ("terminated",)]
@@ -41,7 +46,23 @@ def _error(code: str, message: str, suggestion: str | None = None) -> dict:
 class _Handler(JSONHandler):
     st: "LambdaState"  # set by make_handler
 
+    def _fault(self) -> bool:
+        """Play the next scripted fault, if any; True when the request got one instead of an answer."""
+        with self.st.lock:
+            fault = self.st.faults.pop(0) if self.st.faults else None
+        if fault is None:
+            return False
+        self.close_connection = True  # a request body left unread must not be taken for the next request
+        if fault == "hang":
+            self.st.release.wait(30)
+        elif fault != "reset":
+            self._send(int(fault), _error("global/internal-error" if fault >= 500 else "global/too-many-requests",
+                                          f"scripted fault {fault}"))
+        return True
+
     def _gate(self) -> bool:
+        if self._fault():
+            return False
         with self.st.lock:
             self.st.requests.append((self.command, self.path))
             if self.headers.get("Authorization") != f"Bearer {self.st.api_key}":
@@ -130,6 +151,7 @@ def _instance_types(st: LambdaState) -> dict:
 
 
 def serve(st: LambdaState) -> tuple[ThreadingHTTPServer, str]:
+    """The server (``shutdown`` it when done; hangs end when ``st.release`` is set) and its base URL."""
     srv = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(st))
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv, f"http://127.0.0.1:{srv.server_address[1]}/api/v1"

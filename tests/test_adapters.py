@@ -168,7 +168,7 @@ def test_the_wrapper_records_pid_log_and_exit_status(tmp_path):
 
 def test_the_wrapper_reads_its_environment_file_and_the_probe_sees_it_alive_then_gone(tmp_path):
     files = kit.env_files({"MSG": "it's a 'quoted' $value", "N": "1"}, "lam")
-    assert files["docker.env"] == "MSG=it's a 'quoted' $value\nN=1\n"
+    assert files["docker.env"] == "MSG\nN\n"  # names only: docker takes the values from the environment
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     (tmp_path / "run.sh").write_text(kit.wrapper_script('sh -c \'echo "$MSG"; sleep 30\'', env_file=kit.ENV_FILE))
@@ -182,6 +182,7 @@ def test_the_wrapper_reads_its_environment_file_and_the_probe_sees_it_alive_then
                                        text=True).stdout.strip()
         assert probe() == "alive"
         assert kit.saved_log(tmp_path) == "it's a 'quoted' $value\n"
+        assert not (tmp_path / "env").exists()  # the secrets' file is gone once sourced
     finally:
         os.killpg(p.pid, 9)
         p.wait()
@@ -259,3 +260,57 @@ def test_the_bootstrap_installs_gwi_from_an_attached_wheel_or_says_what_is_missi
                        text=True, timeout=60)
     assert r.returncode == 1
     assert "gwi: no gwi wheel in the attached datasets; attach the one `gwi kaggle package` made" in r.stderr
+
+
+# -- deadlines and private files ------------------------------------------------------------------
+
+
+def test_a_local_job_stops_itself_at_its_hour_limit_in_a_private_folder(tmp_path):
+    import stat
+
+    ad = LocalAdapter(Profile(name="here", adapter="local", path="platforms/here.yaml", options={"runtime": "process"}))
+    work = tmp_path / "attempts" / "s.j.1"
+    h = ad.launch(request(tmp_path, argv=["sh", "-c", "echo started; exec sleep 60"], workdir=str(work),
+                          hours_limit=1 / 3600))
+    deadline = time.monotonic() + 15
+    while not (st := ad.query(h)).state.terminal:  # nothing but the wrapper's own deadline stops it
+        assert time.monotonic() < deadline, "the job outlived its hour limit"
+        time.sleep(0.1)
+    assert (st.state, st.exit_code) == (State.FAILED, 124)
+    assert st.message == "over its hour limit: stopped on its machine after 0.000277778 h (1 s)"
+    probe = subprocess.run(["sh", "-c", kit.WRAPPER_PROBE], cwd=work, capture_output=True, text=True).stdout
+    assert probe == "124\n" + st.message + "\n"
+    assert stat.S_IMODE(work.stat().st_mode) == 0o700 == stat.S_IMODE(work.parent.stat().st_mode)
+    assert stat.S_IMODE((work / "launching").stat().st_mode) == 0o600
+    # a job that ends in time is not called over its limit
+    h = ad.launch(request(tmp_path, argv=["sh", "-c", "exit 3"], workdir=str(tmp_path / "attempts" / "s.j.2"),
+                          hours_limit=1.0))
+    while not (st := ad.query(h)).state.terminal:
+        time.sleep(0.05)
+    assert (st.state, st.exit_code, st.message) == (State.FAILED, 3, "exit status 3")
+
+
+def test_files_written_privately_are_owner_only_from_the_start(tmp_path):
+    import stat
+
+    p = tmp_path / "f"
+    p.write_text("old")
+    os.chmod(p, 0o644)
+    kit.write_private(p, "secret-bearing")  # an existing file is tightened too
+    assert stat.S_IMODE(p.stat().st_mode) == 0o600 and p.read_text() == "secret-bearing"
+    d = kit.private_dir(tmp_path / "a" / "b")
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700 == stat.S_IMODE(d.parent.stat().st_mode)
+    kit.save_log(d, b"log\n")
+    assert stat.S_IMODE((d / "log").stat().st_mode) == 0o600
+
+
+def test_the_bootstrap_stops_the_job_at_its_hour_limit(tmp_path):
+    env = fake_runtime(tmp_path, {})
+    (tmp_path / "mod" / "gwi" / "__main__.py").write_text("import time\nprint('working', flush=True)\ntime.sleep(60)\n")
+    cells = kit.bootstrap_cells(["gwi", "train"], {}, [], STORE, hours_limit=1 / 3600)
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", "\n".join(cells)], env=env, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 124 and time.monotonic() - t0 < 20, r.stderr
+    assert r.stdout.splitlines()[-2:] == ["gwi: over its hour limit (1 s): stopping the job",
+                                          "gwi exited with status 124"]

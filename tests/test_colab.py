@@ -88,11 +88,21 @@ class Drive:
 
     def __init__(self, token: str):
         self.token, self.files = token, {}
+        self.faults: list = []  # what the next uploads get instead: an HTTP status, or "hang"
+        self.requests = 0
+        self.release = threading.Event()
         me = self
 
         class H(JSONHandler):
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                me.requests += 1
+                if me.faults:
+                    fault = me.faults.pop(0)
+                    if fault == "hang":
+                        me.release.wait(30)
+                        return
+                    return self._send(fault, {"error": {"code": fault, "message": f"scripted {fault}"}})
                 if self.headers.get("Authorization") != f"Bearer {me.token}":
                     return self._send(401, {"error": {"code": 401, "message": "Invalid Credentials"}})
                 if not self.path.startswith("/upload/drive/v3/files?uploadType=multipart"):
@@ -169,3 +179,43 @@ def test_a_file_store_is_refused_for_colab(tmp_path):
     assert ad.reachable_store("file:///x") == "colab: a Colab runtime cannot reach a file:// store; use s3://"
     with pytest.raises(Exception, match="only 'notebook' is supported"):
         ColabAdapter(profile(plat, mode="cli")["colab"])
+
+
+def test_drive_uploads_retry_what_is_retryable_within_a_deadline_and_the_notebook_is_private(tmp_path, monkeypatch):
+    import stat
+
+    from gwi.adapters.base import PlatformError
+
+    monkeypatch.setenv("GWI_COLAB_DRIVE_TOKEN", "drive-token")
+    drive = Drive("drive-token")
+    plat = tmp_path / "platforms"
+    plat.mkdir()
+    store = f"file://{tmp_path}/store"
+
+    def launch(n: int, **options):
+        ad = ColabAdapter(profile(plat, drive_api=drive.url, **options)["colab"])
+        return ad.launch(LaunchRequest(attempt_id=f"c.d.{n}", job="c/d", kind="synth", argv=["gwi", "--version"],
+                                       env={}, store_url=store, heartbeat_url=f"{store}/hb{n}.json",
+                                       workdir=str(tmp_path / "attempts" / f"c.d.{n}"), hours_limit=1.5))
+
+    try:
+        drive.faults = [503, 429]  # Google's advice for both: back off and try again
+        h = launch(1)
+        assert h["drive_id"] == "file1" and drive.requests == 3
+        work = tmp_path / "attempts" / "c.d.1"
+        assert stat.S_IMODE(work.stat().st_mode) == 0o700
+        assert stat.S_IMODE(Path(h["notebook"]).stat().st_mode) == 0o600
+        assert "LIMIT_S = 5400  #" in Path(h["notebook"]).read_text()
+        drive.faults = ["hang"] * 10
+        t0 = time.monotonic()
+        with pytest.raises(PlatformError, match="Google Drive not reachable") as e:
+            launch(2, request_timeout_s=1, retry_deadline_s=2)
+        assert e.value.kind == "retryable" and time.monotonic() - t0 < 2 + 1 + 1.5
+        drive.release.set()
+        drive.faults, drive.requests = [400], 0
+        with pytest.raises(PlatformError, match="HTTP 400: scripted 400") as e:
+            launch(3)
+        assert e.value.kind == "config" and drive.requests == 1
+    finally:
+        drive.release.set()
+        drive.srv.shutdown()

@@ -130,7 +130,7 @@ def test_killed_scheduler_restarts_and_completes_without_double_launch(world, tm
     home = tmp_path / "home"
     monkeypatch.setenv("GWI_HOME", str(home))
     spec = write_spec(tmp_path, store, name="restart", body="""
-defaults: {platforms: [local-a, local-b], heartbeat_s: 0.5, limits: {stall_s: 20}}
+defaults: {platforms: [local-a, local-b], heartbeat_s: 0.5, limits: {stall_s: 60}}  # explicit: bounds progress too (a contended synth batch is slow)
 jobs:
   - {name: d2, kind: synth, dataset: d2, families: [FlatVel_A], samples: 4}
   - {name: tr, kind: train, model: inversionnet, preset: tiny, dataset: d,
@@ -240,3 +240,56 @@ def test_a_lost_wrapper_is_stopped_with_what_it_started(tmp_path):
     ad.cancel(h)
     time.sleep(0.3)
     assert _attempt_processes("w.x.1") == []
+
+
+def test_a_hung_platform_api_does_not_freeze_supervision_of_the_others(tmp_path, monkeypatch):
+    """Issue 12 #1: the fake Lambda API stops answering while a local job on the same plan is killed,
+    judged, moved to its fallback platform and finished; every pass returns within the deadline."""
+    from .fake_lambda import LambdaState, serve
+
+    monkeypatch.setenv("LAMBDA_API_KEY", "k")
+    st = LambdaState("k")
+    st.boot_polls = 10**6  # it stays booting: pending, heartbeat-less, judged by its platform's answers
+    srv, url = serve(st)
+    plat = tmp_path / "platforms"
+    plat.mkdir()
+    key = tmp_path / "id_test"
+    key.write_text("not used: the instance never boots")
+    opts = {"api_url": url, "instance_types": ["gpu_1x_a10"], "ssh_private_key": str(key), "allow_local_store": True,
+            "request_timeout_s": 120}
+    (plat / "lam.yaml").write_text(json.dumps({"adapter": "lambda", "credentials": ["LAMBDA_API_KEY"],
+                                               "start_timeout_s": 600, "options": opts}))
+    for name in ("local-a", "local-b"):
+        (plat / f"{name}.yaml").write_text(PROFILE.format(cap=1))
+    s = Scheduler(tmp_path / "home", profiles=load_profiles([plat]), call_timeout_s=2)
+    spec = write_spec(tmp_path, f"file://{tmp_path}/store", name="hang", body="""
+defaults: {heartbeat_s: 0.5, limits: {stall_s: 30}}
+jobs:
+  - {name: cloud, kind: synth, dataset: c, families: [FlatVel_A], samples: 2, platforms: [lam]}
+  - {name: work, kind: synth, dataset: w, families: [FlatVel_A], samples: 2, platforms: [local-a, local-b]}
+""")
+    try:
+        s.submit(load_spec(spec, profiles=s.profiles))
+        s.reconcile()
+        assert {a["platform"] for a in s.state.active_attempts()} == {"lam", "local-a"}
+        st.faults = ["hang"] * 1000  # from now on every request is accepted and never answered
+        os.killpg(json.loads(s.state.attempt("hang.work.1")["handle"])["pid"], signal.SIGKILL)
+        slowest, deadline = 0.0, time.monotonic() + 180
+        while s.job("hang/work")["state"] != "succeeded" and time.monotonic() < deadline:
+            t0 = time.monotonic()
+            s.reconcile()
+            slowest = max(slowest, time.monotonic() - t0)
+            time.sleep(0.2)
+        assert s.job("hang/work")["state"] == "succeeded", [e["message"] for e in s.events()]
+        assert [(a["platform"], a["state"]) for a in s.attempts("hang/work")] == [("local-a", "lost"),
+                                                                                  ("local-b", "succeeded")]
+        assert slowest < 2 + 2  # one call timeout (the hung query), plus the pass's own work
+        cloud = s.state.attempt("hang.cloud.1")
+        assert cloud["state"] == "pending" and "lam API" in cloud["last_error"]  # left alone: a transient error
+    finally:
+        st.release.set()
+        srv.shutdown()
+        for a in s.state.active_attempts():
+            if a["platform"] != "lam" and a["handle"]:
+                s.adapter(a["platform"]).cancel(json.loads(a["handle"]))
+        s.close()

@@ -164,9 +164,23 @@ def test_beat_age_counts_from_when_a_new_beat_was_first_seen_here():
     # a beat stamped long ago by a skewed clock is still new: seen now
     new = judge.observe(a, {"unix_time": 1.0, "beat": 4}, True, T0 + 50)
     assert (new.key, new.seen_at) == ("1.0:4", T0 + 50)
+    # the store did not answer: the silence is not the attempt's, its beat age starts again now
     none = judge.observe(a, None, False, T0 + 50)
-    assert (none.key, none.seen_at, none.store_ok) == (None, T0 + 5, False)
+    assert (none.key, none.seen_at, none.store_ok) == ("100.0:3", T0 + 50, False)
     assert judge.observe(att(), None, True, T0).seen_at is None
+
+
+def test_a_store_outage_longer_than_stall_s_does_not_stall_the_attempt():
+    # beats stopped landing because the store was down, for longer than stall_s (30 s here)...
+    a = att(beat_key="100.0:3", beat_seen_at=T0, progress={"unix_time": 100.0, "beat": 3})
+    down = judge.observe(a, None, False, T0 + 40)
+    assert verdict(now=T0 + 40, b=down).kind == judge.FINE  # no verdict while the store is unreadable
+    # ...it is back, and the newest beat is still the one from before the outage: not stalled yet
+    a = att(beat_key="100.0:3", beat_seen_at=down.seen_at, progress=a.progress)
+    back = judge.observe(a, {"unix_time": 100.0, "beat": 3}, True, T0 + 41)
+    assert verdict(a, now=T0 + 41, b=back).kind == judge.FINE
+    # a whole stall_s after the store came back with still no new beat, it is
+    assert verdict(a, now=T0 + 40 + LIMITS.stall_s + 1, b=back).kind == judge.STALLED
 
 
 def test_a_finished_epoch_is_worth_an_event():
@@ -184,3 +198,87 @@ def test_an_attempt_reads_from_its_recorded_row():
            "beat_seen_at": None, "resumed_from_step": 40, "last_error": None}
     a = Attempt.of(row)
     assert a.handle == {"pid": 7} and a.progress == {"step": 5} and a.last_error == "" and a["n"] == 2
+
+
+# -- progress, not pulse (issue 12 #4) ---------------------------------------------------------------
+
+
+def working(age, **kw):
+    return {"beat": 7, "state": "running", "step": 40, "progress_seq": 12, "progress_age_s": age, **kw}
+
+
+def test_a_beating_attempt_without_progress_is_stalled_after_the_default_limit():
+    # the pulse is fresh (seen 1 s ago) but the step has not moved for 10 minutes: stalled
+    assert verdict(now=T0 + 10, b=beat(working(600), seen_at=T0 + 9)).kind == judge.FINE
+    v = verdict(now=T0 + 10, b=beat(working(601), seen_at=T0 + 9))
+    assert v == Verdict(judge.STALLED, "lost", "no progress for 601 s at step 40 (limit 600 s) while its heartbeat "
+                                               "goes on", stop=True)
+
+
+def test_the_default_progress_limit_grows_with_the_measured_step_time():
+    assert LIMITS.progress_limit(None) == 600 and LIMITS.progress_limit(45.0) == 900
+    slow = working(800, step_time_s=45.0)  # 20 steps of 45 s: 900 s
+    assert verdict(now=T0 + 10, b=beat(slow, seen_at=T0 + 10)).kind == judge.FINE
+    assert verdict(now=T0 + 10, b=beat({**slow, "progress_age_s": 901}, seen_at=T0 + 10)).kind == judge.STALLED
+
+
+def test_a_plans_explicit_stall_s_bounds_progress_too():
+    limits = Limits(start_timeout_s=60, stall_s=30, heartbeat_s=5, progress_s=30)
+    assert verdict(now=T0 + 10, b=beat(working(29), seen_at=T0 + 10), limits=limits).kind == judge.FINE
+    v = verdict(now=T0 + 10, b=beat(working(31), seen_at=T0 + 10), limits=limits)
+    assert v.kind == judge.STALLED and v.reason.startswith("no progress for 31 s at step 40 (limit 30 s)")
+
+
+def test_waiting_on_the_store_is_not_a_progress_stall_and_old_beats_have_no_progress_age():
+    waiting = working(5000, waiting="store unreachable since 10:00:00Z")
+    assert verdict(now=T0 + 10, b=beat(waiting, seen_at=T0 + 10)) == Verdict(judge.FINE)
+    assert verdict(now=T0 + 10, b=beat({"beat": 3, "step": 4}, seen_at=T0 + 10)) == Verdict(judge.FINE)
+
+
+# -- the final beat is sticky (issue 12 #6) ------------------------------------------------------------
+
+
+def test_a_late_non_final_beat_does_not_replace_the_recorded_final_one():
+    final = {"beat": 9, "state": "succeeded", "final": True, "unix_time": T0 + 50}
+    a = att(progress=final, beat_key=f"{T0 + 50}:9", beat_seen_at=T0 + 50)
+    late = {"beat": 10, "state": "running", "unix_time": T0 + 51}
+    b = judge.observe(a, late, True, T0 + 60)
+    assert b.progress == final and b.key == f"{T0 + 50}:9" and b.seen_at == T0 + 50 and b.final == "succeeded"
+    # so the end by its own word still comes after the grace, as if the late beat had never landed
+    assert judge.judge(a, "running", LIMITS, None, None, b, T0 + 61, 0.0) == Verdict(
+        judge.DONE, "succeeded", "finished (by its heartbeat)", stop=True)
+    # a first final beat replaces a running one as before
+    assert judge.observe(att(progress=late), final, True, T0 + 60).progress == final
+
+
+# -- a run's step never goes backwards (issue 12 #3) ---------------------------------------------------
+
+
+def test_resuming_before_the_published_step_is_refused_without_blame():
+    a = att(resumed_from_step=120)
+    v = verdict(a, b=beat({"beat": 2, "resumed_from": 0}, seen_at=T0 + 9))
+    assert v == Verdict(judge.BACKWARDS, "failed", "refusing to go backwards: resumed from step 0, step 120 is "
+                                                   "published", stop=True, blameless=True)
+    # from the published step or later, or back to an older one because the newer was corrupt: fine
+    assert verdict(a, b=beat({"beat": 2, "resumed_from": 120}, seen_at=T0 + 9)).kind == judge.FINE
+    fallback = {"beat": 2, "resumed_from": 100, "resume_fallback": "step-120.pt: sha256 mismatch"}
+    assert verdict(a, b=beat(fallback, seen_at=T0 + 9)).kind == judge.FINE
+    assert verdict(att(), b=beat({"beat": 2, "resumed_from": 0}, seen_at=T0 + 9)).kind == judge.FINE
+
+
+# -- the store's outage is no platform's fault (issue 12 #10) -------------------------------------------
+
+
+def test_exit_75_or_a_retryable_final_beat_ends_the_attempt_blameless():
+    down = verdict(status=Status(State.FAILED, 75, "exit status 75"),
+                   b=beat({"beat": 5, "state": "failed", "final": True, "retryable": True,
+                           "error": "StoreUnavailable: cannot reach s3"}, seen_at=T0))
+    assert down == Verdict(judge.DONE, "failed", "the store was unreachable (not the platform's fault): "
+                                                 "StoreUnavailable: cannot reach s3", 75, blameless=True)
+    assert verdict(status=Status(State.FAILED, 75, "exit status 75"), b=beat()).blameless
+    # by its own last word, the platform not yet saying anything
+    said = beat({"beat": 5, "state": "failed", "final": True, "retryable": True, "error": "store down"}, seen_at=T0)
+    v = verdict(now=T0 + 11, status=None, b=said)
+    assert v.blameless and v.state == "failed" and v.reason.startswith("the store was unreachable")
+    # any other failure is the platform's try
+    assert not verdict(status=Status(State.FAILED, 1, "exit status 1"), b=beat()).blameless

@@ -4,11 +4,12 @@ that runs the pushed kernel; the store is S3 (moto), its credentials only in the
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
-from gwi.adapters.base import LaunchRequest, load_profiles
+from gwi.adapters.base import LaunchRequest, PlatformError, load_profiles
 from gwi.adapters.kaggle import KaggleAdapter, _slug
 from gwi.scheduler import Scheduler
 from gwi.spec import load_spec
@@ -182,3 +183,76 @@ def test_package_mirrors_runs_and_an_offline_predict_reads_the_mirror(tmp_path, 
         from gwi.adapters.kaggle import package
 
         package(out, "no-slash", wheel=str(wheel))
+
+
+# -- deadlines, the kernels gwi launched, private files -----------------------------------------------
+
+
+def adapter_with(kg, **options) -> KaggleAdapter:
+    from dataclasses import replace
+
+    prof = kg["s"].profiles["kaggle"]
+    return KaggleAdapter(replace(prof, options=replace(prof.options, **options)))
+
+
+def push_sleeper(ad: KaggleAdapter, folder: Path, slug: str, title: str) -> None:
+    """A kernel that runs for a minute, pushed with the official client."""
+    folder.mkdir(parents=True)
+    (folder / "gwi_job.py").write_text("import time\ntime.sleep(60)\n")
+    (folder / "kernel-metadata.json").write_text(json.dumps({
+        "id": f"alice/{slug}", "title": title, "code_file": "gwi_job.py", "language": "python",
+        "kernel_type": "script", "is_private": True, "enable_gpu": False, "enable_internet": True,
+        "dataset_sources": [], "competition_sources": [], "kernel_sources": [], "model_sources": []}))
+    ad.api.kernels_push(str(folder))
+
+
+def test_a_hanging_or_failing_kaggle_api_answers_within_its_deadline(kg, tmp_path):
+    st = kg["st"]
+    ad = adapter_with(kg, request_timeout_s=1.0, retry_deadline_s=2.0)
+    push_sleeper(ad, tmp_path / "k", "gwi-t-1", "gwi t.1")
+    handle = {"kernel": "alice/gwi-t-1", "workdir": str(tmp_path / "w")}
+    st.faults = ["hang"] * 10  # accepted, never answered: the package alone would wait forever
+    t0 = time.monotonic()
+    with pytest.raises(PlatformError, match="Kaggle API not reachable") as e:
+        ad.query(handle)
+    assert e.value.kind == "retryable" and time.monotonic() - t0 < 2.0 + 1.0 + 1.5
+    st.release.set()
+    st.faults = [503, "reset"]  # a 5xx and a dropped connection: retried, then the answer
+    ad = adapter_with(kg, request_timeout_s=5.0, retry_deadline_s=20.0)
+    assert ad.query(handle).state.value == "running" and st.faults == []
+    st.faults = [401]  # not retryable: one try
+    with pytest.raises(PlatformError) as e:
+        ad.query(handle)
+    assert e.value.kind == "auth"
+
+
+def test_running_gwi_kernels_are_listed_and_orphans_cancelled(kg, tmp_path):
+    from gwi.scheduler import open_view
+    from gwi.scheduler.instances import list_instances, stop_orphans
+
+    st = kg["st"]
+    ad = KaggleAdapter(kg["s"].profiles["kaggle"])
+    push_sleeper(ad, tmp_path / "a", "gwi-z-job-1", "gwi z.job.1")
+    push_sleeper(ad, tmp_path / "b", "notebook-of-mine", "notebook of mine")  # not gwi's
+    v = open_view(tmp_path / "fresh-home", kg["s"].profiles)
+    listing = list_instances(v, ["kaggle"])
+    (row,) = listing.instances
+    assert (row["id"], row["attempt_id"], row["state"], row["orphan"]) == ("alice/gwi-z-job-1", "z.job.1", "running", True)
+    assert stop_orphans(v, listing) == [(row, None)]
+    assert st.status("alice/gwi-z-job-1")[0] == "CANCEL_ACKNOWLEDGED"
+    assert st.status("alice/notebook-of-mine")[0] == "RUNNING"
+    assert list_instances(v, ["kaggle"]).instances == []
+
+
+def test_the_rendered_kernel_is_private_and_stops_itself_at_its_hour_limit(kg, tmp_path):
+    import stat
+
+    ad = KaggleAdapter(kg["s"].profiles["kaggle"])
+    req = LaunchRequest(attempt_id="a.b.1", job="a/b", kind="synth", argv=["gwi", "--version"], env={},
+                        store_url=kg["store"], heartbeat_url=kg["store"] + "/hb.json", workdir=str(tmp_path / "w"),
+                        hours_limit=2.0)
+    ad.render(req, tmp_path / "w" / "kernel")
+    assert stat.S_IMODE((tmp_path / "w" / "kernel").stat().st_mode) == 0o700
+    for f in ("kernel-metadata.json", "gwi_job.py"):
+        assert stat.S_IMODE((tmp_path / "w" / "kernel" / f).stat().st_mode) == 0o600
+    assert "LIMIT_S = 7200  #" in (tmp_path / "w" / "kernel" / "gwi_job.py").read_text()

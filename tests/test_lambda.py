@@ -43,19 +43,21 @@ def cloud(tmp_path, monkeypatch):
     opts = {"api_url": url, "instance_types": ["gpu_1x_a10"], "ssh_key_name": "test", "ssh_private_key": str(sshd.client_key),
             "ssh_user": sshd.user, "ssh_port": sshd.port, "runtime": "process", "gwi_command": f"{sys.executable} -m gwi",
             "remote_dir": str(remote), "allow_local_store": True, "env": {"GWI_CACHE": str(tmp_path / "remote-cache")},
-            "request_timeout_s": 5}
+            "request_timeout_s": 5, "poweroff_command": "true"}  # never the default `sudo shutdown` here
     (plat / "lam.yaml").write_text(json.dumps({"adapter": "lambda", "gpus": 1, "usd_per_hour": 0.75, "capacity": 2,
                                                "credentials": ["LAMBDA_API_KEY"], "start_timeout_s": 60, "options": opts}))
     (plat / "fallback.yaml").write_text("adapter: local\ncapacity: 2\nstart_timeout_s: 60\noptions: {runtime: process}\n")
     s = Scheduler(tmp_path / "home", profiles=load_profiles([plat]))
     store = f"file://{tmp_path}/store"
     yield {"st": st, "sshd": sshd, "s": s, "store": store, "tmp": tmp_path, "remote": remote, "plat": plat}
-    for rd in remote.glob("gwi-*"):  # never leave a job behind
-        if (rd / "pid").exists():
-            try:
-                os.killpg(int((rd / "pid").read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+    st.release.set()  # end any scripted hang
+    for rd in remote.glob("gwi-*"):  # never leave a job, or its watchdog, behind
+        for pidfile in ("pid", "watchdog.pid"):
+            if (rd / pidfile).exists():
+                try:
+                    os.killpg(int((rd / pidfile).read_text()), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
     for a in s.db.execute("SELECT * FROM attempts WHERE state IN ('pending','running')").fetchall():
         if a["handle"]:
             try:
@@ -105,9 +107,10 @@ def test_job_runs_on_an_instance_over_ssh_and_the_instance_is_terminated(cloud):
     assert "dataset d at" in (work / "log").read_text()  # the log came back before termination
     assert f"[127.0.0.1]:{c['sshd'].port}" in (work / "known_hosts").read_text()  # host key recorded
     rdir = c["remote"] / "gwi-lc.data.1"
-    assert stat.S_IMODE((rdir / "env").stat().st_mode) == 0o600 == stat.S_IMODE((rdir / "docker.env").stat().st_mode)
-    assert "GWI_HEARTBEAT=" in (rdir / "env").read_text()
-    assert KEY not in (rdir / "run.sh").read_text() and KEY not in (rdir / "env").read_text()
+    assert not (rdir / "env").exists()  # the wrapper deleted the values once it had read them
+    assert stat.S_IMODE((rdir / "docker.env").stat().st_mode) == 0o600
+    assert "GWI_HEARTBEAT\n" in (rdir / "docker.env").read_text()  # names only
+    assert not any(KEY in f.read_text(errors="replace") for f in rdir.rglob("*") if f.is_file())
     assert json.loads(Path(c["store"][7:], "datasets/d/manifest.json").read_text())["num_samples"] == 2
     assert ("GET", "/api/v1/instance-types") in st.requests
 
@@ -232,3 +235,76 @@ def test_multi_gpu_training_runs_under_torchrun(cloud):
                                   "--entrypoint torchrun ghcr.io/team/gwi:1 --standalone --nproc-per-node=4 --no-python "
                                   "-- gwi train --model egnn")
     assert ad.command(replace(req, kind="predict"), 4).endswith("ghcr.io/team/gwi:1 train --model egnn")
+
+
+# -- deadlines: every call answers in time; the instance stops itself --------------------------------
+
+
+def adapter_with(c, **options) -> LambdaAdapter:
+    prof = c["s"].profiles["lam"]
+    return LambdaAdapter(replace(prof, options=replace(prof.options, **options)))
+
+
+def test_a_hanging_or_failing_api_answers_within_its_deadline(cloud):
+    st = cloud["st"]
+    ad = adapter_with(cloud, request_timeout_s=1.0, retry_deadline_s=2.0)
+    st.faults = ["hang"] * 20  # accepts, reads the request, never answers
+    t0 = time.monotonic()
+    with pytest.raises(PlatformError, match="no answer") as e:
+        ad.api.instances()
+    took = time.monotonic() - t0
+    assert e.value.kind == "retryable" and took < 2.0 + 1.0 + 1.0, took  # the deadline and one try at most
+    st.release.set()
+    # 5xx, a reset connection and throttling are retried, with jittered, doubling pauses
+    st.faults = [500, "reset", 503, 429]
+    slept = []
+    ad.api.sleep = slept.append
+    ad.api.deadline_s = 60
+    assert ad.api.instances() == []
+    assert len(slept) == 4 and 0.5 <= slept[0] <= 1.5 and 4.0 <= slept[3] <= 12.0
+    # what is not retryable is not retried: one request, one error
+    before = len(st.requests)
+    with pytest.raises(PlatformError, match="not found") as e:
+        ad.api.instance("no-such-id")
+    assert e.value.kind == "fatal" and len(st.requests) == before + 1
+    # a launch (not idempotent) is tried once: its transient error goes to the caller, which looks first
+    st.faults = [503]
+    with pytest.raises(PlatformError, match="HTTP 503") as e:
+        ad.api.launch("us-east-1", "gpu_1x_a10", "test", "gwi-x.y.1")
+    assert e.value.kind == "retryable" and slept[4:] == [] and st.instances == {}
+
+
+def test_the_instance_stops_itself_at_its_deadline_with_nobody_watching(cloud, tmp_path):
+    """The job gets 3 s; a watchdog started with it calls the (fake) cloud's terminate 1 s later:
+    no scheduler, no adapter call between start and end."""
+    c, st = cloud, cloud["st"]
+    url = c["s"].profiles["lam"].options.api_url
+    poweroff = tmp_path / "poweroff.py"
+    poweroff.write_text(  # what `sudo shutdown -h now` does for a real instance: here, terminate by API
+        "import json, os, urllib.request as u\n"
+        f"u.urlopen(u.Request({url + '/instance-operations/terminate'!r}, method='POST',\n"
+        "    data=json.dumps({'instance_ids': [os.environ['GWI_INSTANCE_ID']]}).encode(),\n"
+        f"    headers={{'Authorization': 'Bearer {KEY}', 'Content-Type': 'application/json'}}), timeout=10)\n")
+    ad = adapter_with(c, gwi_command="sleep", watchdog_grace_s=1.0,
+                      poweroff_command=f"{sys.executable} {poweroff}")
+    req = LaunchRequest(attempt_id="dl.job.1", job="dl/job", kind="synth", argv=["gwi", "600"], env={},
+                        store_url=c["store"], heartbeat_url=c["store"] + "/hb.json", workdir=str(tmp_path / "w"),
+                        hours_limit=3 / 3600)
+    h = ad.launch(req)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "w" / "started").exists():  # boot, then the first query starts job and watchdog
+        assert time.monotonic() < deadline
+        ad.query(h)
+    started = time.monotonic()
+    rdir = c["remote"] / "gwi-dl.job.1"
+    inst = st.instances[h["instance_id"]]
+    while inst["status"] != "terminated":  # nothing of gwi runs now
+        assert time.monotonic() - started < 20, "the watchdog did not stop the instance"
+        time.sleep(0.2)
+    assert 3.0 <= time.monotonic() - started
+    assert (rdir / "exit_code").read_text().strip() == "124"  # the job was stopped at its own deadline first
+    assert (rdir / "over_limit").read_text().startswith("over its hour limit: stopped on its machine after")
+    assert (rdir / "watchdog.fired").read_text().startswith("deadline reached at")
+    # gwi, back later, reads what happened
+    end = ad.query(h)
+    assert end.state.value == "lost" and "its deadline (0.000833333 h) had passed" in end.message

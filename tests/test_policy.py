@@ -99,6 +99,13 @@ def test_an_attempts_hour_limit_is_the_tightest_of_session_job_hours_and_quota()
     assert policy.hours_limit(prof(session_hours=12.0, quota_hours_per_week=30.0), 50.0, 0.0, 28.0) == 2.0
 
 
+def test_the_dollars_left_bound_a_paid_attempts_hours_so_its_machine_enforces_the_budget():
+    paid = prof(usd_per_hour=2.0, session_hours=24.0)
+    assert policy.hours_limit(paid, None, 0.0, 0.0, max_cost_usd=10.0, dollars_used=4.0) == 3.0
+    assert policy.hours_limit(paid, 2.0, 0.0, 0.0, max_cost_usd=10.0) == 2.0  # the job's hours are tighter
+    assert policy.hours_limit(prof(session_hours=12.0), None, 0.0, 0.0, max_cost_usd=10.0) == 12.0  # free: no bound
+
+
 def test_attempt_hours_run_from_launch_to_end_or_now():
     assert policy.attempt_hours({"launched_at": NOW - 2 * HOUR, "ended_at": None}, NOW) == 2.0
     assert policy.attempt_hours({"launched_at": NOW - 2 * HOUR, "ended_at": NOW - HOUR}, NOW) == 1.0
@@ -143,3 +150,16 @@ def test_policy_and_judge_are_pure():
         mods |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         used = {m.split(".")[-1] for m in mods} | {m.split(".")[0] for m in mods}
         assert not used & banned, f"{name} imports {sorted(used & banned)}"
+
+
+def test_the_wait_after_the_stores_outage_doubles_up_to_a_cap():
+    assert [policy.store_backoff(n, 30, 600) for n in (1, 2, 3, 5, 9)] == [30, 60, 120, 480, 600]
+
+
+def test_a_platform_whose_api_did_not_answer_is_waited_for_not_used_up():
+    hung = policy.Platform("lam", prof("lam"), unavailable="lam API did not answer within 30 s", transient=True)
+    ch = policy.choose([hung], Limits(), 0, 0)
+    assert ch[0].busy and not ch[0].ok
+    assert policy.no_pick(ch) == (True, "waiting for an answer: lam API did not answer within 30 s")
+    # with a fallback the job goes there now, and lam keeps its tries
+    assert policy.pick(policy.choose([hung, policy.Platform("b", prof("b"))], Limits(), 0, 0)).platform == "b"

@@ -26,7 +26,7 @@ def test_a_launched_command_beats_from_the_start_and_records_how_it_ended(tmp_pa
     assert main(["data", "info", f"file://{tmp_path}/s/datasets/d"]) == 0
     p = read(url)
     assert (p["state"], p["attempt"], p["command"]) == ("succeeded", "spec.x.1", "data info")
-    assert p["beat"] >= 2 and p["pid"] > 0
+    assert p["beat"] >= 2 and p["pid"] > 0 and p["final"] is True and p["progress_age_s"] >= 0
     assert main(["data", "info", f"file://{tmp_path}/s/datasets/nope"]) == 1
     p = read(url)
     assert p["state"] == "failed" and "no such object" in p["error"]
@@ -53,6 +53,32 @@ def test_heartbeat_thread_keeps_beating_and_survives_a_failing_store(tmp_path):
     hb.finish("succeeded", step=5)
     assert hb.errors == 1 and store.n >= 4
     assert json.loads(store.data)["state"] == "succeeded" and json.loads(store.data)["step"] == 5
+
+
+def test_reported_counts_are_progress_and_time_a_step(tmp_path, monkeypatch):
+    """synth and predict report counts through progress.update: each is an advance; the beat says how
+    long ago the last one was and, after a few, how long one takes."""
+    import time
+
+    url = f"file://{tmp_path}/attempts/1/progress.json"
+    monkeypatch.setenv("GWI_HEARTBEAT", url)
+    monkeypatch.setenv("GWI_HEARTBEAT_S", "30")  # no periodic beat: this test writes them
+    hb = progress.start_process_heartbeat("data synth")
+    try:
+        progress.phase("pulled")
+        for n in range(1, 6):
+            time.sleep(0.05)
+            progress.update(state="running", done=n, total=5)
+        time.sleep(0.2)
+        hb.beat()
+        p = read(url)
+        assert (p["progress_seq"], p["done"], p["phase"]) == (6, 5, "pulled")
+        assert 0.04 <= p["step_time_s"] < 0.2 and 0.2 <= p["progress_age_s"] < 2
+    finally:
+        progress.end_process_heartbeat("succeeded")
+    p = read(url)
+    assert p["final"] is True and p["state"] == "succeeded" and p["progress_seq"] == 6
+    assert hb.beat() is False and read(url) == p  # nothing after the final beat
 
 
 def test_staged_output_uploads_the_file_and_its_sidecars_only_on_success(tmp_path):

@@ -67,8 +67,12 @@ def test_a_corrupt_or_missing_latest_falls_back_to_the_previous(tmp_path):
     logs = []
     got, entry = run.load_latest(logs.append)
     assert entry["step"] == 2 and got["step"] == 2
-    assert any("step-6.pt unavailable" in m for m in logs)
+    assert any("step-6.pt is missing" in m for m in logs)
     assert any("step-4.pt is truncated or corrupt" in m for m in logs)
+    # the entry says why newer checkpoints were skipped (train reports it as resume_fallback)
+    assert entry["fallback"].startswith("checkpoints/step-6.pt is missing (no such object: ")
+    assert entry["fallback"].endswith("; checkpoints/step-4.pt is truncated or corrupt (size/sha256 mismatch)")
+    assert "fallback" not in run.pointer()["history"][-1]  # the pointer itself is not touched
     (ckdir / "step-2.pt").write_bytes(b"x" * entry["bytes"])  # right size, wrong bytes
     logs.clear()
     assert run.load_latest(logs.append) == (None, None)

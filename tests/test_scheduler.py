@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from gwi.adapters.base import Adapter, PlatformError, Profile, State, Status
 from gwi.errors import GwiError
-from gwi.scheduler import LockBusy, Scheduler, open_view
+from gwi.scheduler import SCHEMA_VERSION, LockBusy, Scheduler, open_view
 from gwi.spec import load_spec
 from gwi.store import open_store
 
@@ -347,7 +349,7 @@ def test_a_newer_schema_is_refused(tmp_path):
     db = sqlite3.connect(tmp_path / "state.db")
     db.execute("PRAGMA user_version=99")
     db.close()
-    with pytest.raises(GwiError, match="schema 99, this gwi knows 2"):
+    with pytest.raises(GwiError, match=f"schema 99, this gwi knows {SCHEMA_VERSION}"):
         Scheduler(tmp_path, profiles={})
 
 
@@ -420,7 +422,8 @@ def test_a_version_1_state_is_migrated(tmp_path):
     Scheduler(tmp_path, profiles={}).close()
     db = sqlite3.connect(tmp_path / "state.db")
     cols = {r[1] for r in db.execute("PRAGMA table_info(attempts)")}
-    assert {"cleanup", "generation"} <= cols and db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert {"cleanup", "generation", "blameless"} <= cols
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     db.close()
 
 
@@ -528,5 +531,155 @@ def test_a_read_only_view_refuses_a_newer_schema(tmp_path):
     db = sqlite3.connect(tmp_path / "state.db")
     db.execute("PRAGMA user_version=99")
     db.close()
-    with pytest.raises(GwiError, match="schema 99, this gwi knows 2"):
+    with pytest.raises(GwiError, match=f"schema 99, this gwi knows {SCHEMA_VERSION}"):
         open_view(tmp_path, profiles={})
+
+
+# -- issue 12: hung platforms, the store's outage, steps going backwards, sticky finals ------------------
+
+
+class Hung(Fake):
+    """A platform whose API stops answering (its calls block until released)."""
+
+    def __init__(self, profile):
+        super().__init__(profile)
+        self.hang = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def query(self, handle):
+        self.calls += 1
+        if self.hang.is_set():
+            self.release.wait(30)
+        return super().query(handle)
+
+
+def test_a_hung_platform_api_does_not_hold_up_the_others(tmp_path):
+    clock = Clock()
+    profiles = {"a": profile("a", start_timeout_s=60, capacity=3), "hung": profile("hung", start_timeout_s=60)}
+    s = Scheduler(tmp_path / "home", profiles=profiles, clock=clock, call_timeout_s=0.5)
+    fakes = {"a": Fake(profiles["a"]), "hung": Hung(profiles["hung"])}
+    s._adapters.update(fakes)
+    p = tmp_path / "h.yaml"
+    p.write_text(f"name: h\nstore: file://{tmp_path}/store\njobs:\n"
+                 "  - {name: x, kind: synth, dataset: x, families: [FlatVel_A], samples: 2, platforms: [hung]}\n"
+                 "  - {name: y, kind: synth, dataset: y, families: [FlatVel_A], samples: 2, platforms: [a]}\n")
+    s.submit(load_spec(p, profiles=profiles))
+    s.reconcile()
+    fakes["hung"].hang.set()
+    fakes["a"].finish("h.y.1")
+    try:
+        errors = []
+        for n in range(3):
+            t0 = time.monotonic()
+            s.reconcile()
+            assert time.monotonic() - t0 < 1.5  # one call timeout, not the hang
+            errors.append(s.state.attempt("h.x.1")["last_error"])
+        assert s.job("h/y")["state"] == "succeeded"  # judged and finished while the other platform hangs
+        assert fakes["hung"].calls == 1  # the hung call; none piled onto it
+        assert errors[0] == "hung API did not answer within 0.5 s"
+        assert errors[1].startswith("hung API has not answered a call for") and errors[2].startswith("hung API has not")
+        assert s.state.attempt("h.x.1")["state"] == "pending"  # a transient error: the heartbeat decides
+    finally:
+        fakes["hung"].release.set()
+    time.sleep(0.2)
+    fakes["hung"].hang.clear()
+    s.reconcile()  # it answered: asked again as usual
+    assert fakes["hung"].calls == 2 and s.state.attempt("h.x.1")["last_error"] == ""
+    s.close()
+
+
+ONE_TRAIN = """
+jobs:
+  - {name: tr, kind: train, model: inversionnet, preset: tiny, dataset: d, platforms: [a, b], heartbeat_s: 5,
+     limits: {stall_s: 30}}
+"""
+
+
+def test_an_attempt_the_stores_outage_ended_counts_no_try_and_waits_before_the_next(tmp_path):
+    clock = Clock()
+    profiles = {"a": profile("a", start_timeout_s=60, capacity=3), "b": profile("b", start_timeout_s=60)}
+    s = Scheduler(tmp_path / "home", profiles=profiles, clock=clock, store_backoff_s=30)
+    fakes = {n: Fake(p) for n, p in profiles.items()}
+    s._adapters.update(fakes)
+    p = tmp_path / "t.yaml"
+    p.write_text(f"name: t\nstore: file://{tmp_path}/store\n" + SYNTH.split("  - {name: tr")[0])
+    s.submit(load_spec(p, profiles=profiles))
+    s.reconcile()
+    fakes["a"].finish("t.data.1", 75, "exit status 75")  # gwi's "the store was unreachable"
+    s.reconcile()
+    a1 = s.state.attempt("t.data.1")
+    assert (a1["state"], a1["blameless"]) == ("failed", 1)
+    assert a1["end_reason"].startswith("the store was unreachable (not the platform's fault)")
+    job = s.job("t/data")
+    assert job["state"] == "queued" and job["reason"].endswith("next try in 30 s")
+    assert s.state.tries("t/data", "a", 0) == 0  # a is not used up: retries 0, and it is still first in line
+    clock.advance(29)
+    s.reconcile()
+    assert len(s.attempts("t/data")) == 1  # backing off
+    clock.advance(2)
+    s.reconcile()
+    assert [a["platform"] for a in s.attempts("t/data")] == ["a", "a"]
+    fakes["a"].finish("t.data.2", 75, "exit status 75")
+    s.reconcile()
+    assert s.job("t/data")["reason"].endswith("next try in 60 s")  # doubling
+    clock.advance(61)
+    s.reconcile()
+    fakes["a"].finish("t.data.3", 1, "exit status 1: boom")  # a real failure counts as before
+    s.reconcile()
+    assert [a["platform"] for a in s.attempts("t/data")] == ["a", "a", "a", "b"]
+    s.close()
+
+
+def test_a_resume_from_before_the_published_step_is_stopped_and_requeued_without_blame(env, tmp_path):
+    from gwi.runs import LATEST
+
+    s, fakes, clock, spec, beat = env
+    open_store(f"file://{tmp_path}/store/runs/t/tr").put_bytes(LATEST, json.dumps({"latest": {"step": 120}}).encode())
+    s.submit(spec(ONE_TRAIN))
+    s.reconcile()
+    assert s.state.attempt("t.tr.1")["resumed_from_step"] == 120
+    beat("t.tr.1", resumed_from=0)  # it could not read the checkpoint and started over
+    s.reconcile()
+    a1 = s.state.attempt("t.tr.1")
+    assert (a1["state"], a1["blameless"]) == ("failed", 1) and fakes["a"].cancelled == ["t.tr.1"]
+    msg = "refusing to go backwards: resumed from step 0, step 120 is published"
+    assert a1["end_reason"] == msg and any(msg in e["message"] for e in s.events("t/tr"))
+    assert s.job("t/tr")["state"] == "queued" and s.state.tries("t/tr", "a", 0) == 0
+
+
+def test_a_late_beat_after_the_final_one_does_not_revive_the_attempt(env):
+    s, fakes, clock, spec, beat = env
+    s.submit(spec(SYNTH))
+    s.reconcile()
+    fakes["a"].states["t.data.1"] = Status(State.RUNNING, silent=False)
+    beat("t.data.1", state="succeeded", final=True)
+    s.reconcile()
+    beat("t.data.1", state="running")  # the heartbeat thread's last write lands after the final one
+    clock.advance(5)
+    s.reconcile()
+    assert json.loads(s.state.attempt("t.data.1")["progress"])["state"] == "succeeded"
+    clock.advance(40)  # the platform never confirms: its own final word is believed after the grace (40 s)
+    s.reconcile()
+    assert attempts(s, "data")[0] == ("a", "succeeded", "finished (by its heartbeat)")
+
+
+def test_the_store_unreadable_from_here_is_said_in_the_jobs_status(env, tmp_path):
+    import shutil
+
+    s, fakes, clock, spec, beat = env
+    s.submit(spec(SYNTH))
+    s.reconcile()
+    beat("t.data.1")
+    s.reconcile()
+    hb = tmp_path / "store/runs/t/data/attempts/1/progress.json"
+    hb.unlink()
+    hb.mkdir()  # the heartbeat cannot be read (a folder where the file was): not "missing"
+    clock.advance(500)
+    s.reconcile()
+    job = s.job("t/data")
+    assert job["state"] == "running" and job["reason"].startswith("on a; heartbeat unreadable here, not judged: ")
+    shutil.rmtree(hb)
+    beat("t.data.1")  # readable again, and beating
+    s.reconcile()
+    assert s.job("t/data")["reason"] == "on a"

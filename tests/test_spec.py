@@ -480,3 +480,17 @@ def test_default_name_store_and_sha256(spec, tmp_path):
     assert s.name == "night-1" and s.path == str(p)
     assert s.store == f"file://{(tmp_path / 'gwi-home' / 'store').resolve()}"  # conftest's GWI_HOME
     assert s.sha256 == hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+
+def test_whether_the_plan_set_stall_s_is_remembered(spec):
+    """The pulse keeps the 6 x heartbeat_s default; only a stall_s the plan sets also bounds progress."""
+    from gwi.spec import Job
+
+    _, s = spec(ALL)
+    unet, egnn = s.job("unet"), s.job("egnn")
+    assert unet.limits.stall_s == 60.0 and not unet.limits.stall_set and unet.limits.progress_stall_s is None
+    assert egnn.limits.stall_set and egnn.limits.progress_stall_s == 600.0
+    assert Job.from_dict(egnn.to_dict()).limits.progress_stall_s == 600.0  # as the scheduler stores it
+    old = egnn.to_dict()
+    del old["limits"]["stall_set"]  # recorded by an earlier gwi
+    assert Job.from_dict(old).limits.progress_stall_s is None

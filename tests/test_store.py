@@ -4,7 +4,7 @@ import boto3
 import pytest
 
 import gwi.store
-from gwi.errors import StoreError
+from gwi.errors import EXIT_STORE_UNAVAILABLE, StoreError, StoreUnavailable
 from gwi.store import FileStore, S3Store, open_store
 
 from .conftest import start_moto
@@ -126,8 +126,10 @@ def test_s3_unreachable_endpoint(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     gwi.store._CLIENTS.clear()
     try:
-        with pytest.raises(StoreError, match="cannot reach the S3 endpoint"):
-            open_store("s3://b").get_bytes("k")
+        # patience 0: the scheduler's way, reported at once (waiting is tested in test_outage.py)
+        with pytest.raises(StoreUnavailable, match="cannot reach the S3 endpoint") as e:
+            open_store("s3://b", patience=0).get_bytes("k")
+        assert e.value.exit_code == EXIT_STORE_UNAVAILABLE == 75
     finally:
         gwi.store._CLIENTS.clear()
 
@@ -138,3 +140,108 @@ def test_boto3_client_sees_the_same_objects(s3):
     c = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1")
     body = c.get_object(Bucket=s3[5:], Key="p/q/r.txt")["Body"].read()
     assert body == b"data"
+
+
+@pytest.fixture
+def fake_s3():
+    """An S3 endpoint on 127.0.0.1 that answers every request with ``answer["status"]`` and the S3
+    error ``answer["code"]``, counting requests."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    answer = {"status": 500, "code": "InternalError", "requests": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self):
+            if self.command == "HEAD" and self.path.strip("/").count("/") == 0:  # HeadBucket: it exists
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            answer["requests"] += 1
+            if self.headers.get("Expect") == "100-continue":
+                self.close_connection = True  # as S3 does: refuse before the body is sent
+            else:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = (f"<?xml version='1.0'?><Error><Code>{answer['code']}</Code>"
+                    f"<Message>fake {answer['code']}</Message></Error>").encode()
+            self.send_response(answer["status"])
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _reply
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}", answer
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_5xx_and_throttling_are_unavailable_refusals_are_not(fake_s3, monkeypatch):
+    url, answer = fake_s3
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setattr(gwi.store, "_CLIENTS", {})
+    for status, code in ((500, "InternalError"), (503, "SlowDown"), (429, "TooManyRequests")):
+        answer.update(status=status, code=code, requests=0)
+        with pytest.raises(StoreUnavailable, match=rf"S3 busy or failing \(HTTP {status}, {code}"):
+            open_store("s3://b", patience=0).get_bytes("k")
+        # no patience (heartbeats, the scheduler's reads): one try, so a failing store costs a beat, not a wait
+        assert answer["requests"] == 1, code
+    answer.update(status=503, code="SlowDown", requests=0)
+    with pytest.raises(StoreUnavailable):
+        open_store("s3://b", patience=0.01).get_bytes("k")
+    n = answer["requests"]
+    assert n >= 3 and n % 3 == 0, f"with patience, each call is botocore's 3 standard attempts; got {n} requests"
+    answer.update(status=500, code="InternalError", requests=0)
+    with pytest.raises(StoreUnavailable, match=r"still unavailable after waiting 1 s"):
+        open_store("s3://b", patience=1).put_bytes("k", b"v")
+    assert answer["requests"] > 3, "the store's own wait tried again after botocore gave up"
+    answer.update(status=403, code="AccessDenied", requests=0)
+    with pytest.raises(StoreError, match="access denied") as e:
+        open_store("s3://b", patience=30).get_bytes("k")
+    assert not isinstance(e.value, StoreUnavailable) and answer["requests"] == 1
+    answer.update(status=404, code="NoSuchKey", requests=0)
+    st = open_store("s3://b", patience=30)
+    assert not st.exists("k")
+    with pytest.raises(StoreError, match="no such object: s3://b/k") as e:
+        st.get_bytes("k")
+    assert not isinstance(e.value, StoreUnavailable)
+
+
+def test_a_full_local_disk_is_a_store_error_naming_the_path(tmp_path):
+    """A real write refused by the kernel (a file-size limit: EFBIG, as ENOSPC would be)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, signal, sys\n"
+        "from gwi.errors import StoreUnavailable\n"
+        "from gwi.store import FileStore\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+        "st = FileStore(sys.argv[1])\n"
+        "for op in (lambda: st.put_bytes('a/big.bin', b'x' * 5000), lambda: st.put_file(sys.argv[2], 'a/f.bin')):\n"
+        "    try:\n"
+        "        op()\n"
+        "    except StoreUnavailable:\n"
+        "        print('unavailable?')\n"
+        "    except Exception as e:\n"
+        "        print(type(e).__name__, e)\n"
+    )
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"y" * 5000)
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "st"), str(src)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.stdout.splitlines() == [
+        f"StoreError write {tmp_path}/st/a/big.bin: File too large (EFBIG)",
+        f"StoreError write {tmp_path}/st/a/f.bin: File too large (EFBIG)",
+    ], r.stdout + r.stderr
+    assert [p.name for p in (tmp_path / "st").rglob("*") if p.is_file()] == []

@@ -147,3 +147,29 @@ def test_pull_of_a_missing_dataset_is_a_clear_error(s3):
     with pytest.raises(StoreError, match=rf"no such object: {s3}/datasets/nope/manifest.json"):
         sync.pull(f"{s3}/datasets/nope", progress=False)
     assert isinstance(open_store(s3), S3Store) and not isinstance(open_store(s3), FileStore)
+
+
+def test_pull_refuses_a_cache_folder_that_leads_outside(s3_dataset, tmp_path):
+    """A symlink planted in the cache (here: the shards folder) must not carry downloads elsewhere."""
+    from gwi.errors import DataError
+
+    url, m, _ = s3_dataset
+    local = sync.pull(url, progress=False)
+    outside = tmp_path / "outside"
+    (local / "shards").rename(outside)
+    (local / "shards").symlink_to(outside)
+    with pytest.raises(DataError, match=rf"{url}/manifest.json: shard path '{m['shards'][0]['path']}' would leave "
+                                        "the cache folder"):
+        sync.pull(url, progress=False)
+
+
+def test_pull_reports_progress_and_a_lock_beside_the_folder(s3_dataset):
+    url, m, _ = s3_dataset
+    seen, logs = [], []
+    local = sync.pull(url, progress=False, workers=2, on_progress=lambda d, t: seen.append((d, t)), log=logs.append)
+    n = len(m["shards"])
+    assert sorted(seen) == [(i, n) for i in range(1, n + 1)] and logs == [f"pulling kt: {n} of {n} shards to fetch"]
+    assert local.with_name(local.name + ".lock").is_file()
+    seen.clear()
+    sync.pull(url, progress=False, on_progress=lambda d, t: seen.append((d, t)), log=logs.append)
+    assert seen == [] and len(logs) == 1  # all verified: nothing fetched, nothing said

@@ -1,16 +1,22 @@
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from gwi.data.synth import synthesize
-from gwi.errors import GwiError
+from gwi.errors import EXIT_STORE_UNAVAILABLE, GwiError
+from gwi.runs import Run
 from gwi.train import TrainConfig, apply_sets, train
+
+from .conftest import free_port
+from .faults import TcpProxy
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +59,11 @@ def test_resume_after_a_crash_is_exact(dataset, tmp_path):
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
     assert resumed["val_mae"] == pytest.approx(straight["val_mae"], abs=1e-6)
+    # the beat says where each attempt started: the judge refuses one that went backwards
+    assert json.loads((tmp_path / "a" / "progress.json").read_text())["resumed_from"] == 0
+    prog = json.loads((tmp_path / "b" / "progress.json").read_text())
+    assert (prog["resumed_from"], prog["resumed_checkpoint"]) == (6, "checkpoints/step-6.pt")
+    assert "resume_fallback" not in prog and prog["final"] is True
 
 
 def test_checkpoint_contents_and_pruning(dataset, tmp_path):
@@ -79,6 +90,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(dataset, tmp_path)
     m = train(cfg(dataset, f"file://{tmp_path}/r", epochs=2), log=logs.append)
     assert any("step-4.pt is truncated or corrupt" in s for s in logs)
     assert m["resumed_from"] == "checkpoints/step-2.pt" and m["steps"] == 8
+    prog = json.loads((tmp_path / "r" / "progress.json").read_text())
+    assert prog["resumed_from"] == 2 and "step-4.pt is truncated or corrupt" in prog["resume_fallback"]
 
 
 def test_progress_and_metrics(dataset, tmp_path):
@@ -90,6 +103,10 @@ def test_progress_and_metrics(dataset, tmp_path):
     assert prog["state"] == "succeeded" and prog["step"] == prog["total_steps"] == 4
     assert set(prog["val_mae_per_family"]) == {"CurveVel_A", "FlatVel_A"}
     assert 0 < prog["val_mae"] < 3000 and prog["precision"] == "fp32" and prog["device"] == "cpu"
+    # an advance when training starts, per optimizer step and per validation batch; then the final beat
+    val_batches = math.ceil(m["history"][-1]["val_samples"] / 4)
+    assert prog["progress_seq"] == 1 + 4 + val_batches and prog["final"] is True
+    assert 0 < prog["step_time_s"] < 60 and 0 <= prog["progress_age_s"] < 60
     saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert saved["val_mae"] == pytest.approx(m["val_mae"]) and saved["baseline_mae"] > 0
     # per-family MAE averages to the overall one, weighted by the val samples of each family
@@ -154,3 +171,94 @@ def test_ddp_two_ranks_with_gloo(dataset, tmp_path):
     ptr = json.loads((tmp_path / "r" / "checkpoints" / "latest.json").read_text())
     assert ptr["latest"]["step"] == 4 and ptr["latest"]["rank"] == 0
     assert r.stdout.count("training inversionnet") == 1, "only rank 0 logs"
+
+
+def gwi_train(dataset, run_url, *extra, env=None):
+    """A real ``gwi train`` process (tiny model, CPU), its output in a file the assertions quote."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "gwi", "train", "--model", "inversionnet", "--preset", "tiny", "--dataset", dataset,
+         "--run", run_url, "--epochs", "2", "--batch-size", "4", "--heartbeat-s", "0.2", "--device", "cpu", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+
+
+def watch_stall(beats: Path, proc, min_age: float, timeout: float = 60.0) -> tuple[dict, dict]:
+    """(first, last) beats of a stretch where the beat counter goes on and ``progress_seq`` does not,
+    ending once ``progress_age_s`` reaches ``min_age``."""
+    first = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"gwi train ended ({proc.returncode}):\n{proc.stdout.read()[-3000:]}"
+        try:
+            b = json.loads(beats.read_text())
+        except (FileNotFoundError, ValueError):
+            time.sleep(0.05)
+            continue
+        assert "progress_age_s" in b, f"the beat carries no progress: a pulse, not progress: {b}"
+        if first is None or b["progress_seq"] != first["progress_seq"]:
+            first = b
+        elif b["progress_age_s"] >= min_age and b["beat"] >= first["beat"] + 3:
+            return first, b
+        time.sleep(0.05)
+    raise AssertionError(f"no stall of {min_age} s seen; last beat: {first}")
+
+
+def unblock(fifo: Path, data: bytes = b"null") -> None:
+    """Answer the read blocked on ``fifo`` (fails at once if nobody is reading it)."""
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def test_a_stuck_loop_keeps_its_pulse_but_its_progress_age_grows(dataset, tmp_path):
+    """Progress, not pulse: ``gwi train`` blocks for real on a read that does not return (the run's
+    checkpoint pointer is a FIFO nobody writes, as a hung network file system would leave it). Its
+    heartbeat thread keeps beating; the beats say the work has not advanced for longer and longer."""
+    run = Run(f"file://{tmp_path}/store/runs/p/tr")
+    fifo = tmp_path / "store/runs/p/tr/checkpoints/latest.json"
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    beats = tmp_path / "store/runs/p/tr/attempts/1/progress.json"
+    proc = gwi_train(dataset, run.url, "--set", "checkpoint_every=3",
+                     env={"GWI_HEARTBEAT": run.attempt_heartbeat_url(1), "GWI_HEARTBEAT_S": "0.2"})
+    try:
+        # stuck reading the pointer to resume: the process heartbeat beats on
+        first, last = watch_stall(beats, proc, min_age=1.0)
+        assert last["command"].startswith("train") and last["phase"] == "built"
+        assert last["progress_seq"] == first["progress_seq"]
+        assert last["beat"] > first["beat"] and last["progress_age_s"] > first["progress_age_s"]
+        unblock(fifo)  # no checkpoint: start from scratch
+        # stuck again publishing the first checkpoint: now training's own heartbeat beats on
+        first2, last2 = watch_stall(beats, proc, min_age=1.0)
+        assert (last2["state"], last2["step"], last2["resumed_from"]) == ("checkpointing", 3, 0)
+        # taking over, then one advance per step: the counter never went backwards
+        assert last2["progress_seq"] >= last["progress_seq"] + 1 + 3 and last2["beat"] > last["beat"]
+        assert last2["progress_age_s"] > first2["progress_age_s"] >= 0
+        unblock(fifo)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    end = json.loads(beats.read_text())
+    assert (end["state"], end["step"], end["final"]) == ("succeeded", 8, True)
+
+
+def test_a_resume_that_cannot_reach_the_store_exits_75_and_says_retryable(dataset, tmp_path):
+    """The run's store drops every connection (a TCP proxy in front of nothing): after its patience
+    ``gwi train`` gives up with exit 75 and a final beat saying so; it does not start from scratch."""
+    beats = tmp_path / "attempt" / "progress.json"
+    with TcpProxy("127.0.0.1", free_port()) as proxy:
+        proxy.set("drop")
+        proc = gwi_train(dataset, "s3://bkt/runs/p/tr", env={
+            "GWI_HEARTBEAT": f"file://{beats}", "GWI_HEARTBEAT_S": "0.2", "GWI_STORE_PATIENCE_S": "1",
+            "AWS_ENDPOINT_URL": proxy.url, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t",
+            "AWS_DEFAULT_REGION": "us-east-1", "GWI_S3_CONNECT_TIMEOUT_S": "1", "GWI_S3_READ_TIMEOUT_S": "1"})
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_STORE_UNAVAILABLE, out[-3000:]
+    assert "starting from scratch" not in out and "training inversionnet" not in out
+    end = json.loads(beats.read_text())
+    assert (end["state"], end["final"], end["retryable"]) == ("failed", True, True), end
+    assert "store was unreachable" in end["error"] and "StoreUnavailable" in end["error"]

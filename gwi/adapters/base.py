@@ -256,11 +256,43 @@ def parse_profile(path: str | Path) -> Profile:
     )
 
 
+# ------------------------------------------------------------------------------------------------
+# where profiles come from, and where their secrets go
+#
+# A profile decides which environment variables leave this machine and for which host (an API base
+# URL, the machines an API launches, a docker image that runs with them). So profiles are read only
+# from gwi's own folder and the user's ($GWI_HOME/platforms), never from the current directory; a
+# folder named with --platforms / $GWI_PLATFORMS may add profiles, but one that would send a secret
+# somewhere the package's profile of its adapter does not is refused until the user trusts that
+# exact file (its sha256), in a file of their own.
+
+PACKAGE_PLATFORMS = Path(__file__).resolve().parents[2] / "platforms"
+TRUST_FILE = "trusted-profiles.json"
+THIS_MACHINE = "this machine"  # a process of the user's own gwi: never a new destination
+LENT = "AWS_*"  # the store's credentials this machine lends to jobs it drives (kit.lent_credentials)
+KAGGLE_API = "https://www.kaggle.com"  # the kaggle client's endpoint when options.api_endpoint is unset
+
+
+class UntrustedProfile(ConfigError):
+    """A profile from outside the user's own folders would send secrets to a new destination."""
+
+
+def user_profile_dirs() -> list[Path]:
+    """Folders whose profiles are gwi's or the user's own: the package's, and ``$GWI_HOME/platforms``
+    when ``GWI_HOME`` is set. Unset, gwi's home is ``./.gwi``, which a checked-out repository could
+    ship, so it is read like any project folder."""
+    home = os.environ.get("GWI_HOME")
+    return [PACKAGE_PLATFORMS] + ([Path(home) / "platforms"] if home else [])
+
+
 def profile_dirs() -> list[Path]:
-    """Where profiles are found, later ones overriding earlier ones of the same name: the repo's
-    ``platforms/``, ``$GWI_HOME/platforms``, ``./platforms``, then each folder in ``$GWI_PLATFORMS``."""
-    dirs = [Path(__file__).resolve().parents[2] / "platforms",
-            Path(os.environ.get("GWI_HOME", ".gwi")) / "platforms", Path("platforms")]
+    """Where profiles are found, later ones overriding earlier ones of the same name: the package's
+    ``platforms/``, ``$GWI_HOME/platforms`` (``./.gwi/platforms`` when unset), then each folder in
+    ``$GWI_PLATFORMS`` (what ``--platforms DIR`` sets). Never ``./platforms``: the current directory
+    does not choose where credentials go."""
+    dirs = user_profile_dirs()
+    if not os.environ.get("GWI_HOME"):
+        dirs.append(Path(".gwi") / "platforms")
     dirs += [Path(p) for p in os.environ.get("GWI_PLATFORMS", "").split(os.pathsep) if p]
     seen, out = set(), []
     for d in dirs:
@@ -272,12 +304,149 @@ def profile_dirs() -> list[Path]:
 
 
 def load_profiles(dirs: list[Path] | None = None) -> dict[str, Profile]:
+    """Profiles by name. ``dirs`` given: the caller (a test, a bench) vouches for them. None: the
+    folders of :func:`profile_dirs`, where a profile outside :func:`user_profile_dirs` must pass
+    :func:`check_trust` (raises :class:`UntrustedProfile`)."""
+    own = {d.resolve() for d in user_profile_dirs()} if dirs is None else None
     profiles: dict[str, Profile] = {}
     for d in dirs if dirs is not None else profile_dirs():
         if d.is_dir():
             for p in sorted(d.glob("*.yaml")) + sorted(d.glob("*.yml")):
-                profiles[p.stem] = parse_profile(p)
+                profile = parse_profile(p)
+                if own is not None and d.resolve() not in own:
+                    check_trust(profile)
+                profiles[p.stem] = profile
     return profiles
+
+
+def _origin(url: str) -> str:
+    """``scheme://host[:port]`` of an endpoint: a path on the same host is the same destination."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url.strip())
+    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else url.strip()
+
+
+def routes(profile: Profile) -> list[tuple[str, str]]:
+    """``(variable, destination)`` for each secret of this machine's environment that ``profile``
+    sends: its ``credentials`` and the adapter's own secret variables to the platform's endpoint,
+    and the store's credentials to the machines or images gwi drives there."""
+    o, creds = profile.options, list(profile.credentials)
+
+    def opt(name, default=None):
+        return getattr(o, name, None) if not isinstance(o, dict) else o.get(name, default)
+
+    image = opt("image")
+    if profile.adapter == "local":
+        docker = opt("runtime", "auto") != "process"
+        return [(v, f"docker image {image} on {THIS_MACHINE}" if docker and image else THIS_MACHINE)
+                for v in creds + [LENT]]
+    if profile.adapter == "lambda":
+        api = _origin(opt("api_url") or "https://cloud.lambdalabs.com")
+        job = f"instances launched through {api}"
+        if opt("runtime", "docker") == "docker" and image:
+            job += f", running docker image {image}"
+        return [(v, f"Lambda API {api}") for v in creds or ["LAMBDA_API_KEY"]] + [(LENT, job)]
+    if profile.adapter == "kaggle":
+        return [(v, f"Kaggle API {_origin(opt('api_endpoint') or KAGGLE_API)}") for v in creds]
+    if profile.adapter == "colab":
+        drive = f"Google Drive API {_origin(opt('drive_api') or 'https://www.googleapis.com')}"
+        return [(v, drive) for v in creds + [opt("drive_token_var") or "GWI_COLAB_DRIVE_TOKEN"]]
+    return [(v, f"{profile.adapter} platform") for v in creds]
+
+
+def secret_routes(profiles: dict[str, Profile] | list[Profile]) -> list[tuple[str, str, str, str]]:
+    """``(platform, variable, destination, source file)`` for every secret the profiles send: what
+    ``gwi platforms`` and ``gwi check`` show. ``AWS_*`` stands for the store's credentials."""
+    items = profiles.values() if isinstance(profiles, dict) else profiles
+    return [(p.name, var, dest, p.path) for p in items for var, dest in routes(p)]
+
+
+def _default_routes(adapter: str) -> set[tuple[str, str]]:
+    """The routes of the package's own profiles of ``adapter``: what needs no confirmation."""
+    out = set()
+    for p in sorted(PACKAGE_PLATFORMS.glob("*.yaml")):
+        profile = parse_profile(p)
+        if profile.adapter == adapter:
+            out |= set(routes(profile))
+    return out
+
+
+def new_routes(profile: Profile) -> list[tuple[str, str]]:
+    """The routes of ``profile`` that no package profile of its adapter has (this machine excepted)."""
+    known = _default_routes(profile.adapter)
+    return [r for r in routes(profile) if r not in known and r[1] != THIS_MACHINE]
+
+
+def trust_file() -> Path:
+    """``$GWI_HOME/trusted-profiles.json``; without ``GWI_HOME``, under ``$XDG_CONFIG_HOME/gwi``
+    (``~/.config/gwi``), not in ``./.gwi``, which a repository could ship pre-filled."""
+    home = os.environ.get("GWI_HOME")
+    if home:
+        return Path(home) / TRUST_FILE
+    config = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(config) / "gwi" / TRUST_FILE
+
+
+def _trusted() -> dict[str, dict]:
+    path = trust_file()
+    if not path.exists():
+        return {}
+    try:
+        entries = json.loads(path.read_text())["profiles"]
+        return {e["path"]: e for e in entries}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: expected {{\"profiles\": [...]}} as gwi writes it, got unreadable content "
+                          f"({type(e).__name__}: {e}); delete it and trust your profiles again") from None
+
+
+def _sha256(path: str | Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_trust(profile: Profile) -> None:
+    """Raise :class:`UntrustedProfile` when ``profile`` sends a secret where the package's profiles
+    do not and the user has not trusted this exact file."""
+    extra = new_routes(profile)
+    if not extra:
+        return
+    key = str(Path(profile.path).resolve())
+    entry = _trusted().get(key)
+    if entry and entry.get("sha256") == _sha256(key):
+        return
+    why = "it changed since you trusted it" if entry else "it is not one of gwi's or yours"
+    sends = "; ".join(f"{var} to {dest}" for var, dest in extra)
+    raise UntrustedProfile(
+        f"{profile.path}: refusing this platform profile: it would send {sends}, where gwi's own "
+        f"{profile.adapter} profile sends no such secret, and {why} (gwi's profiles are in {PACKAGE_PLATFORMS}, "
+        f"yours in $GWI_HOME/platforms). If you wrote it and mean it: gwi platforms --trust {profile.path} "
+        f"(recorded in {trust_file()}; any later edit needs trusting again).")
+
+
+def trust_profile(path: str | Path) -> dict:
+    """Record that the user accepts where the profile at ``path`` sends secrets, as it is now: its
+    sha256, destinations and variables go into :func:`trust_file` (0600). Returns the entry."""
+    import time
+
+    path = Path(path).resolve()
+    profile = parse_profile(path)
+    pairs = routes(profile)
+    entry = {"path": str(path), "sha256": _sha256(path), "adapter": profile.adapter,
+             "destinations": sorted({d for _, d in pairs}), "variables": sorted({v for v, _ in pairs}),
+             "trusted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    entries = _trusted()
+    entries[entry["path"]] = entry
+    target = trust_file()
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        json.dump({"profiles": sorted(entries.values(), key=lambda e: e["path"])}, f, indent=1)
+    os.replace(tmp, target)
+    return entry
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ Profile options (``platforms/colab.yaml``)::
       drive_folder: null      # Google Drive folder id to upload the notebook into
       drive_token_var: GWI_COLAB_DRIVE_TOKEN   # environment variable holding a Drive OAuth access token
       drive_api: https://www.googleapis.com
+      request_timeout_s: 60   # the upload's wait for an answer
+      retry_deadline_s: 120   # retrying throttled/5xx/unanswered uploads stops here
 
 ``launch`` renders ``gwi-<attempt>.ipynb`` (nbformat v4) around the kit's bootstrap: a cell that
 installs gwi, one that reads the store's credentials from Colab's Secrets (the key icon) by name,
@@ -21,6 +23,7 @@ store and its local path is the note.
 The attempt stays *pending* until the notebook's first heartbeat and is lost if none comes within
 the start deadline (a person has to open it). Its end is read from its last heartbeat. ``cancel``
 leaves a ``cancel`` flag beside the heartbeat, which the running ``gwi`` obeys at its next beat.
+The notebook's own code stops the job at the attempt's hour limit, whoever watches.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import kit
-from .base import Adapter, LaunchRequest, OptionError, PlatformError, PlatformOptions, State, Status
+from .base import Adapter, LaunchRequest, OptionError, PlatformError, PlatformOptions, State, Status, bounds
 
 # Colab's Secrets (the key icon), as the notebook reads them
 SECRET_STORE = kit.SecretStore("from google.colab import userdata; get = userdata.get",
@@ -47,6 +50,8 @@ class ColabOptions(PlatformOptions):
     drive_token_var: str = "GWI_COLAB_DRIVE_TOKEN"  # the variable holding a Drive OAuth access token
     drive_api: str = "https://www.googleapis.com"
     mode: str = "notebook"
+    request_timeout_s: float = bounds(60.0, above=0)  # the upload's wait for an answer
+    retry_deadline_s: float = bounds(120.0, minimum=0)  # retrying throttled/5xx/unanswered uploads stops here
 
     def check(self) -> None:
         if self.mode != "notebook":
@@ -73,7 +78,8 @@ class ColabAdapter(Adapter):
         nb.metadata.update({"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
                             "accelerator": "GPU", "colab": {"provenance": [], "gpuType": self.profile.gpu or "T4"},
                             "gwi": {"attempt": req.attempt_id, "job": req.job}})
-        cells = kit.bootstrap_cells(req.argv, kit.job_env(req), secrets, SECRET_STORE, requirement=o.install)
+        cells = kit.bootstrap_cells(req.argv, kit.job_env(req), secrets, SECRET_STORE, requirement=o.install,
+                                    hours_limit=req.hours_limit)
         nb.cells = [
             new_markdown_cell(
                 f"# gwi: {req.job} (attempt {req.attempt_id})\n\n"
@@ -88,13 +94,14 @@ class ColabAdapter(Adapter):
     def launch(self, req: LaunchRequest) -> dict:
         import nbformat
 
+        kit.private_dir(req.workdir)
         done = self.recorded(req.workdir)
         if done:
             return done
         work = Path(req.workdir)
         name = f"gwi-{req.attempt_id}.ipynb"
         local = work / name
-        nbformat.write(self.render(req), str(local))
+        kit.write_private(local, nbformat.writes(self.render(req)).rstrip("\n") + "\n")
         handle = {"workdir": str(work), "notebook": str(local), "heartbeat_url": req.heartbeat_url}
         token = os.environ.get(self.options.drive_token_var)
         if token:
@@ -120,19 +127,36 @@ class ColabAdapter(Adapter):
                 f"--{boundary}\r\nContent-Type: application/vnd.google.colaboratory\r\n\r\n").encode() + \
             path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
         url = f"{self.options.drive_api.rstrip('/')}/upload/drive/v3/files?uploadType=multipart&fields=id"
-        try:
-            r = requests.post(url, data=body, timeout=60, headers={
-                "Authorization": f"Bearer {token}", "Content-Type": f"multipart/related; boundary={boundary}"})
-        except (requests.ConnectionError, requests.Timeout) as e:
-            raise PlatformError(f"{self.name}: Google Drive not reachable ({type(e).__name__})", "retryable") from None
-        if r.status_code >= 400:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": f"multipart/related; boundary={boundary}"}
+
+        def once(left: float) -> str:
+            r = requests.post(url, data=body, headers=headers, timeout=min(self.options.request_timeout_s, left))
+            r.raise_for_status()
+            return r.json()["id"]
+
+        # Google asks for exactly this on 429 and 5xx: exponential backoff with jitter; a repeated
+        # upload at worst leaves a second copy of the notebook, never a second job
+        return kit.with_retries(once, self.translate, deadline_s=self.options.retry_deadline_s)
+
+    def translate(self, exc: Exception) -> PlatformError:
+        """Drive's answers and the network's failures -> PlatformError kinds."""
+        import requests
+
+        if isinstance(exc, PlatformError):
+            return exc
+        if isinstance(exc, requests.HTTPError) and exc.response is not None:
+            r = exc.response
             try:
                 msg = r.json().get("error", {}).get("message", r.text[:200])
             except ValueError:
                 msg = r.text[:200]
-            raise PlatformError(f"{self.name}: Drive upload failed: HTTP {r.status_code}: {msg}",
-                                kit.http_kind(r.status_code, "config"))
-        return r.json()["id"]
+            return PlatformError(f"{self.name}: Drive upload failed: HTTP {r.status_code}: {msg}",
+                                 kit.http_kind(r.status_code, "config"))
+        if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+            return PlatformError(f"{self.name}: Google Drive not reachable ({type(exc).__name__})", "retryable")
+        if isinstance(exc, (ValueError, KeyError)):
+            return PlatformError(f"{self.name}: Drive answered without a file id ({exc})", "retryable")
+        return super().translate(exc)
 
     def query(self, handle: dict) -> Status:
         # nothing to ask: a person runs it; the scheduler follows its heartbeat and its last word
@@ -147,6 +171,10 @@ class ColabAdapter(Adapter):
         kit.mark_cancelled(handle["workdir"])
         store, _ = split_url(handle["heartbeat_url"])
         store.put_bytes(CANCEL, b"cancelled by gwi\n")  # the running gwi stops at its next beat
+
+    def instances(self, workroot: Path | None = None) -> list[dict]:
+        """None that gwi can see: a person runs the notebook (its heartbeat and cancel flag follow it)."""
+        return []
 
     def logs(self, handle: dict, tail: int | None = None) -> str:
         return (f"Colab keeps the output in the notebook itself: {handle.get('note', handle['notebook'])}\n"

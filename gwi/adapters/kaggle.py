@@ -13,6 +13,8 @@ Profile options (``platforms/kaggle.yaml``)::
       secrets: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL]   # read from Kaggle's secret store
       offline_store: null         # offline: the attached dataset that mirrors the store (`gwi kaggle package`)
       api_endpoint: null          # another Kaggle API base URL (a proxy; the tests' fake server)
+      request_timeout_s: 30       # one API call's wait for an answer
+      retry_deadline_s: 60        # retrying throttled/5xx/unanswered reads stops here
 
 The pushed folder holds ``kernel-metadata.json`` and ``gwi_job.py``; neither holds a secret. The
 script installs gwi from the attached wheel dataset when the image lacks it, reads the store's
@@ -24,7 +26,12 @@ URLs are mapped onto ``/kaggle/input/<dataset>`` through ``GWI_STORE_MAP``), wri
 status alone.
 
 Kaggle's GPU quota (30 h a week) and 12-hour session cap are the profile's
-``quota_hours_per_week`` and ``session_hours``, which the scheduler accounts and enforces.
+``quota_hours_per_week`` and ``session_hours``, which the scheduler accounts and enforces; the
+kernel's own script stops the job at the attempt's hour limit too, watched or not.
+
+Every API call has a timeout (set on the client's HTTP session: the package has no option for
+it); reads (status, logs, the kernel list) and cancels are retried through throttling, 5xx and
+timeouts with jittered backoff until ``retry_deadline_s``; a push is not (it is looked for first).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from pathlib import Path
 from ..errors import GwiError
 from ..runs import Run
 from . import kit
-from .base import Adapter, LaunchRequest, OptionError, PlatformError, PlatformOptions, State, Status
+from .base import Adapter, LaunchRequest, OptionError, PlatformError, PlatformOptions, State, Status, bounds
 
 # Kaggle's kernel session states -> ours
 KERNEL_STATES = {"QUEUED": State.PENDING, "NEW_SCRIPT": State.PENDING, "RUNNING": State.RUNNING,
@@ -65,6 +72,8 @@ class KaggleOptions(PlatformOptions):
     secrets: tuple[str, ...] = kit.STORE_SECRETS  # names read from Kaggle's secret store (empty: these)
     offline_store: str | None = None  # offline: the attached dataset that mirrors the store
     api_endpoint: str | None = None  # another Kaggle API base URL (a proxy; the tests' fake server)
+    request_timeout_s: float = bounds(30.0, above=0)  # one API call's wait for an answer
+    retry_deadline_s: float = bounds(60.0, minimum=0)  # retrying throttled/5xx/unanswered reads stops here
 
     def check(self) -> None:
         if not self.internet and not self.offline_store:
@@ -94,8 +103,13 @@ class KaggleAdapter(Adapter):
     @property
     def api(self):
         if self._api is None:
-            self._api = _authenticated_api(self.name, self.options.api_endpoint)
+            self._api = _authenticated_api(self.name, self.options.api_endpoint, self.options.request_timeout_s)
         return self._api
+
+    def _call(self, fn, *args, retry: bool = True, **kw):
+        """One API call through the package: within its timeout, retried while retryable (``retry``)."""
+        return kit.with_retries(lambda _left: fn(*args, **kw), self.translate,
+                                deadline_s=self.options.retry_deadline_s if retry else 0)
 
     def reachable_store(self, store_url: str) -> str | None:
         if self.options.internet:
@@ -125,7 +139,7 @@ class KaggleAdapter(Adapter):
     def render(self, req: LaunchRequest, folder: Path) -> dict:
         """Write the kernel folder; returns its metadata."""
         o = self.options
-        folder.mkdir(parents=True, exist_ok=True)
+        kit.private_dir(folder)
         meta = {
             "id": self.kernel_id(req),
             "title": f"{o.slug_prefix} {req.attempt_id}"[:50].ljust(5, "-"),
@@ -144,14 +158,15 @@ class KaggleAdapter(Adapter):
         if o.machine_shape:
             meta["machine_shape"] = o.machine_shape
         cells = kit.bootstrap_cells(req.argv, self.job_env(req), o.secrets or kit.STORE_SECRETS, SECRET_STORE,
-                                    wheels=INPUT, offline=not o.internet)
-        (folder / "kernel-metadata.json").write_text(json.dumps(meta, indent=1))
-        (folder / "gwi_job.py").write_text(kit.bootstrap_script(f"gwi job {req.attempt_id}", cells))
+                                    wheels=INPUT, offline=not o.internet, hours_limit=req.hours_limit)
+        kit.write_private(folder / "kernel-metadata.json", json.dumps(meta, indent=1))
+        kit.write_private(folder / "gwi_job.py", kit.bootstrap_script(f"gwi job {req.attempt_id}", cells))
         return meta
 
     # -- the four calls -------------------------------------------------------------------------
 
     def launch(self, req: LaunchRequest) -> dict:
+        kit.private_dir(req.workdir)
         done = self.recorded(req.workdir)
         if done:
             return done
@@ -160,11 +175,8 @@ class KaggleAdapter(Adapter):
         handle = {"kernel": meta["id"], "workdir": str(work), "silent": not self.options.internet}
         if (work / "pushing").exists() and self._exists(meta["id"]):  # pushed before, never heard back
             return self.record(work, handle)
-        (work / "pushing").touch()
-        try:
-            resp = self.api.kernels_push(str(work / "kernel"))
-        except Exception as e:  # noqa: BLE001
-            raise self.translate(e) from None
+        kit.write_private(work / "pushing", b"")
+        resp = self._call(self.api.kernels_push, str(work / "kernel"), retry=False)
         if getattr(resp, "error", ""):
             raise PlatformError(f"{self.name}: push refused: {resp.error}", _kind(resp.error))
         handle.update(url=getattr(resp, "url", ""), version=getattr(resp, "version_number", None),
@@ -173,17 +185,16 @@ class KaggleAdapter(Adapter):
 
     def _exists(self, kernel: str) -> bool:
         try:
-            self.api.kernels_status(kernel)
+            self._call(self.api.kernels_status, kernel)
             return True
-        except Exception:  # noqa: BLE001 - not found (or not answering): push it
-            return False
+        except PlatformError as e:
+            if e.retryable:  # not answering: we cannot tell, and a second push would be a second kernel
+                raise
+            return False  # not found: push it
 
     def query(self, handle: dict) -> Status:
-        try:
-            r = self.api.kernels_status(handle["kernel"])
-        except Exception as e:  # noqa: BLE001
-            raise self.translate(e) from None
-        name = getattr(r.status, "name", str(r.status)).upper().replace("KERNEL_WORKER_STATUS_", "")
+        r = self._call(self.api.kernels_status, handle["kernel"])
+        name = _status_name(r.status)
         state = KERNEL_STATES.get(name)
         if state is None:
             raise PlatformError(f"{self.name}: unknown kernel status {name!r}", "retryable")
@@ -198,25 +209,34 @@ class KaggleAdapter(Adapter):
         if handle.get("kernel_id") is None:
             raise PlatformError(f"{self.name}: no session id for {handle['kernel']} (its push answer was lost); stop "
                                 f"it at https://www.kaggle.com/code/{handle['kernel']}", "fatal")
-        try:  # the SDK's cancel call; KaggleApi itself has none
-            from kagglesdk.kernels.types.kernels_api_service import ApiCancelKernelSessionRequest
+        self._cancel_session(handle["kernel"], int(handle["kernel_id"]))
 
+    def _cancel_session(self, kernel: str, session_id: int) -> None:
+        """The SDK's cancel call (KaggleApi itself has none), retried while retryable."""
+        from kagglesdk.kernels.types.kernels_api_service import ApiCancelKernelSessionRequest
+
+        def cancel():
             req = ApiCancelKernelSessionRequest()
-            req.kernel_session_id = int(handle["kernel_id"])
+            req.kernel_session_id = session_id
             with self.api.build_kaggle_client() as client:
-                client.kernels.kernels_api_client.cancel_kernel_session(req)
-        except Exception as e:  # noqa: BLE001
-            raise PlatformError(f"{self.name}: could not cancel {handle['kernel']} ({e}); it ends at the session cap",
+                return client.kernels.kernels_api_client.cancel_kernel_session(req)
+
+        try:
+            resp = self._call(cancel)
+        except PlatformError as e:
+            if e.retryable:
+                raise
+            raise PlatformError(f"{self.name}: could not cancel {kernel} ({e}); it ends at the session cap",
                                 "fatal") from None
+        if getattr(resp, "error_message", None):
+            raise PlatformError(f"{self.name}: could not cancel {kernel} ({resp.error_message}); it ends at the "
+                                "session cap", "fatal")
 
     def logs(self, handle: dict, tail: int | None = None) -> str:
         return kit.logs(handle["workdir"], tail, lambda: self._fetch_log(handle))
 
     def _fetch_log(self, handle: dict) -> str:
-        try:
-            raw = self.api.kernels_logs(handle["kernel"]) or ""
-        except Exception as e:  # noqa: BLE001
-            raise self.translate(e) from None
+        raw = self._call(self.api.kernels_logs, handle["kernel"]) or ""
         try:  # Kaggle's log is a JSON list of {stream_name, time, data}
             return "".join(item.get("data", "") for item in json.loads(raw))
         except (ValueError, AttributeError, TypeError):
@@ -240,13 +260,59 @@ class KaggleAdapter(Adapter):
             return PlatformError(f"{self.name}: Kaggle API not reachable ({type(exc).__name__})", "retryable")
         if isinstance(exc, ValueError) and "Permission" in str(exc):
             return PlatformError(f"{self.name}: {exc}", "auth")
+        if isinstance(exc, (ConnectionError, TimeoutError)):  # a reset below requests' own wrapping
+            return PlatformError(f"{self.name}: Kaggle API not reachable ({type(exc).__name__})", "retryable")
         return super().translate(exc)
 
+    # -- the kernels gwi pushed (for `gwi instances`) ---------------------------------------------
 
-def _authenticated_api(name: str, endpoint: str | None):
-    """The official client, authenticated, talking to ``endpoint`` when one is set."""
+    def instances(self, workroot: Path | None = None) -> list[dict]:
+        """The account's kernels with gwi's slug prefix that are queued or running now."""
+        owner = self.options.owner or os.environ.get("KAGGLE_USERNAME") or ""
+        prefix = f"{owner}/{_slug(self.options.slug_prefix)}-"
+        found = self._call(self.api.kernels_list, mine=True, search=self.options.slug_prefix, page_size=100) or []
+        out = []
+        for k in found:
+            ref = (getattr(k, "ref", "") or "").removeprefix("/code/")
+            if not ref.startswith(prefix):
+                continue
+            state = KERNEL_STATES.get(_status_name(self._call(self.api.kernels_status, ref).status))
+            if state is None or state.terminal:
+                continue
+            title, head = getattr(k, "title", "") or "", self.options.slug_prefix + " "  # render's title: prefix, attempt
+            attempt = title[len(head):] if title.startswith(head) else None
+            last = getattr(k, "last_run_time", None)
+            out.append({"id": ref, "name": ref, "attempt_id": attempt or None, "state": state.value,
+                        "started": last.isoformat() if hasattr(last, "isoformat") else last,
+                        "usd_per_hour": self.profile.usd_per_hour, "session_id": getattr(k, "id", None)})
+        return out
+
+    def stop_instance(self, inst: dict) -> None:
+        """Cancel one kernel that :meth:`instances` listed."""
+        if not inst.get("session_id"):
+            raise PlatformError(f"{self.name}: no session id for {inst['id']}; stop it at "
+                                f"https://www.kaggle.com/code/{inst['id']}", "fatal")
+        self._cancel_session(inst["id"], int(inst["session_id"]))
+
+
+def _status_name(status) -> str:
+    """A kernel status (an SDK enum or a string) as Kaggle names it: RUNNING, COMPLETE, ..."""
+    return getattr(status, "name", str(status)).upper().replace("KERNEL_WORKER_STATUS_", "")
+
+
+def _authenticated_api(name: str, endpoint: str | None, timeout: float = 30.0):
+    """The official client, authenticated, talking to ``endpoint`` when one is set, every HTTP call
+    of it within ``timeout`` seconds (connect, and each wait for the server)."""
     import contextlib
     import io
+
+    import requests.adapters
+
+    class TimeoutAdapter(requests.adapters.HTTPAdapter):
+        def send(self, request, timeout=None, **kw):  # noqa: ANN001 - the package passes none
+            return super().send(request, timeout=timeout or timeout_s, **kw)
+
+    timeout_s = timeout
 
     try:  # the package authenticates when imported and prints a banner without credentials
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -257,8 +323,12 @@ def _authenticated_api(name: str, endpoint: str | None):
     class Api(KaggleApi):
         def build_kaggle_client(self):
             client = super().build_kaggle_client()
+            http = client._http_client
             if endpoint:  # kagglesdk has no setting for this; its client keeps the base URL here
-                client._http_client._endpoint = endpoint.rstrip("/")
+                http._endpoint = endpoint.rstrip("/")
+            http._init_session()  # nor for a timeout: its requests session gets an adapter that sets one
+            for scheme in ("http://", "https://"):
+                http._session.mount(scheme, TimeoutAdapter())
             return client
 
     api = Api()

@@ -16,7 +16,11 @@ Profile options (``platforms/lambda.yaml``)::
       remote_dir: gwi-jobs         # on the instance, relative to the user's home
       env: {}                      # extra (non-secret) environment for the job
       boot_timeout_s: 900
-      request_timeout_s: 30
+      request_timeout_s: 30        # one API call's wait for an answer
+      retry_deadline_s: 120        # retrying throttled/5xx/unanswered calls stops here
+      max_hours: 24                # the far side's deadline when the attempt has no tighter one
+      watchdog_grace_s: 300        # the watchdog fires this long after the hour limit
+      poweroff_command: sudo shutdown -h now
 
 Life of an attempt: ``launch`` picks the first type in ``instance_types`` that has capacity in an
 allowed region and asks for an instance named ``gwi-<attempt>`` (so a launch whose answer was lost
@@ -27,8 +31,16 @@ the job ends, the log is copied back and the instance is terminated. ``cancel`` 
 terminates the instance; the scheduler calls it for lost and over-budget attempts too, so nothing is
 left running, or billing.
 
-Every request has a timeout; rate limits (429) and server errors are retried with jittered
-exponential backoff until a deadline; provider error codes map to our error kinds in one dict.
+The instance stops itself, whether or not gwi still runs anywhere: the job's wrapper stops it at the
+attempt's hour limit (at most ``max_hours``), and a watchdog started beside it in a session of its
+own runs ``poweroff_command`` ``watchdog_grace_s`` later. Lambda may bill a powered-off instance
+until it is terminated: ``gwi instances --stop-orphans`` terminates what no live attempt owns.
+
+Every API request has a timeout (shortened near the deadline); rate limits (429), server errors,
+resets and unanswered requests are retried with jittered exponential backoff until
+``retry_deadline_s``; a launch is never retried blind (a lost answer is looked for by name first).
+SSH connects, authenticates, reads and waits for exit statuses within timeouts. One ``translate``
+maps every failure (Lambda's error codes in one dict, HTTP statuses, network, SSH) to our kinds.
 """
 
 from __future__ import annotations
@@ -36,9 +48,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import posixpath
-import random
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -49,6 +61,7 @@ from . import kit
 from .base import Adapter, LaunchRequest, PlatformError, PlatformOptions, State, Status, bounds
 
 DEFAULT_API = "https://cloud.lambdalabs.com/api/v1"
+NAME_PREFIX = "gwi-"  # an instance's name is the prefix and its attempt id: found again, and owned
 
 # Lambda's instance statuses -> ours, while the job has not reported an end
 INSTANCE_STATES = {"booting": State.PENDING, "active": State.RUNNING, "unhealthy": State.LOST,
@@ -82,7 +95,14 @@ class LambdaOptions(PlatformOptions):
     remote_dir: str = "gwi-jobs"  # on the instance, relative to the user's home
     env: dict[str, str] = field(default_factory=dict)  # extra (non-secret) environment for the job
     boot_timeout_s: float = bounds(900.0, above=0)
-    request_timeout_s: float = bounds(30.0, above=0)
+    request_timeout_s: float = bounds(30.0, above=0)  # one API call's wait for an answer
+    retry_deadline_s: float = bounds(120.0, minimum=0)  # retrying throttled/5xx/unanswered calls stops here
+    # the instance stops itself: at the attempt's hour limit (at most max_hours) the wrapper stops the
+    # job, and watchdog_grace_s later a watchdog started with it runs poweroff_command, whether or
+    # not gwi still runs anywhere
+    max_hours: float = bounds(24.0, above=0)
+    watchdog_grace_s: float = bounds(300.0, minimum=0)  # past the wrapper's TERM + 60 s KILL: the last checkpoint
+    poweroff_command: str = "sudo shutdown -h now"
     allow_local_store: bool = False  # a file:// store the instance shares with this machine (tests)
 
     @property
@@ -90,46 +110,16 @@ class LambdaOptions(PlatformOptions):
         return os.path.expanduser(self.ssh_private_key)
 
 
-class LambdaAPI:
-    """The Lambda Cloud API v1 client: one request function, one error translator, bounded retries."""
+def translate(exc: Exception, who: str = "lambda") -> PlatformError:
+    """The adapter's one error translator: an API answer (by Lambda's error code, else its HTTP
+    status), a network failure, an SSH failure -> a PlatformError of the right kind."""
+    import paramiko
+    import requests
 
-    def __init__(self, base_url: str, api_key: str, timeout: float = 30.0, deadline_s: float = 120.0, sleep=time.sleep):
-        import requests
-
-        self.base = base_url.rstrip("/")
-        self.timeout, self.deadline_s, self.sleep = timeout, deadline_s, sleep
-        self.session = requests.Session()
-        self.session.headers.update({"Authorization": f"Bearer {api_key}", "Accept": "application/json",
-                                     "User-Agent": "gwi"})
-
-    def request(self, method: str, path: str, body: dict | None = None, retry: bool = True) -> dict:
-        """``retry=False`` for calls that are not idempotent (a launch whose answer was lost may have
-        made an instance): their transient errors go to the caller, which looks before trying again."""
-        import requests
-
-        deadline = time.monotonic() + (self.deadline_s if retry else 0)
-        delay = 1.0
-        while True:
-            try:
-                r = self.session.request(method, self.base + path, json=body, timeout=self.timeout)
-            except (requests.ConnectionError, requests.Timeout) as e:
-                err = PlatformError(f"lambda: {method} {path}: cannot reach {self.base} ({type(e).__name__})", "retryable")
-            else:
-                if r.status_code < 400:
-                    try:
-                        return r.json().get("data", {})
-                    except ValueError:
-                        err = PlatformError(f"lambda: {method} {path}: answer is not JSON (HTTP {r.status_code})",
-                                            "retryable")
-                else:
-                    err = self.translate(r, method, path)
-            if not err.retryable or time.monotonic() + delay > deadline:
-                raise err
-            self.sleep(delay * (0.5 + random.random()))  # jitter: many clients must not retry in step
-            delay = min(delay * 2, 30.0)
-
-    @staticmethod
-    def translate(r, method: str, path: str) -> PlatformError:
+    if isinstance(exc, PlatformError):
+        return exc
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        r = exc.response
         try:
             e = r.json().get("error", {})
         except ValueError:
@@ -137,8 +127,62 @@ class LambdaAPI:
         code, message = e.get("code", ""), e.get("message") or r.reason or ""
         hint = f" ({e['suggestion']})" if e.get("suggestion") else ""
         kind = ERROR_KINDS.get(code) or kit.http_kind(r.status_code)
-        return PlatformError(f"lambda: {method} {path}: HTTP {r.status_code} {code or ''}: {message}{hint}".replace("  ", " "),
-                             kind)
+        text = f"{who}: {exc.args[0]}: HTTP {r.status_code} {code or ''}: {message}{hint}"
+        return PlatformError(text.replace("  ", " "), kind)
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+        what = exc.args[0] if exc.args and isinstance(exc.args[0], str) else "the API"
+        return PlatformError(f"{who}: {what}: no answer ({type(exc).__name__})", "retryable")
+    if isinstance(exc, ValueError):  # an answer that is not JSON: a proxy's error page, a cut-off body
+        return PlatformError(f"{who}: {exc}", "retryable")
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return PlatformError(f"{who}: host key of {exc.hostname} changed since first contact "
+                             f"(recorded {_fingerprint(exc.expected_key)}, offered {_fingerprint(exc.key)}); "
+                             "refusing to connect", "fatal")
+    if isinstance(exc, paramiko.AuthenticationException):
+        return PlatformError(f"{who}: SSH login refused ({exc}); check options.ssh_private_key and "
+                             f"ssh_key_name", "auth")
+    if isinstance(exc, (paramiko.SSHException, OSError, EOFError)):
+        return PlatformError(f"{who}: SSH: {type(exc).__name__}: {exc}", "retryable")
+    return PlatformError(f"{who}: {type(exc).__name__}: {exc}", "fatal")
+
+
+class LambdaAPI:
+    """The Lambda Cloud API v1 client: one request function, bounded retries under a deadline."""
+
+    def __init__(self, base_url: str, api_key: str, timeout: float = 30.0, deadline_s: float = 120.0, sleep=time.sleep,
+                 who: str = "lambda"):
+        import requests
+
+        self.base, self.who = base_url.rstrip("/"), who
+        self.timeout, self.deadline_s, self.sleep = timeout, deadline_s, sleep
+        self.session = requests.Session()
+        self.session.headers.update({"Authorization": f"Bearer {api_key}", "Accept": "application/json",
+                                     "User-Agent": "gwi"})
+
+    def request(self, method: str, path: str, body: dict | None = None, retry: bool = True) -> dict:
+        """One API call, answered within about ``deadline_s`` (each try within ``timeout``, less near
+        the deadline): a server that accepts and never answers ends in a retryable error, not a hang.
+        ``retry=False`` for calls that are not idempotent (a launch whose answer was lost may have
+        made an instance): their transient errors go to the caller, which looks before trying again."""
+        import requests
+
+        what = f"{method} {path}"
+
+        def once(left: float) -> dict:
+            try:
+                r = self.session.request(method, self.base + path, json=body,
+                                         timeout=min(self.timeout, left) if retry else self.timeout)
+            except (requests.ConnectionError, requests.Timeout) as e:
+                raise type(e)(f"{what} at {self.base}") from None
+            if r.status_code >= 400:
+                raise requests.HTTPError(what, response=r)
+            try:
+                return r.json().get("data", {})
+            except ValueError:
+                raise ValueError(f"{what}: answer is not JSON (HTTP {r.status_code})") from None
+
+        return kit.with_retries(once, lambda e: translate(e, self.who), deadline_s=self.deadline_s if retry else 0,
+                                sleep=self.sleep)
 
     def instance_types(self) -> dict:
         return self.request("GET", "/instance-types")
@@ -177,7 +221,8 @@ class LambdaAdapter(Adapter):
             key = os.environ.get(key_var)
             if not key:
                 raise PlatformError(f"{self.name}: {key_var} is not set", "auth")
-            self._api = LambdaAPI(self.options.api_url, key, timeout=self.options.request_timeout_s)
+            self._api = LambdaAPI(self.options.api_url, key, timeout=self.options.request_timeout_s,
+                                  deadline_s=self.options.retry_deadline_s, who=self.name)
         return self._api
 
     def available(self) -> str | None:
@@ -199,6 +244,7 @@ class LambdaAdapter(Adapter):
     # -- launch ---------------------------------------------------------------------------------
 
     def launch(self, req: LaunchRequest) -> dict:
+        kit.private_dir(req.workdir)
         done = self.recorded(req.workdir)
         if done:
             return done
@@ -207,8 +253,8 @@ class LambdaAdapter(Adapter):
         if why:
             raise PlatformError(why, "config")
         # kept for the first query, which starts the job once the instance is up (names, not secrets)
-        (work / "request.json").write_text(json.dumps(dataclasses.asdict(req)))
-        name = "gwi-" + req.attempt_id
+        kit.write_private(work / "request.json", json.dumps(dataclasses.asdict(req)))
+        name = NAME_PREFIX + req.attempt_id
         handle = self._adopt(name, work) if (work / "launching").exists() else None
         if handle is None:
             (work / "launching").touch()
@@ -270,7 +316,7 @@ class LambdaAdapter(Adapter):
                 return Status(State.CANCELLED, None, "cancelled")
             self._terminate(handle)
             return Status(INSTANCE_STATES.get(status, State.LOST), None,
-                          f"instance {handle['instance_id']} is {status}")
+                          f"instance {handle['instance_id']} is {status}{_past_deadline(work)}")
         ip = inst["ip"]
         if not (work / "started").exists():
             (work / "starting").touch()
@@ -287,7 +333,8 @@ class LambdaAdapter(Adapter):
         if out == "gone":
             st = Status(State.LOST, None, "the job's process on the instance is gone without an exit status")
         else:
-            st = kit.ended(int(out), self._fetch_log(ip, handle, keep=True))
+            code, _, over_limit = out.partition("\n")
+            st = kit.ended(int(code), self._fetch_log(ip, handle, keep=True), over_limit=over_limit.strip() or None)
         self._finish(handle, ip, st)
         return st
 
@@ -297,14 +344,13 @@ class LambdaAdapter(Adapter):
         if (work / "started").exists():
             ip = (work / "started").read_text()
             try:
-                stop = f"kill -TERM -- -$(cat {kit.PID}) 2>/dev/null; docker rm -f {shlex.quote(handle['name'])}"
-                _Shell(self, handle, ip).run(f"{stop} >/dev/null 2>&1; true", timeout=15)
+                _Shell(self, handle, ip).run(f"{stop_job(handle['name'])} >/dev/null 2>&1; true", timeout=30)
                 self._fetch_log(ip, handle, keep=True)
             except PlatformError:
                 pass  # the instance is going anyway
         self._terminate(handle)
         if not (work / "final.json").exists():
-            (work / "final.json").write_text(json.dumps({"state": "cancelled", "message": "cancelled"}))
+            kit.write_private(work / "final.json", json.dumps({"state": "cancelled", "message": "cancelled"}))
 
     def logs(self, handle: dict, tail: int | None = None) -> str:
         started = Path(handle["workdir"], "started")
@@ -312,20 +358,26 @@ class LambdaAdapter(Adapter):
         return kit.logs(handle["workdir"], tail, fetch)
 
     def translate(self, exc: Exception) -> PlatformError:
-        if isinstance(exc, PlatformError):
-            return exc
-        import paramiko
+        return translate(exc, self.name)
 
-        if isinstance(exc, paramiko.BadHostKeyException):
-            return PlatformError(f"{self.name}: host key of {exc.hostname} changed since first contact "
-                                 f"(recorded {_fingerprint(exc.expected_key)}, offered {_fingerprint(exc.key)}); "
-                                 "refusing to connect", "fatal")
-        if isinstance(exc, paramiko.AuthenticationException):
-            return PlatformError(f"{self.name}: SSH login refused ({exc}); check options.ssh_private_key and "
-                                 f"ssh_key_name", "auth")
-        if isinstance(exc, (paramiko.SSHException, OSError, EOFError)):
-            return PlatformError(f"{self.name}: SSH: {type(exc).__name__}: {exc}", "retryable")
-        return super().translate(exc)
+    # -- the machines gwi launched (for `gwi instances`) ----------------------------------------
+
+    def instances(self, workroot: Path | None = None) -> list[dict]:
+        """Every instance of the account named ``gwi-<attempt>`` that is not gone, whoever launched it."""
+        out = []
+        for i in self.api.instances():
+            name = i.get("name") or ""
+            if not name.startswith(NAME_PREFIX) or i.get("status") in ("terminating", "terminated"):
+                continue
+            cents = i.get("instance_type", {}).get("price_cents_per_hour")
+            out.append({"id": i["id"], "name": name, "attempt_id": name[len(NAME_PREFIX):] or None,
+                        "state": i.get("status", "?"), "started": i.get("created_at"),
+                        "usd_per_hour": cents / 100 if cents is not None else self.profile.usd_per_hour})
+        return out
+
+    def stop_instance(self, inst: dict) -> None:
+        """Terminate one instance that :meth:`instances` listed."""
+        self.api.terminate(inst["id"])
 
     # -- the job on the instance ----------------------------------------------------------------
 
@@ -345,12 +397,22 @@ class LambdaAdapter(Adapter):
         gwi = shlex.split(self.options.gwi_command)
         return shlex.join((["torchrun"] + torchrun if multi else []) + gwi + argv)
 
+    def hours_limit(self, req: LaunchRequest) -> float:
+        """The far side's deadline: the attempt's hour limit, never more than ``max_hours``."""
+        return min(req.hours_limit or self.options.max_hours, self.options.max_hours)
+
     def _start(self, handle: dict, ip: str) -> None:
-        """Put the environment and the wrapper on the instance and start the job."""
-        req = LaunchRequest(**json.loads(Path(handle["workdir"], "request.json").read_text()))
+        """Put the environment, the wrapper and the watchdog on the instance and start them."""
+        work = Path(handle["workdir"])
+        req = LaunchRequest(**json.loads((work / "request.json").read_text()))
         env = kit.job_env(req, base=kit.lent_credentials(), extra=self.options.env)  # the store's credentials
         files = kit.env_files(env, self.name)
-        files["run.sh"] = kit.wrapper_script(self.command(req, int(handle.get("gpus") or 1)), env_file=kit.ENV_FILE)
+        hours = self.hours_limit(req)
+        files["run.sh"] = kit.wrapper_script(self.command(req, int(handle.get("gpus") or 1)), env_file=kit.ENV_FILE,
+                                             hours_limit=hours)
+        after_s = kit.limit_seconds(hours) + self.options.watchdog_grace_s  # grace > the wrapper's KILL_AFTER_S
+        files[WATCHDOG] = watchdog_script(after_s, self.options.poweroff_command, handle)
+        kit.write_private(work / "deadline", json.dumps({"hours": hours, "at": time.time() + after_s}))
         archive = self.options.image_archive if self.options.runtime == "docker" else None
         _Shell(self, handle, ip).start(files, archive and (req.store_url, archive))
 
@@ -371,11 +433,62 @@ class LambdaAdapter(Adapter):
         if kit.saved_log(handle["workdir"]) is None:
             self._fetch_log(ip, handle, keep=True)
         self._terminate(handle)
-        Path(handle["workdir"], "final.json").write_text(json.dumps(
+        kit.write_private(Path(handle["workdir"], "final.json"), json.dumps(
             {"state": st.state.value, "exit_code": st.exit_code, "message": st.message}))
 
     def _terminate(self, handle: dict) -> None:
         self.api.terminate(handle["instance_id"])
+
+
+WATCHDOG = "watchdog.sh"
+STOP_GRACE_S = 10  # TERM, then KILL what is left this long after (the job's last checkpoint write)
+
+
+def stop_job(container: str) -> str:
+    """``sh`` that stops the job's process group on the instance: TERM and CONT (a stopped process
+    acts on TERM only once continued), KILL after :data:`STOP_GRACE_S`, and its container. The
+    watchdog is left alone: if terminating the instance fails, it still powers the machine off."""
+    ticks = int(STOP_GRACE_S * 2)
+    return (f"p=$(cat {kit.PID} 2>/dev/null); if [ -n \"$p\" ]; then kill -TERM -- -$p; kill -CONT -- -$p; i=0; "
+            f"while kill -0 -- -$p 2>/dev/null && [ $i -lt {ticks} ]; do sleep 0.5; i=$((i+1)); done; "
+            f"kill -KILL -- -$p; fi; docker rm -f {shlex.quote(container)}")
+
+
+def watchdog_script(after_s: float, poweroff_command: str, handle: dict) -> str:
+    """``sh`` code started beside the job in a session of its own: after ``after_s`` it runs
+    ``poweroff_command`` (with GWI_INSTANCE_ID and GWI_INSTANCE_NAME set), so an instance nobody
+    watches any more stops itself. Its pid (= its process group) is in ``watchdog.pid``."""
+    return "\n".join([
+        "# gwi's watchdog: stops this machine at its attempt's deadline, whether or not gwi still runs",
+        f"GWI_INSTANCE_ID={shlex.quote(str(handle['instance_id']))}; GWI_INSTANCE_NAME={shlex.quote(handle['name'])}",
+        "export GWI_INSTANCE_ID GWI_INSTANCE_NAME",
+        "echo $$ > watchdog.pid.tmp && mv watchdog.pid.tmp watchdog.pid",
+        f"sleep {math.ceil(after_s)}",
+        "[ -f run.sh ] || exit 0  # its attempt's folder is gone: not a machine of that attempt any more",
+        'echo "deadline reached at $(date -u +%FT%TZ): powering off" > watchdog.fired',
+        poweroff_command, ""])
+
+
+def _past_deadline(work: Path) -> str:
+    """``; it stopped itself at its deadline ...`` once the watchdog's time has come, else nothing."""
+    try:
+        d = json.loads((work / "deadline").read_text())
+    except (OSError, ValueError):
+        return ""
+    if time.time() < d["at"]:
+        return ""
+    return f"; its deadline ({d['hours']:g} h) had passed: its watchdog powers it off"
+
+
+def _exit_status(channel, timeout: float) -> int:
+    """The remote command's exit status, waited for at most ``timeout`` (paramiko's own wait has no
+    limit: a server that never sends it would hang us)."""
+    deadline = time.monotonic() + timeout
+    while not channel.exit_status_ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no exit status from the remote command within {timeout:g} s")
+        time.sleep(0.02)
+    return channel.recv_exit_status()
 
 
 class _Shell:
@@ -398,8 +511,9 @@ class _Shell:
                 client.load_host_keys(str(known))  # a changed key now raises BadHostKeyException
             client.set_missing_host_key_policy(_RecordFirst(known))
             client.connect(self.ip, port=self.o.ssh_port, username=self.o.ssh_user, key_filename=self.o.key_path,
-                           timeout=timeout, banner_timeout=timeout, auth_timeout=timeout, look_for_keys=False,
-                           allow_agent=False)
+                           timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+                           channel_timeout=timeout, look_for_keys=False, allow_agent=False)
+            client.get_transport().set_keepalive(15)  # a dropped link shows as an error, not a silent wait
             yield client
         except PlatformError:
             raise
@@ -414,8 +528,8 @@ class _Shell:
         """``command``'s output, run in the job's folder."""
         with self.session() as client:
             _, out, err = client.exec_command(f"cd {shlex.quote(self.rdir)} && ({command})", timeout=timeout)
-            text = out.read().decode(errors="replace")
-            code = out.channel.recv_exit_status()
+            text = out.read().decode(errors="replace")  # the channel's timeout bounds each read
+            code = _exit_status(out.channel, timeout)
             if code != 0:
                 raise PlatformError(f"{self.name}: remote command failed ({code}): {err.read().decode()[-500:]}",
                                     "retryable")
@@ -429,6 +543,7 @@ class _Shell:
                                             timeout=60)
             home_dir = out.read().decode().strip()
             sftp = client.open_sftp()
+            sftp.get_channel().settimeout(60)  # each SFTP request answered within a minute
             try:
                 for fname, text in files.items():
                     path = posixpath.join(home_dir, fname)
@@ -441,7 +556,9 @@ class _Shell:
                 sftp.close()
             # every descriptor away from the channel, or the channel stays open as long as the job
             # once only: a start whose answer was lost must not start a second copy (mkdir is atomic)
+            # the watchdog first: a job must never run without its deadline
             _, out, _ = client.exec_command(f"cd {shlex.quote(self.rdir)} && if mkdir started.lock 2>/dev/null; then "
+                                            f"(setsid nohup sh {WATCHDOG} >/dev/null 2>&1 </dev/null &); "
                                             "(setsid nohup sh run.sh >/dev/null 2>&1 </dev/null &); fi; echo ok",
                                             timeout=60)
             if out.read().decode().strip() != "ok":
@@ -458,7 +575,7 @@ class _Shell:
             open_store(store_url).get_file(key, local)
             sftp.put(str(local), remote)
         _, out, err = client.exec_command(f"docker load -i {shlex.quote(remote)}", timeout=1800)
-        if out.channel.recv_exit_status() != 0:
+        if _exit_status(out.channel, 1800) != 0:
             raise PlatformError(f"{self.name}: docker load failed: {err.read().decode()[-300:]}", "fatal")
 
 

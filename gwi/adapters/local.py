@@ -103,7 +103,7 @@ class LocalAdapter(Adapter):
     # -- the four calls ---------------------------------------------------------------------------
 
     def launch(self, req: LaunchRequest) -> dict:
-        work = Path(req.workdir)
+        work = kit.private_dir(req.workdir)
         existing = self.recorded(work) or self.process.existing(work)
         if existing:
             return self.record(work, existing)
@@ -120,6 +120,41 @@ class LocalAdapter(Adapter):
     def logs(self, handle: dict, tail: int | None = None) -> str:
         fetch = (lambda: self.docker.logs(handle)) if handle["runtime"] == "docker" else None
         return kit.logs(handle["workdir"], tail, fetch)
+
+    # -- the jobs gwi started here (for `gwi instances`) ------------------------------------------
+
+    def instances(self, workroot: Path | None = None) -> list[dict]:
+        """The attempts running on this machine: process groups whose processes carry an attempt id
+        (GWI_ATTEMPT) and run in a folder under ``workroot`` (the asking state's attempts, so another
+        GWI_HOME's jobs are not ours), and containers gwi labelled with a folder there."""
+        root = Path(workroot).resolve() if workroot else None
+        groups: dict[int, dict] = {}
+        for pid, attempt, cwd in _attempt_process_list():
+            if root is not None and not _under(cwd, root):
+                continue
+            try:
+                pgid = os.getpgid(pid)
+            except ProcessLookupError:
+                continue
+            g = groups.setdefault(pgid, {"id": f"pgid:{pgid}", "name": f"process group {pgid}", "attempt_id": attempt,
+                                         "state": "running", "started": None, "usd_per_hour": self.profile.usd_per_hour,
+                                         "pids": []})
+            g["pids"].append(pid)
+        out = list(groups.values())
+        if self.options.runtime != "process":
+            try:
+                out += self.docker.instances(root, self.profile.usd_per_hour)
+            except PlatformError:
+                pass  # no engine: no containers
+        return out
+
+    def stop_instance(self, inst: dict) -> None:
+        """Stop one job that :meth:`instances` listed: its process group (TERM, KILL after grace_s) or container."""
+        kind, _, ident = inst["id"].partition(":")
+        if kind == "container":
+            self.docker.stop_container(ident)
+            return
+        self.process.stop_group(int(ident))
 
     def translate(self, exc: Exception) -> PlatformError:
         if isinstance(exc, PlatformError):
@@ -168,10 +203,11 @@ class _Process:
         if argv and argv[0] == "gwi":
             argv = [sys.executable, "-m", "gwi"] + argv[1:]  # the same install as the scheduler's
         env = kit.job_env(req, base=dict(os.environ))  # this machine's settings, less other platforms' keys
-        (work / "launching").write_text(json.dumps({"argv": argv, "time": time.time()}))
-        (work / "command").write_text(" ".join(argv) + "\n")
+        kit.write_private(work / "launching", json.dumps({"argv": argv, "time": time.time()}))
+        kit.write_private(work / "command", " ".join(argv) + "\n")
+        wrapper = kit.wrapper_script(hours_limit=req.hours_limit)  # the job stops itself at its hour limit
         try:
-            p = subprocess.Popen(["sh", "-c", kit.wrapper_script(), "sh"] + argv, cwd=work, env=env,
+            p = subprocess.Popen(["sh", "-c", wrapper, "sh"] + argv, cwd=work, env=env,
                                  start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
         except OSError as e:
@@ -183,7 +219,7 @@ class _Process:
         code = kit.read_exit_code(work)
         if code is not None:
             _reap(pid)
-            return kit.ended(code, kit.saved_log(work) or "", kit.was_cancelled(work))
+            return kit.ended(code, kit.saved_log(work) or "", kit.was_cancelled(work), kit.read_over_limit(work))
         if handle.get("start_time") and _proc_start_time(pid) == handle["start_time"]:
             return Status(State.RUNNING)
         _reap(pid)
@@ -204,22 +240,27 @@ class _Process:
                 except ProcessLookupError:
                     pass
             return
-        for sig in (signal.SIGTERM, signal.SIGCONT):  # a stopped process only acts on TERM once continued
+        self.stop_group(pid)
+
+    def stop_group(self, pgid: int) -> None:
+        """TERM the process group (and CONT: a stopped process only acts on TERM once continued),
+        KILL what is left of it after ``grace_s``."""
+        for sig in (signal.SIGTERM, signal.SIGCONT):
             try:
-                os.killpg(pid, sig)
+                os.killpg(pgid, sig)
             except ProcessLookupError:
                 return
         deadline = time.monotonic() + self.grace_s
         while time.monotonic() < deadline:
-            _reap(pid)
-            if _proc_start_time(pid) is None:
+            _reap(pgid)
+            if not _group_alive(pgid):
                 return
             time.sleep(0.1)
         try:
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        _reap(pid)
+        _reap(pgid)
 
 
 class _Docker:
@@ -264,11 +305,17 @@ class _Docker:
             volumes[root] = {"bind": root, "mode": "rw"}
         env = kit.job_env(req, base=kit.lent_credentials(), extra={"GWI_CACHE": cache, "HOME": "/tmp"})
         gpus = [DeviceRequest(count=-1, capabilities=[["gpu"]])] if req.gpus and _has_nvidia() else []
+        # the container's own deadline: it stops itself at the attempt's hour limit (TERM, KILL a minute later)
+        secs = kit.limit_seconds(req.hours_limit)
+        entrypoint = None if secs is None else [
+            "timeout", "--signal=TERM", f"--kill-after={kit.KILL_AFTER_S}", str(secs), "gwi"]
         try:
             self.client.containers.run(self.options.image, command=req.argv[1:], name=name, detach=True,
-                                       environment=env, volumes=volumes, user=f"{os.getuid()}:{os.getgid()}",
+                                       entrypoint=entrypoint, environment=env, volumes=volumes,
+                                       user=f"{os.getuid()}:{os.getgid()}",
                                        network_mode="host", device_requests=gpus, working_dir="/tmp",
-                                       labels={"gwi.attempt": req.attempt_id, "gwi.job": req.job})
+                                       labels={"gwi.attempt": req.attempt_id, "gwi.job": req.job,
+                                               "gwi.workdir": str(work)})
         except docker.errors.APIError as e:
             raise self.translate(e) from None
         return handle
@@ -313,6 +360,32 @@ class _Docker:
         except Exception as e:  # noqa: BLE001
             raise self.translate(e) from None
 
+    def instances(self, root: Path | None, usd_per_hour: float) -> list[dict]:
+        """Running containers gwi labelled with an attempt whose folder is under ``root``."""
+        try:
+            found = self.client.containers.list(filters={"label": "gwi.attempt"})
+        except Exception as e:  # noqa: BLE001
+            raise self.translate(e) from None
+        out = []
+        for c in found:
+            labels = c.labels or {}
+            if root is not None and not _under(Path(labels.get("gwi.workdir", "/")), root):
+                continue
+            out.append({"id": f"container:{c.name}", "name": c.name, "attempt_id": labels.get("gwi.attempt"),
+                        "state": c.status, "started": c.attrs.get("State", {}).get("StartedAt"),
+                        "usd_per_hour": usd_per_hour})
+        return out
+
+    def stop_container(self, name: str) -> None:
+        import docker.errors
+
+        try:
+            self.client.containers.get(name).stop(timeout=int(self.options.grace_s))
+        except docker.errors.NotFound:
+            pass
+        except Exception as e:  # noqa: BLE001
+            raise self.translate(e) from None
+
 
 def _reap(pid: int) -> None:
     try:
@@ -323,17 +396,48 @@ def _reap(pid: int) -> None:
 
 def _attempt_processes(attempt_id: str) -> list[int]:
     """Live processes whose environment names this attempt (GWI_ATTEMPT), on Linux."""
-    want = f"GWI_ATTEMPT={attempt_id}".encode()
+    return [pid for pid, attempt, _ in _attempt_process_list() if attempt == attempt_id]
+
+
+def _attempt_process_list() -> list[tuple[int, str, Path]]:
+    """(pid, attempt id, working folder) of every live process of ours carrying GWI_ATTEMPT, on Linux."""
     out = []
-    for p in Path("/proc").iterdir():
+    proc = Path("/proc")
+    for p in proc.iterdir() if proc.is_dir() else ():
         if not p.name.isdigit() or int(p.name) == os.getpid():
             continue
         try:
-            if want in (p / "environ").read_bytes().split(b"\0") and _proc_start_time(int(p.name)) is not None:
-                out.append(int(p.name))
-        except OSError:
-            continue
+            env = (p / "environ").read_bytes().split(b"\0")
+            attempt = next((v[len(b"GWI_ATTEMPT="):].decode() for v in env if v.startswith(b"GWI_ATTEMPT=")), None)
+            if attempt and _proc_start_time(int(p.name)) is not None:
+                out.append((int(p.name), attempt, Path(os.readlink(p / "cwd"))))
+        except (OSError, ValueError):
+            continue  # gone, or another user's
     return out
+
+
+def _under(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group is alive (a zombie, which only its parent may reap, is not)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+    for p in proc.iterdir():
+        if p.name.isdigit():
+            try:
+                rest = (p / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(rest[2]) == pgid and rest[0] not in ("Z", "X"):
+                return True
+    return False
 
 
 def _has_nvidia() -> bool:

@@ -28,20 +28,47 @@ import contextlib
 import fcntl
 import json
 import os
+import sqlite3
 import time
+from concurrent.futures import Future
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..adapters.base import LaunchRequest, PlatformError, Profile, State
 from ..errors import GwiError, StoreError
 from ..progress import ENV_ATTEMPT, ENV_INTERVAL, ENV_URL
-from ..runs import CANCEL, Run, run_url
+from ..runs import CANCEL, LATEST, Run, run_url
 from ..spec import Job, Spec
 from ..store import split_url
 from . import judge, policy
+from .calls import Calls
 from .judge import Attempt
-from .lifecycle import CANCELLED, FAILED, JOB_TERMINAL, QUEUED, RUNNING, SUCCEEDED, WAITING
-from .state import StateDB, gwi_home
-from .view import View
+from .lifecycle import (
+    CANCELLED,
+    FAILED,
+    JOB_TERMINAL,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    WAITING,
+)
+from .state import BACKUP_SUFFIX, StateDB, gwi_home, secure_home
+from .view import View, env_float
+
+STORE_BACKOFF_S = 30.0  # the first wait after an attempt the store's outage ended; doubles, capped
+STORE_BACKOFF_CAP_S = 600.0
+BACKUP_EVERY_S = 600.0  # the online backup of state.db beside it
+
+
+def quick_split(url: str):
+    """(store, name) for the scheduler's own reads: patience 0, an outage is an answer, not a wait."""
+    return split_url(url, patience=0)
+
+
+def store_lane(url: str) -> str:
+    """One lane per store endpoint: a hung bucket does not hold up another's reads."""
+    parts = urlsplit(url)
+    return f"store {parts.scheme}://{parts.netloc}"
 
 
 class LockBusy(GwiError):
@@ -49,11 +76,22 @@ class LockBusy(GwiError):
 
 
 class Scheduler(View):
+    """``call_timeout_s`` (env ``GWI_CALL_TIMEOUT_S``): the longest a pass waits for one platform or store
+    answer. ``store_backoff_s`` (env ``GWI_STORE_BACKOFF_S``): the first wait before relaunching a job
+    whose attempt the store's outage ended. ``backup_every_s`` (env ``GWI_STATE_BACKUP_S``): how often
+    a pass refreshes ``state.db.bak``."""
+
     def __init__(self, home: str | Path | None = None, profiles: dict[str, Profile] | None = None,
-                 clock=time.time):
+                 clock=time.time, *, call_timeout_s: float | None = None, store_backoff_s: float | None = None,
+                 backup_every_s: float | None = None):
         home = Path(home).resolve() if home else gwi_home()
-        home.mkdir(parents=True, exist_ok=True)
-        super().__init__(StateDB.open(home / "state.db", clock), home, profiles, clock)
+        secure_home(home)
+        super().__init__(StateDB.open(home / "state.db", clock), home, profiles, clock,
+                         calls=Calls(call_timeout_s or env_float("GWI_CALL_TIMEOUT_S", 30.0)))
+        self.store_backoff_s = store_backoff_s if store_backoff_s is not None else env_float(
+            "GWI_STORE_BACKOFF_S", STORE_BACKOFF_S)
+        self.backup_every_s = backup_every_s if backup_every_s is not None else env_float(
+            "GWI_STATE_BACKUP_S", BACKUP_EVERY_S)
         self._stores: dict = {}
         self._lock_fd: int | None = None
 
@@ -66,7 +104,7 @@ class Scheduler(View):
             yield
             return
         path = self.home / "scheduler.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -119,8 +157,10 @@ class Scheduler(View):
 
     def reconcile(self, launch: bool = True) -> None:
         with self.lock():
-            for row in self.state.active_attempts():
-                self._isolated(row["job_id"], row["id"], self._check_attempt, row)
+            rows = self.state.active_attempts()
+            looks = self._look(rows)
+            for row in rows:
+                self._isolated(row["job_id"], row["id"], self._check_attempt, row, looks.get(row["id"]))
             for row in self.state.attempts_to_clean():
                 self._isolated(row["job_id"], row["id"], self._retry_cleanup, row)
             self._promote()
@@ -129,6 +169,7 @@ class Scheduler(View):
                     self._place(row)
                 self._promote()  # jobs that just failed for want of a platform fail their dependents now
             self.state.set_last_reconcile(self.clock())
+            self._backup_if_due()
 
     def _isolated(self, job_id: str, attempt_id: str | None, fn, *args):
         """Run one job's step; an error is recorded on the job and the pass goes on with the others."""
@@ -138,7 +179,26 @@ class Scheduler(View):
             self.state.note_error(job_id, attempt_id, f"{type(e).__name__}: {e}"[:500])
             return None
 
-    def _check_attempt(self, row) -> None:
+    def _look(self, rows) -> dict[str, tuple[Future, Future]]:
+        """Ask every platform about its attempts and read every heartbeat, all at once, on the lanes'
+        threads: the pass waits at most one call timeout for all of them together."""
+        looks = {}
+        for row in rows:
+            if not row["handle"]:
+                continue
+            att = Attempt.of(row)
+            try:
+                query = self.calls.submit(self.lane(att.platform), att.id, self.adapter(att.platform).query, att.handle)
+            except Exception as e:  # noqa: BLE001 - a broken profile: recorded when the attempt is checked
+                query = Future()
+                query.set_exception(e)
+            beat = self.calls.submit(store_lane(att.heartbeat_url), ("beat", att.id), self._read_progress,
+                                     att.heartbeat_url)
+            looks[att.id] = (query, beat)
+        self.calls.wait(f for pair in looks.values() for f in pair)
+        return looks
+
+    def _check_attempt(self, row, look: tuple[Future, Future] | None) -> None:
         now = self.clock()
         att = Attempt.of(row)
         job_row = self.state.job(att.job_id)
@@ -152,14 +212,43 @@ class Scheduler(View):
                 with self.state.tx():
                     self._end_attempt(job_row, att, verdict.state, verdict.reason, None)
             return
-        status, query_error = self._query(att)
-        beat = judge.observe(att, *self._read_progress(att.heartbeat_url), now)
+        status, query_error = self._answer(att, look[0])
+        progress, store_ok, why = self._beat_answer(att, look[1])
+        self._note_store(job_row, att, why)
+        beat = judge.observe(att, progress, store_ok, now)
         note = judge.progress_note(att.progress, beat.progress)
         if note:
             self.state.event(att.job_id, "progress", note, att.id)
         _, dollars = self.job_cost(att.job_id)
         verdict = judge.judge(att, job_row["state"], limits, status, query_error, beat, now, dollars)
         self._record_verdict(job_row, att, verdict, self._beat_columns(att, beat, now))
+
+    def _answer(self, att: Attempt, fut: Future) -> tuple:
+        """(the platform's Status, None) or (None, the translated error of asking it, or of its silence)."""
+        try:
+            status = self.calls.outcome(self.lane(att.platform), fut)
+        except Exception as e:  # noqa: BLE001 - one bad platform must not stop the pass
+            err = self._translate(att.platform, e)
+            self.state.update_attempt(att.id, last_error=str(err))
+            return None, err
+        if att.last_error:  # it answers again
+            self.state.update_attempt(att.id, last_error="")
+        return status, None
+
+    def _beat_answer(self, att: Attempt, fut: Future) -> tuple[dict | None, bool, str | None]:
+        """(the heartbeat, whether the store answered, why not)."""
+        try:
+            progress, ok = self.calls.outcome(store_lane(att.heartbeat_url), fut)
+        except Exception as e:  # noqa: BLE001 - the store failed or did not answer in time: no verdict on silence
+            return None, False, str(e)
+        return progress, ok, None if ok else "the store did not answer"
+
+    def _note_store(self, job_row, att: Attempt, why: str | None) -> None:
+        """Say in the job's status line when its heartbeat cannot be read from here (and stop saying it)."""
+        base = f"on {att.platform}"
+        reason = base if why is None else f"{base}; heartbeat unreadable here, not judged: {why}"[:300]
+        if job_row["state"] == RUNNING and job_row["reason"] != reason and (why or job_row["reason"].startswith(base + ";")):
+            self.state.update_job(att.job_id, reason=reason)
 
     def _record_verdict(self, job_row, att: Attempt, verdict: judge.Verdict, updates: dict) -> None:
         reason = verdict.reason
@@ -173,11 +262,12 @@ class Scheduler(View):
         with self.state.tx() as st:
             st.update_attempt(att.id, **updates)
             if verdict.state is not None:
-                self._end_attempt(job_row, att, verdict.state, reason, verdict.exit_code)
+                self._end_attempt(job_row, att, verdict.state, reason, verdict.exit_code, verdict.blameless)
 
     def _limits(self, job: Job, platform: str) -> judge.Limits:
         return judge.Limits(start_timeout_s=job.limits.start_timeout_s or self.profiles[platform].start_timeout_s,
-                            stall_s=job.limits.stall_s, heartbeat_s=job.heartbeat_s, max_cost_usd=job.limits.max_cost_usd)
+                            stall_s=job.limits.stall_s, heartbeat_s=job.heartbeat_s, max_cost_usd=job.limits.max_cost_usd,
+                            progress_s=job.limits.progress_stall_s)
 
     @staticmethod
     def _beat_columns(att: Attempt, beat: judge.Beat, now: float) -> dict:
@@ -188,39 +278,34 @@ class Scheduler(View):
                 cols["started_at"] = now
         return cols
 
-    def _query(self, att: Attempt) -> tuple:
-        """(the platform's Status, None) or (None, the translated error of asking it)."""
-        adapter = self.adapter(att.platform)
-        try:
-            return adapter.query(att.handle), None
-        except Exception as e:  # noqa: BLE001 - one bad platform must not stop the pass
-            err = adapter.translate(e)
-            self.state.update_attempt(att.id, last_error=str(err))
-            return None, err
-
     def _store_for(self, url: str):
         head, _, name = url.rpartition("/")
         store = self._stores.get(head)
         if store is None:
-            store, _ = split_url(url)
+            store, _ = quick_split(url)
             self._stores[head] = store
         return store, name
 
     def _read_progress(self, url: str) -> tuple[dict | None, bool]:
-        """(the heartbeat, whether the store answered). An unreachable store is not a stalled job."""
+        """(the heartbeat, True) or (None, True) when there is none yet; the store's error when it did
+        not answer (an unreachable store is not a stalled job). Runs on a lane's thread: no SQLite."""
         store, name = self._store_for(url)
         try:
             prog = json.loads(store.get_bytes(name))
         except StoreError as e:
-            return None, "no such object" in str(e)
+            if "no such object" in str(e):
+                return None, True
+            raise
         except ValueError:
             return None, True  # caught mid-write on a store without atomic puts; the next look will do
         return (prog, True) if isinstance(prog, dict) else (None, True)
 
-    def _end_attempt(self, job_row, att: Attempt, state: str, reason: str, exit_code: int | None) -> None:
+    def _end_attempt(self, job_row, att: Attempt, state: str, reason: str, exit_code: int | None,
+                     blameless: bool = False) -> None:
         now = self.clock()
         st = self.state
-        st.update_attempt(att.id, state=state, ended_at=now, end_reason=reason, exit_code=exit_code)
+        st.update_attempt(att.id, state=state, ended_at=now, end_reason=reason, exit_code=exit_code,
+                          blameless=int(blameless))
         jid = job_row["id"]
         if state == State.SUCCEEDED.value:
             st.update_job(jid, state=SUCCEEDED, reason="", updated_at=now, finished_at=now)
@@ -229,7 +314,22 @@ class Scheduler(View):
         st.event(jid, state, f"attempt {att.n} on {att.platform}: {reason}", att.id)
         if job_row["state"] == CANCELLED:
             return
-        st.update_job(jid, state=QUEUED, reason=f"attempt {att.n} {state}: {reason}", updated_at=now)
+        why, not_before = f"attempt {att.n} {state}: {reason}", None
+        if blameless:  # no platform's try was used; wait for the store before trying again
+            wait = policy.store_backoff(st.blameless_streak(jid, job_row["generation"]), self.store_backoff_s,
+                                        STORE_BACKOFF_CAP_S)
+            why, not_before = f"{why}; next try in {wait:.0f} s", now + wait
+        st.update_job(jid, state=QUEUED, reason=why[:500], updated_at=now, not_before=not_before)
+
+    def _backup_if_due(self) -> None:
+        """Refresh ``state.db.bak`` when it is older than ``backup_every_s`` (online: the pass goes on)."""
+        dest = self.state.path.with_name(self.state.path.name + BACKUP_SUFFIX)
+        try:
+            if dest.exists() and time.time() - dest.stat().st_mtime < self.backup_every_s:
+                return
+            self.state.backup(dest)
+        except (OSError, sqlite3.Error, GwiError) as e:
+            self.state.set_meta("backup_error", f"{time.time():.0f} {dest}: {e}"[:500])
 
     # -- stopping ---------------------------------------------------------------------------------
 
@@ -238,11 +338,10 @@ class Scheduler(View):
         so every pass retries it: only a retryable error; any other needs a person)."""
         if not att.handle:
             return None, None
-        adapter = self.adapter(att.platform)
         try:
-            adapter.cancel(att.handle)
+            self.ask(att.platform, att.id, "cancel", att.handle)
         except Exception as e:  # noqa: BLE001
-            err = adapter.translate(e)
+            err = self._translate(att.platform, e)
             return err, (str(err)[:500] if err.retryable else None)
         return None, None
 
@@ -290,7 +389,15 @@ class Scheduler(View):
 
     def _assign(self, row) -> str | None:
         """Launch a queued job on its best platform now; the attempt id, or None when nothing launched."""
+        if row["not_before"] is not None and self.clock() < row["not_before"]:
+            return None  # backing off after the store's outage ended its last attempt
         job = self.job_def(row)
+        published, why_not = self._published_step(job)
+        if why_not:
+            reason = f"waiting for the store to launch: {why_not}"[:500]
+            if row["reason"] != reason:
+                self.state.update_job(row["id"], reason=reason)
+            return None
         choices = self.choices(row["id"], job)
         pick = policy.pick(choices)
         if pick is None:
@@ -302,30 +409,32 @@ class Scheduler(View):
             elif row["reason"] != why:
                 self.state.update_job(row["id"], reason=why)
             return None
-        att = self._record_attempt(row, job, pick)
-        # a heartbeat or cancel flag at this path from an earlier state (a reset GWI_HOME) is not this attempt's
-        store, name = self._store_for(att.heartbeat_url)
-        for key in (name, CANCEL):
-            try:
-                store.delete(key)
-            except StoreError:
-                pass
+        att = self._record_attempt(row, job, pick, published)
+        try:  # a heartbeat or cancel flag at this path from an earlier state (a reset GWI_HOME) is not this attempt's
+            self.calls.run(store_lane(att.heartbeat_url), ("clear", att.id), self._clear_beat, att.heartbeat_url)
+        except (PlatformError, StoreError):
+            pass
         self._launch(self.state.job(row["id"]), job, att)
         return att.id
 
-    def _record_attempt(self, row, job: Job, pick: policy.Choice) -> Attempt:
+    def _clear_beat(self, url: str) -> None:
+        store, name = self._store_for(url)
+        for key in (name, CANCEL):
+            store.delete(key)
+
+    def _record_attempt(self, row, job: Job, pick: policy.Choice, resume: int | None) -> Attempt:
         """The attempt, committed before its platform is asked (so a restart launches it, not another)."""
         prof = self.profiles[pick.platform]
-        resume = self._resume_step(job)
         with self.state.tx() as st:
             n = st.attempt_count(row["id"]) + 1
             aid = f"{row['spec']}.{row['name']}.{n}"
-            hours_used, _ = self.job_cost(row["id"])
+            hours_used, dollars_used = self.job_cost(row["id"])
             week = self.usage(pick.platform)["hours_week"] if prof.quota_hours_per_week is not None else 0.0
             st.insert_attempt(aid, job_id=row["id"], n=n, platform=pick.platform, state=State.PENDING.value,
                               heartbeat_url=Run(self._run_url(row, job)).attempt_heartbeat_url(n),
                               launched_at=self.clock(), usd_per_hour=prof.usd_per_hour,
-                              hours_limit=policy.hours_limit(prof, job.limits.max_hours, hours_used, week),
+                              hours_limit=policy.hours_limit(prof, job.limits.max_hours, hours_used, week,
+                                                            job.limits.max_cost_usd, dollars_used),
                               resumed_from_step=resume, generation=row["generation"])
             st.update_job(row["id"], state=RUNNING, reason=f"on {pick.platform}", updated_at=self.clock())
             st.event(row["id"], "assigned", f"attempt {n} -> {pick.platform} ({pick.why})", aid)
@@ -334,18 +443,36 @@ class Scheduler(View):
     def _run_url(self, row, job: Job) -> str:
         return job.outputs.get("run") or run_url(self.state.spec_store(row["spec"]), row["spec"], row["name"])
 
-    @staticmethod
-    def _resume_step(job: Job) -> int | None:
-        """Where a job with a run (a training job) resumes: its run's newest checkpoint."""
-        return Run(job.outputs["run"]).latest_step() if "run" in job.outputs else None
+    def _published_step(self, job: Job) -> tuple[int | None, str | None]:
+        """(the step of the run's newest published checkpoint, or None: no run or no checkpoint yet;
+        why it cannot be known now). A new attempt must resume from there, never from earlier, so a
+        training job is not launched while the store cannot say."""
+        if "run" not in job.outputs:
+            return None, None
+        url = Run(job.outputs["run"]).key_url(LATEST)
+        try:
+            return self.calls.run(store_lane(url), ("latest", url), self._read_step, url), None
+        except (StoreError, PlatformError) as e:
+            return None, str(e)
+
+    def _read_step(self, url: str) -> int | None:
+        store, name = quick_split(url)
+        try:
+            return int(json.loads(store.get_bytes(name))["latest"]["step"])
+        except StoreError as e:
+            if "no such object" in str(e):
+                return None
+            raise
+        except (KeyError, TypeError, ValueError):
+            return None  # an unreadable pointer: the worker falls back for itself
 
     def _other_secrets(self, platform: str) -> set[str]:
         """Variables holding other platforms' secrets: a job here never sees them."""
         names = set()
         for name in self.profiles:
             try:
-                names |= self.adapter(name).secret_vars()
-            except Exception:  # noqa: BLE001 - a broken profile: its declared credentials at least
+                names |= self.ask(name, "secret_vars", "secret_vars")
+            except Exception:  # noqa: BLE001 - a broken profile or a hung one: its declared credentials
                 names |= set(self.profiles[name].credentials)
         return names - set(self.profiles[platform].credentials)
 
@@ -356,11 +483,10 @@ class Scheduler(View):
             store_url=self.state.spec_store(job_row["spec"]), heartbeat_url=att.heartbeat_url,
             workdir=str(self.home / "attempts" / att.id), gpus=job.resources.gpus, hours_limit=att.hours_limit,
             scrub_env=tuple(sorted(self._other_secrets(att.platform))))
-        adapter = self.adapter(att.platform)
         try:
-            handle = adapter.launch(req)
+            handle = self.ask(att.platform, att.id, "launch", req)
         except Exception as e:  # noqa: BLE001 - translated and recorded; the pass goes on
-            err = adapter.translate(e)
+            err = self._translate(att.platform, e)
             with self.state.tx() as st:
                 if err.retryable:
                     st.update_attempt(att.id, last_error=str(err))
@@ -401,4 +527,4 @@ class Scheduler(View):
             raise GwiError(f"{job_id} has no attempt{f' {attempt}' if attempt else ''} yet")
         if not a["handle"]:
             return dict(a), ""
-        return dict(a), self.adapter(a["platform"]).logs(json.loads(a["handle"]), tail)
+        return dict(a), self.ask(a["platform"], ("logs", a["id"]), "logs", json.loads(a["handle"]), tail)

@@ -44,6 +44,7 @@ class Platform:
     unavailable: str | None = None  # why it cannot take jobs now (credentials, store), None when it can
     hours_week: float = 0.0  # hours used in the quota window, every job's
     active: int = 0  # attempts running there now, every job's
+    transient: bool = False  # ``unavailable`` will pass (its API did not answer): wait, do not move on for good
 
 
 # -- accounting -------------------------------------------------------------------------------------
@@ -96,7 +97,7 @@ def choice(p: Platform, limits: Limits, hours_used: float, dollars_used: float) 
     if not has_tries(p.tries, limits.retries):
         return Choice(p.name, False, False, f"used: {p.tries} attempt(s), retries {limits.retries}")
     if p.unavailable:
-        return Choice(p.name, False, False, p.unavailable)
+        return Choice(p.name, False, p.transient, p.unavailable)
     notes = []
     if prof.quota_hours_per_week is not None:
         left = prof.quota_hours_per_week - p.hours_week
@@ -124,8 +125,12 @@ def pick(choices: list[Choice]) -> Choice | None:
 
 def no_pick(choices: list[Choice]) -> tuple[bool, str]:
     """When no platform can take the job: (whether to wait, because a slot will free up; why)."""
-    if any(c.busy for c in choices):
-        return True, "waiting for a slot: " + "; ".join(f"{c.platform} {c.why}" for c in choices if c.busy)
+    busy = [c for c in choices if c.busy]
+    if busy:
+        slots = [f"{c.platform} {c.why}" for c in busy if c.why.startswith("busy")]
+        answers = [c.why for c in busy if not c.why.startswith("busy")]
+        return True, "; ".join((["waiting for a slot: " + "; ".join(slots)] if slots else [])
+                               + (["waiting for an answer: " + "; ".join(answers)] if answers else []))
     return False, "no platform left: " + "; ".join(f"{c.platform}: {c.why}" for c in choices)
 
 
@@ -136,13 +141,24 @@ def fallback_order(choices: list[Choice]) -> tuple[Choice | None, list[Choice]]:
     return first, [c for c in choices if c is not first]
 
 
-def hours_limit(profile: Profile, max_hours: float | None, hours_used: float, hours_week: float) -> float | None:
+def hours_limit(profile: Profile, max_hours: float | None, hours_used: float, hours_week: float,
+                max_cost_usd: float | None = None, dollars_used: float = 0.0) -> float | None:
     """The new attempt's hour limit: the tightest of the platform's session cap, what is left of
-    the job's hours, and what is left of the platform's weekly quota; None when nothing limits it."""
+    the job's hours, what is left of the platform's weekly quota, and the hours the job's dollars
+    left buy at this platform's price; None when nothing limits it. The far side enforces it too
+    (the wrapper's timeout, Lambda's watchdog), so the budget holds when no scheduler runs."""
     limits = [x for x in (profile.session_hours, None if max_hours is None else max_hours - hours_used) if x is not None]
     if profile.quota_hours_per_week is not None:
         limits.append(profile.quota_hours_per_week - hours_week)
+    if max_cost_usd is not None and profile.usd_per_hour > 0:
+        limits.append((max_cost_usd - dollars_used) / profile.usd_per_hour)
     return min(limits) if limits else None
+
+
+def store_backoff(streak: int, base_s: float, cap_s: float) -> float:
+    """How long a job waits before its next attempt after ``streak`` attempts in a row ended by the
+    store's outage: ``base_s``, doubling, at most ``cap_s``."""
+    return min(cap_s, base_s * 2 ** max(0, streak - 1))
 
 
 def dependencies(after: list[str], states: Mapping[str, str | None]) -> tuple[str | None, str]:

@@ -14,6 +14,13 @@ Two ways in:
   dispatched: an empty state, not an error.
 
 Rows come back as :class:`sqlite3.Row` (``row["state"]``, ``dict(row)``).
+
+State you can trust: the home folder is 0700 and ``state.db`` (with its ``-wal``/``-shm`` and backups)
+0600; the file carries gwi's ``application_id``; both openers check it before use, so a corrupt file,
+another program's database or a newer gwi's schema is one :class:`GwiError` line naming the file and
+the fix, never a traceback mid-pass. The scheduler keeps an online backup beside it
+(``state.db.bak``, :meth:`StateDB.backup`), refreshed every few minutes and before a migration;
+``gwi doctor --fix`` restores it.
 """
 
 from __future__ import annotations
@@ -21,18 +28,24 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import time
 from pathlib import Path
 
 from ..errors import GwiError
 from .lifecycle import ACTIVE, JOB_TERMINAL
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+APPLICATION_ID = 0x67776901  # "gw", "i", 1: marks the file as gwi's state (PRAGMA application_id)
+BACKUP_SUFFIX = ".bak"
 # what each version adds to the one before (v1 is _SCHEMA without these columns)
 _MIGRATIONS = {
     2: ["ALTER TABLE attempts ADD COLUMN cleanup TEXT",  # a stop that failed: retried every pass
         "ALTER TABLE attempts ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE jobs ADD COLUMN generation INTEGER NOT NULL DEFAULT 0"],
+    # an attempt ended by the store's outage counts no try; its job waits until not_before
+    3: ["ALTER TABLE attempts ADD COLUMN blameless INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN not_before REAL"],
 }
 
 _SCHEMA = """
@@ -62,20 +75,94 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 # the columns an update may set: names are spliced into SQL, so only these are accepted
-_JOB_COLUMNS = frozenset({"state", "reason", "definition", "position", "updated_at", "finished_at"})
+_JOB_COLUMNS = frozenset({"state", "reason", "definition", "position", "updated_at", "finished_at", "not_before"})
 _ATTEMPT_COLUMNS = frozenset({
     "job_id", "n", "platform", "state", "handle", "heartbeat_url", "launched_at", "started_at", "ended_at",
     "end_reason", "exit_code", "usd_per_hour", "hours_limit", "cost_limit", "progress", "beat_key", "beat_seen_at",
-    "resumed_from_step", "last_error", "cleanup", "generation"})
+    "resumed_from_step", "last_error", "cleanup", "generation", "blameless"})
 
 
 def gwi_home() -> Path:
     return Path(os.environ.get("GWI_HOME", ".gwi")).resolve()
 
 
+class StateUnreadable(GwiError):
+    """state.db is corrupt, truncated, or not gwi's: the message says which file and what to run."""
+
+
+def secure_home(home: Path) -> None:
+    """The home folder, created 0700 (it holds the state and the attempts' files)."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _private(home, 0o700)
+
+
+def _private(path: Path, mode: int) -> None:
+    """Tighten ``path`` to ``mode`` if it is ours and looser (a shared folder is left as it is)."""
+    try:
+        st = path.stat()
+        if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & ~mode:
+            os.chmod(path, mode)
+    except OSError:
+        pass
+
+
+def backup_path(path: Path) -> Path:
+    return path.with_name(path.name + BACKUP_SUFFIX)
+
+
+def fix_hint(path: Path) -> str:
+    """What ``gwi doctor --fix`` would do about ``path``: restore the backup (from when), or start empty."""
+    bak = backup_path(path)
+    if bak.exists():
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(bak.stat().st_mtime))
+        return f"run `gwi doctor --fix` to move it aside and restore the backup from {when}"
+    return "run `gwi doctor --fix` to move it aside and start an empty state (there is no backup)"
+
+
 def _newer_schema(path, version: int) -> GwiError:
     return GwiError(f"{path}: state written by a newer gwi (schema {version}, this gwi knows {SCHEMA_VERSION}); "
                     "upgrade gwi or point GWI_HOME elsewhere")
+
+
+def verify(db: sqlite3.Connection, path: Path) -> int:
+    """The schema version of an opened state file; :class:`StateUnreadable` (corrupt, truncated, another
+    program's) or the newer-schema error otherwise. 0: a new, empty file."""
+    try:
+        app = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        check = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        raise StateUnreadable(f"{path}: the scheduler's state is unreadable ({e}); {fix_hint(path)}") from None
+    if check != "ok":
+        check = " ".join(str(check).split())  # SQLite's report may span lines: one line here
+        raise StateUnreadable(f"{path}: the scheduler's state is corrupt (integrity check: {check}); {fix_hint(path)}")
+    if app not in (0, APPLICATION_ID) or (tables and not {"jobs", "attempts"} <= tables):
+        what = f"application_id {app:#x}" if app not in (0, APPLICATION_ID) else f"tables {', '.join(sorted(tables))}"
+        raise StateUnreadable(f"{path}: not a gwi state file ({what}); point GWI_HOME elsewhere, or "
+                              f"{fix_hint(path)}")
+    if version > SCHEMA_VERSION:
+        raise _newer_schema(path, version)
+    return version
+
+
+def write_backup(db: sqlite3.Connection, dest: Path) -> None:
+    """An online copy of ``db`` (sqlite3's backup API: consistent while others write), checked, then
+    moved into place: ``dest`` is always a whole, readable state or the one before."""
+    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+    os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
+    try:
+        target = sqlite3.connect(tmp)
+        try:
+            db.backup(target)
+            check = target.execute("PRAGMA quick_check(1)").fetchone()[0]
+        finally:
+            target.close()
+        if check != "ok":
+            raise StateUnreadable(f"{dest}: not written: the copy failed its integrity check ({check})")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _columns(table: str, allowed: frozenset, cols: dict) -> str:
@@ -98,14 +185,26 @@ class StateDB:
 
     @classmethod
     def open(cls, path: str | Path, clock=time.time) -> StateDB:
-        """Read-write: WAL, the schema created or migrated to :data:`SCHEMA_VERSION`."""
+        """Read-write: checked, WAL, the schema created or migrated to :data:`SCHEMA_VERSION` (after a
+        backup of the older one)."""
         path = Path(path)
+        if not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # -wal and -shm take its mode
+        for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            _private(p, 0o600)
         db = sqlite3.connect(path, timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
-        _wal(db)
-        db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=30000")
-        _migrate(db, path)
+        try:
+            version = verify(db, path)
+            _wal(db)
+            db.execute("PRAGMA synchronous=NORMAL")
+            if 0 < version < SCHEMA_VERSION:
+                write_backup(db, backup_path(path))
+            _migrate(db, path)
+        except BaseException:
+            db.close()
+            raise
         return cls(db, path, clock)
 
     @classmethod
@@ -118,10 +217,11 @@ class StateDB:
         db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA busy_timeout=30000")
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
+        try:
+            version = verify(db, path)
+        except BaseException:
             db.close()
-            raise _newer_schema(path, version)
+            raise
         if version == 0:  # created by a dispatcher that has not yet written its schema
             db.close()
             return cls._empty(path, clock)
@@ -136,6 +236,10 @@ class StateDB:
 
     def close(self) -> None:
         self.db.close()
+
+    def backup(self, dest: Path) -> None:
+        """Write an online backup of this state to ``dest`` (0600, atomically)."""
+        write_backup(self.db, dest)
 
     @contextlib.contextmanager
     def tx(self):
@@ -199,7 +303,8 @@ class StateDB:
     def new_generation(self, job_id: str, state: str, definition: str, position: int, now: float) -> None:
         """Dispatched again after it ended: tries and budgets count from zero."""
         self.db.execute("UPDATE jobs SET state=?, reason='', definition=?, position=?, updated_at=?, "
-                        "finished_at=NULL, generation=generation+1 WHERE id=?", (state, definition, position, now, job_id))
+                        "finished_at=NULL, not_before=NULL, generation=generation+1 WHERE id=?",
+                        (state, definition, position, now, job_id))
 
     def update_job(self, job_id: str, **cols) -> None:
         sets = _columns("jobs", _JOB_COLUMNS, cols)
@@ -231,8 +336,20 @@ class StateDB:
         return self.db.execute("SELECT * FROM attempts WHERE job_id=? AND generation=?", (job_id, generation)).fetchall()
 
     def tries(self, job_id: str, platform: str, generation: int) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM attempts WHERE job_id=? AND platform=? AND generation=?",
-                               (job_id, platform, generation)).fetchone()[0]
+        """The job's tries on a platform: its attempts there, less those the store's outage ended."""
+        return self.db.execute("SELECT COUNT(*) FROM attempts WHERE job_id=? AND platform=? AND generation=? "
+                               "AND blameless=0", (job_id, platform, generation)).fetchone()[0]
+
+    def blameless_streak(self, job_id: str, generation: int) -> int:
+        """How many of the job's latest ended attempts in a row the store's outage ended."""
+        rows = self.db.execute("SELECT blameless FROM attempts WHERE job_id=? AND generation=? AND ended_at IS NOT NULL "
+                               "ORDER BY n DESC", (job_id, generation)).fetchall()
+        streak = 0
+        for r in rows:
+            if not r["blameless"]:
+                break
+            streak += 1
+        return streak
 
     def platform_attempts(self, platform: str, ended_after: float | None = None, paid: bool = False) -> list[sqlite3.Row]:
         """A platform's attempts: those running or ended after ``ended_after``; or, ``paid``, the billed ones."""
@@ -303,8 +420,15 @@ class StateDB:
         return float(r["value"]) if r else None
 
     def set_last_reconcile(self, t: float) -> None:
-        self.db.execute("INSERT INTO meta(key, value) VALUES ('last_reconcile', ?) "
-                        "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(t),))
+        self.set_meta("last_reconcile", str(t))
+
+    def meta(self, key: str) -> str | None:
+        r = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return r["value"] if r else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                        (key, value))
 
 
 def _wal(db: sqlite3.Connection) -> None:
@@ -338,6 +462,7 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
             for stmt in _MIGRATIONS[v]:
                 db.execute(stmt)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.execute(f"PRAGMA application_id={APPLICATION_ID}")
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")

@@ -9,6 +9,7 @@ look while a dispatcher works. The :class:`~gwi.scheduler.loop.Scheduler` is a V
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -16,16 +17,30 @@ from ..adapters.base import Adapter, PlatformError, Profile, get_adapter, load_p
 from ..errors import GwiError
 from ..spec import Job
 from . import policy
+from .calls import Calls
 from .state import StateDB, gwi_home
 
 
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise GwiError(f"{name}: expected a number of seconds, got {value!r}") from None
+
+
 class View:
-    def __init__(self, state: StateDB, home: Path, profiles: dict[str, Profile] | None = None, clock=time.time):
+    def __init__(self, state: StateDB, home: Path, profiles: dict[str, Profile] | None = None, clock=time.time,
+                 calls: Calls | None = None):
         self.state = state
         self.home = home
         self.clock = clock
         self._profiles = profiles
         self._adapters: dict[str, Adapter] = {}
+        # every adapter call has a deadline, here as in the loop: a hung API must not hang `gwi status`
+        self.calls = calls or Calls(env_float("GWI_CALL_TIMEOUT_S", 30.0))
 
     @property
     def db(self):
@@ -49,6 +64,21 @@ class View:
                 raise GwiError(f"platform {platform!r} has no profile (known: {', '.join(sorted(self.profiles))})")
             self._adapters[platform] = get_adapter(self.profiles[platform])
         return self._adapters[platform]
+
+    @staticmethod
+    def lane(platform: str) -> str:
+        return f"{platform} API"
+
+    def ask(self, platform: str, key, method: str, *args):
+        """``adapter.<method>(*args)`` on the platform's lane, waited for at most the call timeout; one
+        that does not answer raises a transient PlatformError ("lam API did not answer within 30 s")."""
+        return self.calls.run(self.lane(platform), key, getattr(self.adapter(platform), method), *args)
+
+    def _translate(self, platform: str, exc: Exception) -> PlatformError:
+        try:
+            return self.adapter(platform).translate(exc)
+        except Exception:  # noqa: BLE001 - no adapter to translate with (a broken profile)
+            return exc if isinstance(exc, PlatformError) else PlatformError(f"{platform}: {type(exc).__name__}: {exc}")
 
     # -- jobs, attempts, events -------------------------------------------------------------------
 
@@ -135,9 +165,12 @@ class View:
         if not policy.has_tries(tries, retries):
             return policy.Platform(name, prof, tries)
         try:
-            adapter = self.adapter(name)
-            why_not = adapter.available() or (adapter.reachable_store(store) if store else None)
-        except (GwiError, PlatformError) as e:
+            why_not = self.ask(name, "available", "available") or (
+                self.ask(name, "reachable_store", "reachable_store", store) if store else None)
+        except PlatformError as e:
+            # a platform that did not answer (or is still stuck on an earlier call) is waited for, not used up
+            return policy.Platform(name, prof, tries, str(e), transient=e.retryable)
+        except GwiError as e:
             why_not = str(e)
         if why_not:
             return policy.Platform(name, prof, tries, why_not)
