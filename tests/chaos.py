@@ -269,7 +269,7 @@ class World:
 
     def _start_lambda(self) -> None:
         from .fake_lambda import LambdaState, serve
-        from .sshd import Sshd
+        from .sshd import Sshd, stop_remote_jobs
 
         self.lam = LambdaState(SECRETS["LAMBDA_API_KEY"])
         srv, api = serve(self.lam)
@@ -279,9 +279,11 @@ class World:
         self.sshd = Sshd(self.root / "sshd").start()
         self._stack.callback(lambda: self.sshd.stop())
         self.remote = self.root / "remote"
+        self._stack.callback(stop_remote_jobs, self.remote)  # the fake instances' jobs and watchdogs
         opts = {"api_url": self.api_proxy.url + "/api/v1", "instance_types": ["gpu_1x_a10"], "ssh_key_name": "chaos",
                 "ssh_private_key": str(self.sshd.client_key), "ssh_user": self.sshd.user, "ssh_port": self.sshd.port,
                 "runtime": "process", "gwi_command": f"{sys.executable} -m gwi", "remote_dir": str(self.remote),
+                "poweroff_command": "true",  # never the default `sudo shutdown` here
                 "env": {"GWI_CACHE": str(self.root / "remote-cache"), "OMP_NUM_THREADS": "1"},
                 "request_timeout_s": 5}
         (self.platforms / "lam.yaml").write_text(json.dumps({

@@ -72,3 +72,16 @@ LogLevel ERROR
             self.proc.terminate()
             self.proc.wait(timeout=10)
         self.proc = None
+
+
+def stop_remote_jobs(remote: Path) -> None:
+    """Kill what the fake instances under ``remote`` still run: each attempt's job and its watchdog
+    (a real instance takes them down when it is terminated; a fake one shares this machine)."""
+    import signal
+
+    for rd in Path(remote).glob("gwi-*"):
+        for pidfile in ("pid", "watchdog.pid"):
+            try:
+                os.killpg(int((rd / pidfile).read_text()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass

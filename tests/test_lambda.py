@@ -21,7 +21,7 @@ from gwi.spec import load_spec
 
 from .conftest import run_until
 from .fake_lambda import LambdaState, serve
-from .sshd import SSHD, Sshd
+from .sshd import SSHD, Sshd, stop_remote_jobs
 
 if SSHD is None and os.environ.get("CI") == "true":
     raise RuntimeError("CI must run the Lambda/SSH tests: OpenSSH sshd is not installed (.ci/run installs it)")
@@ -51,13 +51,7 @@ def cloud(tmp_path, monkeypatch):
     store = f"file://{tmp_path}/store"
     yield {"st": st, "sshd": sshd, "s": s, "store": store, "tmp": tmp_path, "remote": remote, "plat": plat}
     st.release.set()  # end any scripted hang
-    for rd in remote.glob("gwi-*"):  # never leave a job, or its watchdog, behind
-        for pidfile in ("pid", "watchdog.pid"):
-            if (rd / pidfile).exists():
-                try:
-                    os.killpg(int((rd / pidfile).read_text()), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
+    stop_remote_jobs(remote)  # never leave a job, or its watchdog, behind
     for a in s.db.execute("SELECT * FROM attempts WHERE state IN ('pending','running')").fetchall():
         if a["handle"]:
             try:

@@ -110,7 +110,7 @@ def three_platforms(tmp_path, monkeypatch, s3, moto_server):
     from .fake_kaggle import serve as serve_kaggle
     from .fake_lambda import LambdaState
     from .fake_lambda import serve as serve_lambda
-    from .sshd import SSHD, Sshd
+    from .sshd import SSHD, Sshd, stop_remote_jobs
 
     if SSHD is None:
         pytest.skip("OpenSSH sshd is not installed")
@@ -132,6 +132,7 @@ def three_platforms(tmp_path, monkeypatch, s3, moto_server):
         "api_url": lam_url, "instance_types": ["gpu_1x_a10"], "ssh_key_name": "test",
         "ssh_private_key": str(sshd.client_key), "ssh_user": sshd.user, "ssh_port": sshd.port, "runtime": "process",
         "gwi_command": f"{sys.executable} -m gwi", "remote_dir": str(tmp_path / "remote"), "request_timeout_s": 5,
+        "poweroff_command": "true",  # never the default `sudo shutdown` here
         "env": {"GWI_CACHE": str(tmp_path / "remote-cache")}}}))
     (plat / "kg.yaml").write_text(json.dumps({"adapter": "kaggle", "gpus": 1, "credentials": ["KAGGLE_USERNAME", "KAGGLE_KEY"],
                                               "start_timeout_s": 120, "options": {"api_endpoint": kg_url,
@@ -147,6 +148,7 @@ def three_platforms(tmp_path, monkeypatch, s3, moto_server):
             pass
     kg.stop_all()
     s.close()
+    stop_remote_jobs(tmp_path / "remote")  # the fake instance's job and watchdog
     sshd.stop()
     lam_srv.shutdown()
     kg_srv.shutdown()
