@@ -19,6 +19,7 @@ import select
 import socket
 import struct
 import threading
+from pathlib import Path
 
 MODES = ("pass", "drop", "reset", "stall")
 
@@ -181,3 +182,17 @@ class TcpProxy:
             self._trigger = None
         self.set(trig[1])
         return True
+
+
+def live_group(pgid: int) -> list[int]:
+    """Pids of the process group that are alive (zombies, which nobody may reap here, do not count)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                rest = (p / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(rest[2]) == pgid and rest[0] not in ("Z", "X"):
+                out.append(int(p.name))
+    return out

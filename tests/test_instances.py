@@ -17,6 +17,7 @@ from gwi.scheduler.instances import command, list_instances, stop_orphans
 from gwi.spec import load_spec
 
 from .fake_lambda import LambdaState, serve
+from .faults import live_group
 
 KEY = "instances-test-key"
 
@@ -103,22 +104,6 @@ def test_a_listing_that_fails_says_so_and_stops_nothing(world, tmp_path):
     assert out[0].endswith(": no answer (ReadTimeout)")
 
 
-def _alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    for p in Path("/proc").iterdir():  # a zombie (nobody here reaps it) is not alive
-        if p.name.isdigit():
-            try:
-                rest = (p / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(rest[2]) == pgid and rest[0] not in ("Z", "X"):
-                return True
-    return False
-
-
 def test_a_local_job_nobody_tracks_is_an_orphan_and_only_this_homes_jobs_are_listed(world, tmp_path):
     home = tmp_path / "home"
     ad = Scheduler(home, profiles=world["profiles"]).adapter("here")
@@ -138,10 +123,10 @@ def test_a_local_job_nobody_tracks_is_an_orphan_and_only_this_homes_jobs_are_lis
         assert (row["id"], row["attempt_id"], row["orphan"]) == (f"pgid:{mine[0]['pid']}", "q.sleep.1", True)
         assert stop_orphans(v, list_instances(v, ["here"]))[0][1] is None
         deadline = time.monotonic() + 10
-        while _alive(mine[0]["pid"]):
+        while live_group(mine[0]["pid"]):
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        assert _alive(theirs[0]["pid"])
+        assert live_group(theirs[0]["pid"])
     finally:
         for h in mine + theirs:
             try:

@@ -21,6 +21,7 @@ from gwi.spec import load_spec
 
 from .conftest import run_until
 from .fake_lambda import LambdaState, serve
+from .faults import live_group
 from .sshd import SSHD, Sshd, stop_remote_jobs
 
 if SSHD is None and os.environ.get("CI") == "true":
@@ -61,20 +62,6 @@ def cloud(tmp_path, monkeypatch):
     s.close()
     sshd.stop()
     srv.shutdown()
-
-
-def live_group(pgid: int) -> list[int]:
-    """Pids of the process group that are alive (zombies, which nobody may reap here, do not count)."""
-    out = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                rest = (p / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(rest[2]) == pgid and rest[0] not in ("Z", "X"):
-                out.append(int(p.name))
-    return out
 
 
 def spec(c, body: str, name="lc"):
