@@ -219,10 +219,14 @@ class Run:
         ckpt, entry = self.load_latest(log)
         if ckpt is None:
             raise GwiError(f"{self.url}: no usable checkpoint to package")
-        dest = Path(root, rel)
-        (dest / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
-        self.store.get_file(entry["path"], dest / entry["path"])
-        (dest / LATEST).write_text(json.dumps({"latest": entry, "history": []}, indent=1))
+        from .paths import safe_join
+
+        dest = Path(root)
+        for part in (rel, entry["path"]):  # names read from the store stay inside the mirror
+            dest = safe_join(dest, part)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.store.get_file(entry["path"], dest)
+        (safe_join(root, rel) / LATEST).write_text(json.dumps({"latest": entry, "history": []}, indent=1))
         return f"{rel}/{entry['path']}"
 
     def _load_verified(self, entry: dict) -> tuple[dict | None, str]:

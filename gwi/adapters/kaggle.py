@@ -416,8 +416,11 @@ def _mirror_ensemble(out: Path, url: str) -> tuple[str, list[str]]:
     rel = relative_run_path(parent)
     if rel is None:
         raise ValueError(f"ensemble: expected STORE/{RUNS}/.../ensemble.json, got {url!r}")
+    from ..paths import safe_join
+
     data = open_store(parent).get_bytes(name)
-    (out / rel).mkdir(parents=True, exist_ok=True)
-    (out / rel / name).write_bytes(data)
+    dest = safe_join(out, f"{rel}/{name}")  # the URL's parts stay inside the mirror
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data)
     refs = [m.get("checkpoint") or m.get("run") or m.get("source") for m in json.loads(data).get("members", [])]
     return f"{rel}/{name}", [ref.split(f"/{CHECKPOINTS}/")[0] for ref in refs if ref and relative_run_path(ref)]
