@@ -353,13 +353,16 @@ def _follow(s, spec: str | None, interval: float, forever: bool = False) -> int:
     """Reconcile and print events until every job (of ``spec``) has finished."""
     import time
 
-    last = s.last_event_id()
+    last, swept = s.last_event_id(), time.monotonic()
     try:
         while True:
             s.reconcile()  # waits while another watcher holds the lock, then acts on what it left
             last = _print_events(s, last, spec)
             if not forever and s.unfinished(spec) == 0:
                 break
+            if forever and time.monotonic() - swept > float(os.environ.get("GWI_SWEEP_S", 3600)):
+                _sweep(s)
+                swept = time.monotonic()
             time.sleep(interval)
     except KeyboardInterrupt:
         print("\nstopped following; jobs keep running (gwi watch resumes, gwi status shows them)")
@@ -375,6 +378,18 @@ def _follow(s, spec: str | None, interval: float, forever: bool = False) -> int:
             print(f"  {jid:<28} {k:<12} {v}")
     bad = [r for r in recs if r["state"] != "succeeded"]
     return 1 if bad else 0
+
+
+def _sweep(s) -> None:
+    """Stop machines still running for attempts that ended (the service's hourly safety net)."""
+    import time
+
+    from .scheduler.instances import sweep
+
+    try:
+        sweep(s, log=lambda m: print(f"{_clock(time.time())}  sweep: {m}", flush=True))
+    except Exception as e:  # noqa: BLE001 - the watch goes on; the next sweep tries again
+        print(f"gwi: sweep of orphaned machines failed: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 def _dry_run(path: str) -> int:

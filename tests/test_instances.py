@@ -13,7 +13,7 @@ import pytest
 
 from gwi.adapters.base import LaunchRequest, load_profiles
 from gwi.scheduler import Scheduler, open_view
-from gwi.scheduler.instances import command, list_instances, stop_orphans
+from gwi.scheduler.instances import command, list_instances, stop_orphans, sweep
 from gwi.spec import load_spec
 
 from .fake_lambda import LambdaState, serve
@@ -77,6 +77,21 @@ def test_an_instance_whose_attempt_ended_is_an_orphan_and_is_terminated(world, t
     assert inst["status"] == "terminated"
     assert "ORPHAN: attempt p.data.1 is cancelled" in out[0] and out[1] == "lam: gwi-p.data.1: stopped"
     assert list_instances(v).instances == []
+
+
+def test_the_hourly_sweep_stops_what_ended_attempts_left_and_nothing_this_state_never_knew(world, tmp_path):
+    st, home = world["st"], tmp_path / "home"
+    s = submit(world, home)
+    st.faults = [500]  # the cancel's terminate fails: this state's attempt ended, its instance bills on
+    s.cancel("p/data")
+    (mine,) = st.instances.values()
+    st.instances["theirs"] = {"id": "theirs", "name": "gwi-q.other.1", "status": "active", "_polls": 0,
+                              "instance_type": {"name": "gpu_1x_a10"}, "region": {"name": "us-east-1"}}
+    out = []
+    assert sweep(s, log=out.append) == 1
+    assert (mine["status"], st.instances["theirs"]["status"]) == ("terminated", "active")
+    assert out == ["lam: gwi-p.data.1 (attempt p.data.1 cancelled): stopped"]
+    s.close()
 
 
 def test_a_fresh_state_sees_every_gwi_instance_as_an_orphan(world, tmp_path):

@@ -109,6 +109,21 @@ def stop_orphans(view: View, listing: Listing) -> list[tuple[dict, str | None]]:
     return out
 
 
+def sweep(view: View, log=print) -> int:
+    """What ``gwi watch --forever`` does every hour: stop the machines whose attempt this state knows
+    has ended (a stop that failed, a state restored from a backup). One this state never knew is
+    left alone: on a shared account it may be a teammate's (``gwi instances`` shows it). Returns how
+    many were stopped."""
+    listing = list_instances(view)
+    ended = Listing([i for i in listing.orphans if i["known"]])
+    stopped = 0
+    for inst, err in stop_orphans(view, ended):
+        log(f"{inst['platform']}: {inst['name']} (attempt {inst['owner']} {inst['owner_state']}): "
+            + ("stopped" if err is None else f"NOT stopped: {err}"))
+        stopped += err is None
+    return stopped
+
+
 def _why(inst: dict) -> str:
     if inst["live"]:
         return f"attempt {inst['owner']} ({inst['owner_state']})"
