@@ -285,6 +285,11 @@ def test_launch_errors(env):
     fakes["a"].launch_error = PlatformError("a: rate limited", "retryable")
     s.reconcile()
     assert attempts(s, "data") == [("a", "pending", "")] and fakes["a"].launched == []
+    for wait in (31, 32, 33):  # the same refusal pass after pass is one event, not one per pass
+        fakes["a"].launch_error = PlatformError(f"a: rate limited, retry in {wait} s", "retryable")
+        s.reconcile()
+    retries = [e["message"] for e in s.events("t/data") if e["kind"] == "launch-retry"]
+    assert retries == ["a: rate limited", "a: rate limited, retry in 31 s"]
     fakes["a"].launch_error = None
     s.reconcile()  # the same attempt is launched on the next pass
     assert [r.attempt_id for r in fakes["a"].launched] == ["t.data.1"]

@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import sqlite3
 import time
 from concurrent.futures import Future
@@ -58,6 +59,11 @@ from .view import View, env_float
 STORE_BACKOFF_S = 30.0  # the first wait after an attempt the store's outage ended; doubles, capped
 STORE_BACKOFF_CAP_S = 600.0
 BACKUP_EVERY_S = 600.0  # the online backup of state.db beside it
+
+
+def _gist(message: str) -> str:
+    """A message without its numbers ("not answered for 89 s" ~ "... 90 s"): what repeats, once."""
+    return re.sub(r"\d+(\.\d+)?", "N", message)
 
 
 def quick_split(url: str):
@@ -490,7 +496,8 @@ class Scheduler(View):
             with self.state.tx() as st:
                 if err.retryable:
                     st.update_attempt(att.id, last_error=str(err))
-                    st.event(job_row["id"], "launch-retry", str(err), att.id)
+                    if _gist(str(err)) != _gist(att.last_error):  # one event per kind of refusal, not per pass
+                        st.event(job_row["id"], "launch-retry", str(err), att.id)
                 else:
                     self._end_attempt(job_row, att, State.FAILED.value, f"launch failed ({err.kind}): {err}", None)
             return
