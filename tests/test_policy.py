@@ -153,7 +153,7 @@ def test_policy_and_judge_are_pure():
 
 
 def test_the_wait_after_the_stores_outage_doubles_up_to_a_cap():
-    assert [policy.store_backoff(n, 30, 600) for n in (1, 2, 3, 5, 9)] == [30, 60, 120, 480, 600]
+    assert [policy.backoff(n, 30, 600) for n in (1, 2, 3, 5, 9)] == [30, 60, 120, 480, 600]
 
 
 def test_a_platform_whose_api_did_not_answer_is_waited_for_not_used_up():

@@ -162,9 +162,14 @@ jobs:
     s.reconcile()
     fakes["a"].finish("t.data.1", 1)
     s.reconcile()
+    # another try on the same platform waits a little: a crash loop does not use up its tries in seconds
+    assert [a[0] for a in attempts(s, "data")] == ["a"]
+    assert jobs(s)["data"][1].endswith("retrying on a in 10 s")
+    clock.advance(10)
+    s.reconcile()
     assert [a[0] for a in attempts(s, "data")] == ["a", "a"]
     fakes["a"].finish("t.data.2", 1)
-    s.reconcile()
+    s.reconcile()  # a is used up: the next platform at once
     assert [a[0] for a in attempts(s, "data")] == ["a", "a", "b"]
 
 

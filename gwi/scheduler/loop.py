@@ -58,6 +58,8 @@ from .view import View, env_float
 
 STORE_BACKOFF_S = 30.0  # the first wait after an attempt the store's outage ended; doubles, capped
 STORE_BACKOFF_CAP_S = 600.0
+RETRY_BACKOFF_S = 10.0  # the first wait before another try on the platform an attempt failed on; doubles
+RETRY_BACKOFF_CAP_S = 300.0
 BACKUP_EVERY_S = 600.0  # the online backup of state.db beside it
 
 
@@ -84,18 +86,21 @@ class LockBusy(GwiError):
 class Scheduler(View):
     """``call_timeout_s`` (env ``GWI_CALL_TIMEOUT_S``): the longest a pass waits for one platform or store
     answer. ``store_backoff_s`` (env ``GWI_STORE_BACKOFF_S``): the first wait before relaunching a job
-    whose attempt the store's outage ended. ``backup_every_s`` (env ``GWI_STATE_BACKUP_S``): how often
+    whose attempt the store's outage ended. ``retry_backoff_s`` (env ``GWI_RETRY_BACKOFF_S``): the first
+    wait before another try on the platform that just failed the job. ``backup_every_s`` (env ``GWI_STATE_BACKUP_S``): how often
     a pass refreshes ``state.db.bak``."""
 
     def __init__(self, home: str | Path | None = None, profiles: dict[str, Profile] | None = None,
                  clock=time.time, *, call_timeout_s: float | None = None, store_backoff_s: float | None = None,
-                 backup_every_s: float | None = None):
+                 backup_every_s: float | None = None, retry_backoff_s: float | None = None):
         home = Path(home).resolve() if home else gwi_home()
         secure_home(home)
         super().__init__(StateDB.open(home / "state.db", clock), home, profiles, clock,
                          calls=Calls(call_timeout_s or env_float("GWI_CALL_TIMEOUT_S", 30.0)))
         self.store_backoff_s = store_backoff_s if store_backoff_s is not None else env_float(
             "GWI_STORE_BACKOFF_S", STORE_BACKOFF_S)
+        self.retry_backoff_s = retry_backoff_s if retry_backoff_s is not None else env_float(
+            "GWI_RETRY_BACKOFF_S", RETRY_BACKOFF_S)
         self.backup_every_s = backup_every_s if backup_every_s is not None else env_float(
             "GWI_STATE_BACKUP_S", BACKUP_EVERY_S)
         self._stores: dict = {}
@@ -322,9 +327,16 @@ class Scheduler(View):
             return
         why, not_before = f"attempt {att.n} {state}: {reason}", None
         if blameless:  # no platform's try was used; wait for the store before trying again
-            wait = policy.store_backoff(st.blameless_streak(jid, job_row["generation"]), self.store_backoff_s,
+            wait = policy.backoff(st.blameless_streak(jid, job_row["generation"]), self.store_backoff_s,
                                         STORE_BACKOFF_CAP_S)
             why, not_before = f"{why}; next try in {wait:.0f} s", now + wait
+        else:
+            # another try on the same platform waits a little (a full disk or a blip there passes; a
+            # crash loop must not use up every try in seconds); moving to the next platform does not
+            tries = st.tries(jid, att.platform, job_row["generation"])
+            if policy.has_tries(tries, self.job_def(job_row).limits.retries):
+                wait = policy.backoff(tries, self.retry_backoff_s, RETRY_BACKOFF_CAP_S)
+                why, not_before = f"{why}; retrying on {att.platform} in {wait:.0f} s", now + wait
         st.update_job(jid, state=QUEUED, reason=why[:500], updated_at=now, not_before=not_before)
 
     def _backup_if_due(self) -> None:

@@ -155,9 +155,10 @@ def hours_limit(profile: Profile, max_hours: float | None, hours_used: float, ho
     return min(limits) if limits else None
 
 
-def store_backoff(streak: int, base_s: float, cap_s: float) -> float:
+def backoff(streak: int, base_s: float, cap_s: float) -> float:
     """How long a job waits before its next attempt after ``streak`` attempts in a row ended by the
-    store's outage: ``base_s``, doubling, at most ``cap_s``."""
+    store's outage (or ``streak`` failed tries on the platform it retries on): ``base_s``, doubling,
+    at most ``cap_s``."""
     return min(cap_s, base_s * 2 ** max(0, streak - 1))
 
 
