@@ -130,7 +130,7 @@ def test_killed_scheduler_restarts_and_completes_without_double_launch(world, tm
     home = tmp_path / "home"
     monkeypatch.setenv("GWI_HOME", str(home))
     spec = write_spec(tmp_path, store, name="restart", body="""
-defaults: {platforms: [local-a, local-b], heartbeat_s: 0.5, limits: {stall_s: 60}}  # explicit: bounds progress too (a contended synth batch is slow)
+defaults: {platforms: [local-a, local-b], heartbeat_s: 0.5, limits: {stall_s: 20}}
 jobs:
   - {name: d2, kind: synth, dataset: d2, families: [FlatVel_A], samples: 4}
   - {name: tr, kind: train, model: inversionnet, preset: tiny, dataset: d,
@@ -154,7 +154,7 @@ jobs:
     for w in watchers:
         w.wait(timeout=240)
     assert [w.returncode for w in watchers] == [0, 0], watchers[0].stdout.read()
-    assert attempt_counts(s) == {"restart/d2": 1, "restart/tr": 1, "restart/ens": 1}
+    assert attempt_counts(s) == {"restart/d2": 1, "restart/tr": 1, "restart/ens": 1}, [f"{e['job_id']} {e['message']}" for e in s.events()]
     assert {j["name"]: j["state"] for j in s.jobs()} == {"d2": "succeeded", "tr": "succeeded", "ens": "succeeded"}
     assert sorted(p.name for p in (home / "attempts").iterdir()) == ["restart.d2.1", "restart.ens.1", "restart.tr.1"]
     launched = [e for e in s.events() if e["kind"] == "launched"]

@@ -224,9 +224,13 @@ def test_the_default_progress_limit_grows_with_the_measured_step_time():
 
 def test_a_plans_explicit_stall_s_bounds_progress_too():
     limits = Limits(start_timeout_s=60, stall_s=30, heartbeat_s=5, progress_s=30)
-    assert verdict(now=T0 + 10, b=beat(working(29), seen_at=T0 + 10), limits=limits).kind == judge.FINE
-    v = verdict(now=T0 + 10, b=beat(working(31), seen_at=T0 + 10), limits=limits)
+    timed = {"step_time_s": 0.5}  # the loop has a measured rhythm
+    assert verdict(now=T0 + 10, b=beat(working(29, **timed), seen_at=T0 + 10), limits=limits).kind == judge.FINE
+    v = verdict(now=T0 + 10, b=beat(working(31, **timed), seen_at=T0 + 10), limits=limits)
     assert v.kind == judge.STALLED and v.reason.startswith("no progress for 31 s at step 40 (limit 30 s)")
+    # before any step is timed (a first slow batch, a compile, a pull) slow is not stuck: the floor holds
+    assert verdict(now=T0 + 10, b=beat(working(300), seen_at=T0 + 10), limits=limits).kind == judge.FINE
+    assert verdict(now=T0 + 10, b=beat(working(601), seen_at=T0 + 10), limits=limits).kind == judge.STALLED
 
 
 def test_waiting_on_the_store_is_not_a_progress_stall_and_old_beats_have_no_progress_age():

@@ -115,12 +115,14 @@ class Limits:
         return max(2 * self.heartbeat_s, 10.0)
 
     def progress_limit(self, step_time_s) -> float:
-        """How long an attempt may go without progress: the plan's ``stall_s`` if it set one, else
-        sized from the measured step time (at least :data:`PROGRESS_FLOOR_S`)."""
-        if self.progress_s is not None:
+        """How long an attempt may go without progress: the plan's ``stall_s`` if it set one, once
+        the work has a measured rhythm (``step_time_s``); else sized from the step time, at least
+        :data:`PROGRESS_FLOOR_S`. Before the first steps are timed (a first batch, a compile, a
+        pull) a short explicit ``stall_s`` would mistake slow for stuck: the floor applies."""
+        step = step_time_s if isinstance(step_time_s, (int, float)) and step_time_s > 0 else None
+        if self.progress_s is not None and step is not None:
             return self.progress_s
-        step = step_time_s if isinstance(step_time_s, (int, float)) and step_time_s > 0 else 0.0
-        return max(PROGRESS_FLOOR_S, PROGRESS_STEPS * step)
+        return max(PROGRESS_FLOOR_S, PROGRESS_STEPS * (step or 0.0), self.progress_s or 0.0)
 
 
 @dataclass(frozen=True)
