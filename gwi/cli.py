@@ -184,7 +184,8 @@ def cmd_train(a) -> int:
 
     cfg = TrainConfig(model=a.model, dataset=a.dataset, run=a.run, preset=a.preset)
     for key in ("epochs", "batch_size", "lr", "precision", "heartbeat_s", "seed", "device", "max_steps",
-                "checkpoint_every", "keep_checkpoints", "ema"):
+                "checkpoint_every", "keep_checkpoints", "ema", "flip", "loss", "optimizer", "schedule", "families",
+                "init_from", "init_partial", "workers", "compile", "channels_last"):
         v = getattr(a, key, None)
         if v is not None:
             setattr(cfg, key, v)
@@ -710,6 +711,7 @@ def _data_parsers(sub) -> None:
 
 
 def _training_parsers(sub) -> None:
+    from .config import LOSSES, OPTIMIZERS, SCHEDULES
     from .runs import RUNS  # the run layout is spelled in one place, help text included
 
     q = sub.add_parser("models", help="list the model registry")
@@ -728,7 +730,24 @@ def _training_parsers(sub) -> None:
     q.add_argument("--folds", type=int, default=5)
     q.add_argument("--split", help="validation split: kfold:K:FOLD or family:NAME")
     q.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    q.add_argument("--ema", type=float, help="EMA decay (e.g. 0.999); 0 disables")
+    q.add_argument("--ema", type=float, help="EMA decay of the weights used to validate, save and predict "
+                                             "(default 0.999); 0 disables")
+    q.add_argument("--flip", type=float, metavar="P", help="probability a training sample is flipped: map mirrored, "
+                                                           "receivers and source order reversed (default 0.5; 0 disables)")
+    q.add_argument("--loss", choices=list(LOSSES), help="default l1 (the metric is MAE)")
+    q.add_argument("--optimizer", choices=list(OPTIMIZERS),
+                   help="adamw (default) or muon (Muon for 2-D weight matrices, AdamW for the rest)")
+    q.add_argument("--schedule", choices=list(SCHEDULES), help="lr after warm-up: cosine decay (default) or constant")
+    q.add_argument("--families", type=lambda v: [f for f in v.split(",") if f], metavar="A,B",
+                   help="train and validate on these families only (a specialist)")
+    q.add_argument("--init-from", dest="init_from", metavar="RUN_OR_FILE",
+                   help="start from the weights of a run (its latest checkpoint, EMA weights if any) or a .pt file")
+    q.add_argument("--init-partial", dest="init_partial", action="store_true", default=None,
+                   help="with --init-from: load the tensors that fit, leave the others as initialised")
+    q.add_argument("--workers", type=int, help="DataLoader worker processes (default: several on a GPU, none on CPU)")
+    q.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    q.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
+                   help="NHWC memory format (faster convolutions on recent GPUs)")
     q.add_argument("--heartbeat-s", type=float, dest="heartbeat_s")
     q.add_argument("--checkpoint-every", type=int, dest="checkpoint_every", help="steps (default: every epoch)")
     q.add_argument("--keep-checkpoints", type=int, dest="keep_checkpoints")
@@ -750,7 +769,8 @@ def _prediction_parsers(sub) -> None:
     q.add_argument("--plots", metavar="DIR", help="PNGs of a few predictions (and their uncertainty)")
     q.add_argument("--test", required=True, metavar="DIR_OR_DATASET", help="folder of <oid>.npy or a prepared test dataset")
     q.add_argument("--out", default="submission.csv")
-    q.add_argument("--tta", choices=["none", "flip"], default="none")
+    q.add_argument("--tta", choices=["none", "flip"], default="flip",
+                   help="flip (default): also predict the mirrored recording and average the mirrored-back map")
     q.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto: fp16 on CUDA, fp32 on CPU")
     q.add_argument("--batch-size", type=int, default=32)

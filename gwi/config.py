@@ -11,7 +11,9 @@ from dataclasses import dataclass, field, fields
 from .models import registry
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-LOSSES = ("l1", "l1+l2", "l2")
+LOSSES = ("l1", "l1+l2", "l2", "smooth_l1")
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
@@ -27,8 +29,17 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_frac: float = 0.05
     grad_clip: float = 1.0
-    ema: float = 0.0  # EMA decay per step; 0 disables
-    loss: str = "l1"
+    # the recipe that won the competition, on by default: EMA weights for validation, checkpoints and
+    # prediction (the decay warms up, so short runs are not stuck near the initial weights), and the
+    # flip of the geometry (map mirrored, receivers and the order of the five sources reversed)
+    ema: float = 0.999  # EMA decay per step; 0 disables
+    flip: float = 0.5  # probability a training sample is flipped; 0 disables
+    loss: str = "l1"  # the metric is MAE
+    optimizer: str = "adamw"  # muon: torch's Muon for 2-D weight matrices, AdamW for the rest
+    schedule: str = "cosine"  # warm-up then cosine decay; constant: warm-up then flat (OpenFWI's recipe)
+    families: list = field(default_factory=list)  # train and validate on these families only (a specialist)
+    init_from: str = ""  # a run URL or .pt file whose weights start this run (fine-tuning)
+    init_partial: bool = False  # with init_from: load the tensors that match, skip the rest
     precision: str = "auto"
     split: str = "kfold:5:0"
     seed: int = 0
@@ -38,6 +49,10 @@ class TrainConfig:
     max_steps: int = 0  # stop early (smoke runs, benchmarks); 0 = run all epochs
     val_every: int = 1  # epochs
     device: str = ""
+    workers: int = -1  # DataLoader worker processes; -1: several on a GPU, none on a CPU
+    compile: bool = False  # torch.compile the model
+    channels_last: bool = False  # NHWC memory format (faster convolutions on tensor cores)
+    log_every: int = 10  # steps between reads of the loss on the host (each read waits for the device)
     fault_at_step: int = 0  # testing: raise after this step's checkpoint, as a dying platform would
 
     def validate(self) -> None:
@@ -51,7 +66,18 @@ class TrainConfig:
         need(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", "a positive number", self.lr)
         need(0 <= self.warmup_frac < 1, "warmup_frac", "a number in [0, 1)", self.warmup_frac)
         need(0 <= self.ema < 1, "ema", "a decay in [0, 1) (0 disables)", self.ema)
+        need(0 <= self.flip <= 1, "flip", "a probability in [0, 1]", self.flip)
         need(self.loss in LOSSES, "loss", f"one of {', '.join(LOSSES)}", self.loss)
+        need(self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}", self.optimizer)
+        need(self.schedule in SCHEDULES, "schedule", f"one of {', '.join(SCHEDULES)}", self.schedule)
+        need(isinstance(self.families, list) and all(isinstance(f, str) and f for f in self.families),
+             "families", "a list of family names", self.families)
+        need(isinstance(self.init_from, str), "init_from", "a run URL or .pt file", self.init_from)
+        need(not self.init_partial or self.init_from, "init_partial", "init_from to be set", self.init_partial)
+        need(isinstance(self.workers, int) and self.workers >= -1, "workers", "an integer >= 0 (-1: auto)",
+             self.workers)
+        need(isinstance(self.log_every, int) and self.log_every >= 1, "log_every", "an integer >= 1",
+             self.log_every)
         need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}", self.precision)
         need(self.heartbeat_s > 0, "heartbeat_s", "a positive number of seconds", self.heartbeat_s)
         need(isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 1, "keep_checkpoints",
@@ -80,6 +106,8 @@ def apply_sets(cfg: TrainConfig, sets: list[str]) -> TrainConfig:
             cur = getattr(cfg, key)
             if isinstance(cur, float) and isinstance(val, int):
                 val = float(val)
+            if isinstance(cur, list) and isinstance(val, str):
+                val = [v.strip() for v in val.split(",") if v.strip()]  # families=A,B
             if cur is not None and not isinstance(val, type(cur)):
                 raise ValueError(f"--set {key}: expected {type(cur).__name__}, got {val!r}")
             setattr(cfg, key, val)

@@ -60,10 +60,17 @@ def resolve_device_precision(device: str | None, precision: str | None) -> tuple
     return dev, precision
 
 
-def flip_tta(x: torch.Tensor) -> torch.Tensor:
-    """Mirror receivers and reverse the source order: the recording of the mirrored velocity map
-    (approximately: sources sit at 17 and 52, not exactly symmetric)."""
+def flip_seismic(x: torch.Tensor) -> torch.Tensor:
+    """(B, 5, T, 70) → the recording of the mirrored velocity map: receivers reversed and the order of
+    the five sources reversed. Nearly exact: sources at x = 0, 17, 34, 52, 69 mirror to 69, 52, 35, 17, 0,
+    so only the middle shot lands one cell (10 m) off. Training's flip augmentation and predict's flip
+    TTA both use it, so they cannot disagree."""
     return x.flip(-1).flip(1)
+
+
+def flip_velocity(v: torch.Tensor) -> torch.Tensor:
+    """(..., 70, 70) velocity mirrored left-right: the map :func:`flip_seismic`'s recording belongs to."""
+    return v.flip(-1)
 
 
 @torch.no_grad()
@@ -75,13 +82,13 @@ def predict_batch(models: list[LoadedModel], weights: list[float], x: np.ndarray
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     for m, w in zip(models, weights):
         xn = m.norm.seismic(xt)  # each checkpoint's own normalisation constants
-        views = [xn, flip_tta(xn)] if tta else [xn]
+        views = [xn, flip_seismic(xn)] if tta else [xn]
         outs = []
         for k, v in enumerate(views):
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 p = m.model(v)
             p = m.norm.denorm_velocity(p.float())  # (B, 1, 70, 70) float32 m/s
-            outs.append(p.flip(-1) if k == 1 else p)
+            outs.append(flip_velocity(p) if k == 1 else p)
         p = torch.stack(outs).mean(0)
         acc = p * w if acc is None else acc + p * w
     return acc[:, 0].clamp(VMIN, VMAX).cpu().numpy().astype(np.float32)

@@ -47,7 +47,7 @@ from .data import folds
 from .data.shards import MANIFEST, ShardedDataset
 from .data.sync import pull
 from .errors import GwiError, StoreUnavailable
-from .inference import Normalizer  # also re-exported: gwi.train.Normalizer
+from .inference import Normalizer, flip_seismic, flip_velocity  # Normalizer also re-exported
 from .models import registry
 from .progress import Heartbeat
 from .runs import METRICS, PROGRESS, Run
@@ -91,44 +91,73 @@ def epoch_order(train_idx: np.ndarray, seed: int, epoch: int, rank: int, world: 
     return perm[rank * per_rank:(rank + 1) * per_rank]
 
 
-class Prefetcher:
-    """Reads the next batches from the memory-mapped shards in threads while the model computes.
+class BatchReader(torch.utils.data.Dataset):
+    """Batch ``b`` (an array of sample indices) read from the memory-mapped shards, kept float16: half
+    the bytes to copy, pin and move to a GPU; the normalisation runs on the device.
 
-    Batches come back in order. Reads stay float16 (half the bytes to copy and to move to a GPU);
-    numpy releases the GIL while copying, so a few threads keep a GPU fed.
-    """
+    A worker process reopens the shards itself (:meth:`__getstate__`): pickled, a ``np.memmap`` would
+    travel as a full copy of the data."""
 
-    def __init__(self, ds: ShardedDataset, batches: list[np.ndarray], depth: int = 4, workers: int = 0):
-        from concurrent.futures import ThreadPoolExecutor
+    def __init__(self, ds: ShardedDataset):
+        self.root, self._ds = ds.root, ds
 
-        self.ds, self.batches = ds, batches
-        self.depth = max(1, depth)
-        self.pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1),
-                                       thread_name_prefix="gwi-prefetch")
-        self.futures: list = []
+    def __getstate__(self) -> dict:
+        return {"root": self.root, "_ds": None}
 
-    def _load(self, b: np.ndarray):
-        b = np.sort(b)  # sorted reads walk the memory map forwards
-        x, y = self.ds.batch(b, dtype=np.float16)
-        return torch.from_numpy(x), torch.from_numpy(y), b
+    def __getitem__(self, b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._ds is None:
+            self._ds = ShardedDataset(self.root)
+        x, y = self._ds.batch(np.sort(b), dtype=np.float16)  # sorted reads walk the memory map forwards
+        return torch.from_numpy(x), torch.from_numpy(y)  # (B, 5, 1000, 70), (B, 1, 70, 70)
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """The batches left in the current epoch. The loop sets :attr:`batches` before each epoch; the
+    DataLoader reads the sampler in the main process, so this works with persistent workers."""
+
+    def __init__(self):
+        self.batches: list[np.ndarray] = []
 
     def __iter__(self):
-        ahead = iter(self.batches)
-        for b in ahead:
-            self.futures.append(self.pool.submit(self._load, b))
-            if len(self.futures) >= self.depth:
-                break
-        while self.futures:
-            f = self.futures.pop(0)
-            nxt = next(ahead, None)
-            if nxt is not None:
-                self.futures.append(self.pool.submit(self._load, nxt))
-            yield f.result()
+        return iter(self.batches)
 
-    def close(self):
-        for f in self.futures:
-            f.cancel()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def make_loader(ds: ShardedDataset, workers: int, device: torch.device, world: int):
+    """A DataLoader of whole batches: worker processes read ahead (on a GPU), pinned memory makes the
+    copies to the device asynchronous. On a CPU the reads run in the main process by default: a worker
+    would only take cores from the model's own threads, and a batch read (a memcpy) is ~0.1% of a step.
+    Its own generator: the loader's seed draw must not move the global RNG, which exact resume replays."""
+    if workers < 0:
+        workers = min(8, max(1, (os.cpu_count() or 2) // world - 1)) if device.type == "cuda" else 0
+    sampler = EpochBatches()
+    loader = torch.utils.data.DataLoader(
+        BatchReader(ds), batch_size=None, sampler=sampler, num_workers=workers,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None, persistent_workers=workers > 0,
+        generator=torch.Generator())
+    return loader, sampler
+
+
+def close_loader(loader) -> None:
+    """Stop a loader's persistent workers now rather than whenever the loader is collected."""
+    it = getattr(loader, "_iterator", None)
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+
+
+def flip_some(x: torch.Tensor, y: torch.Tensor, p: float, step: int, seed: int):
+    """Flip each sample with probability ``p`` (:func:`gwi.inference.flip_seismic` and its map).
+
+    The choice is a pure function of (seed, step), like the data order, so a resumed run flips what the
+    crashed one would have; drawn on the host, so no device sync."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    m = torch.rand(x.shape[0], generator=g) < p
+    if not m.any():
+        return x, y
+    m = m.to(x.device, non_blocking=True)[:, None, None, None]
+    return torch.where(m, flip_seismic(x), x), torch.where(m, flip_velocity(y), y)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -136,17 +165,29 @@ class Prefetcher:
 
 
 class EMA:
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
+    """The exponential moving average of a model's weights, with timm's warm-up of the decay
+    (``min(decay, (1 + n) / (10 + n))`` after n updates) so a short run's average is not stuck near the
+    initial weights. Floating tensors are averaged in one fused call; the others (BatchNorm's counter)
+    follow the model."""
+
+    def __init__(self, model: nn.Module, decay: float, updates: int = 0):
+        self.decay, self.updates = decay, updates
         self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self._floats = [k for k, v in self.state.items() if v.dtype.is_floating_point]
+        self._others = [k for k in self.state if k not in set(self._floats)]
+
+    def load(self, state: dict) -> None:
+        for k, v in state.items():
+            self.state[k].copy_(v)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.state[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
-            else:
-                self.state[k].copy_(v)
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        msd = model.state_dict()
+        torch._foreach_lerp_([self.state[k] for k in self._floats], [msd[k].detach() for k in self._floats], 1 - d)
+        for k in self._others:
+            self.state[k].copy_(msd[k])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -202,14 +243,76 @@ def param_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def lr_lambda(total: int, warmup: int):
+def lr_lambda(total: int, warmup: int, schedule: str = "cosine"):
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
         prog = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
 
     return f
+
+
+class Optim:
+    """A model's optimisers, stepped as one: AdamW for every parameter, or (``muon``) torch's Muon for the
+    2-D weight matrices of hidden layers and AdamW for the rest (convolutions, norms, biases, embeddings),
+    each with the same warm-up/decay schedule. Muon's lr is matched to AdamW's RMS update
+    (``adjust_lr_fn="match_rms_adamw"``), so one ``lr`` serves both."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, total: int):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if cfg.optimizer == "muon":
+            matrices = [p for n, p in named if p.ndim == 2 and "embed" not in n]
+            rest = [p for n, p in named if not (p.ndim == 2 and "embed" not in n)]
+            if not matrices:
+                raise GwiError(f"optimizer muon: model {cfg.model} has no 2-D weight matrices for Muon "
+                               "(a convolutional model); use adamw")
+            self.opts = [torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                          adjust_lr_fn="match_rms_adamw")]
+            if rest:
+                self.opts.append(torch.optim.AdamW(rest, lr=cfg.lr, weight_decay=cfg.weight_decay))
+        else:
+            self.opts = [torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)]
+        f = lr_lambda(total, int(cfg.warmup_frac * total), cfg.schedule)
+        self.scheds = [torch.optim.lr_scheduler.LambdaLR(o, f) for o in self.opts]
+
+    def zero_grad(self) -> None:
+        for o in self.opts:
+            o.zero_grad(set_to_none=True)
+
+    def unscale(self, scaler: torch.amp.GradScaler) -> None:
+        for o in self.opts:
+            scaler.unscale_(o)
+
+    def step(self, scaler: torch.amp.GradScaler) -> None:
+        for o in self.opts:
+            scaler.step(o)
+        scaler.update()
+        for sc in self.scheds:
+            sc.step()
+
+    @property
+    def lr(self) -> float:
+        return self.scheds[0].get_last_lr()[0]
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.opts], "schedulers": [sc.state_dict() for sc in self.scheds]}
+
+    def load_state_dict(self, opt_state: dict, sched_state: dict | None) -> None:
+        """``opt_state`` from :meth:`state_dict`, or (checkpoints written before Muon) one AdamW state, with
+        its scheduler's state in ``sched_state``."""
+        if "optimizers" not in opt_state:
+            opt_state = {"optimizers": [opt_state], "schedulers": [sched_state]}
+        if len(opt_state["optimizers"]) != len(self.opts):
+            raise GwiError(f"checkpoint holds {len(opt_state['optimizers'])} optimizer state(s), this run has "
+                           f"{len(self.opts)}: was it trained with another --optimizer?")
+        # each scheduler was made first: its constructor resets the lr, which the optimizer state restores
+        for o, st in zip(self.opts, opt_state["optimizers"]):
+            o.load_state_dict(st)
+        for sc, st in zip(self.scheds, opt_state["schedulers"]):
+            sc.load_state_dict(st)
 
 
 @torch.no_grad()
@@ -297,8 +400,7 @@ class State:
     say: Callable
     args: dict  # the model's constructor arguments, saved in every checkpoint
     model: nn.Module  # the bare model: saved, validated, averaged into the EMA
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LambdaLR
+    optim: Optim
     scaler: torch.amp.GradScaler
     ema: EMA | None
     n_params: int
@@ -316,7 +418,12 @@ class State:
     t_loop: float = 0.0  # when this process's loop began, and what it has done since
     start_step: int = 0
     samples_seen: int = 0
-    last_loss: float | None = None
+    last_loss: float | None = None  # read on the host every log_every steps
+    loss_sum: torch.Tensor | None = None  # on the device: the losses since the last read
+    loss_n: int = 0
+    loop_s: float = 0.0  # seconds in training steps and their data waits (no validation, no checkpoints)
+    loop_samples: int = 0
+    initialised_from: dict | None = None  # --init-from: where the first weights came from
 
     @property
     def device_text(self) -> str:
@@ -332,9 +439,12 @@ class State:
             self.hb.update(**kw)
 
 
+# smooth_l1's beta is in normalised units (2 = 3000 m/s): quadratic only below 0.02 (30 m/s), where
+# L1's constant gradient makes the last few m/s jitter; L1 above, like the metric
 LOSS_FNS = {"l1": lambda p, t: (p - t).abs().mean(),
             "l2": lambda p, t: ((p - t) ** 2).mean(),
-            "l1+l2": lambda p, t: (p - t).abs().mean() + ((p - t) ** 2).mean()}
+            "l1+l2": lambda p, t: (p - t).abs().mean() + ((p - t) ** 2).mean(),
+            "smooth_l1": lambda p, t: nn.functional.smooth_l1_loss(p, t, beta=0.02)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -348,6 +458,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     device = torch.device(cfg.device if cfg.device else ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and d.enabled:
         device = torch.device("cuda", d.local_rank)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: autotune each convolution once
     precision = resolve_precision(cfg, device, registry.model_card(cfg.model))
     run = Run(cfg.run) if d.master else None
     say = log if d.master else (lambda *a, **k: None)
@@ -359,9 +471,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
         s = build(cfg, d, device, precision, data, run, say)
         progress.phase("built")
         resume(s)  # a store that stays unreachable raises StoreUnavailable: never "from scratch" instead
+        if cfg.init_from and not s.resumed_from:
+            init_weights(s)
         s.net = s.model
         if d.enabled:
             s.net = nn.parallel.DistributedDataParallel(s.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.compile:
+            s.net = torch.compile(s.net)
         if d.master:
             s.hb = start_heartbeat(s)
         say(f"training {cfg.model} ({cfg.preset}, {s.n_params:,} params) on {s.device_text} in {precision}: "
@@ -406,9 +522,18 @@ def load_data(cfg: TrainConfig, d: Dist, device: torch.device) -> Data:
         raise GwiError(f"dataset {cfg.dataset} has no velocity labels (a test set?); train needs labelled data")
     manifest_sha = hashlib.sha256((Path(local) / MANIFEST).read_bytes()).hexdigest()
     train_idx, val_idx = folds.split(manifest, cfg.split, cfg.seed)
+    families = sorted(manifest["families"])
+    if cfg.families:  # a specialist: the split as for the whole set, then only these families' samples
+        unknown = sorted(set(cfg.families) - set(families))
+        if unknown:
+            raise GwiError(f"families: {', '.join(unknown)} not in dataset {cfg.dataset}; "
+                           f"expected some of {', '.join(families)}")
+        train_idx = train_idx[np.isin(ds.families[train_idx], cfg.families)]
+        val_idx = val_idx[np.isin(ds.families[val_idx], cfg.families)]
+        families = sorted(set(cfg.families))
     if len(train_idx) < d.world:
         raise GwiError(f"split {cfg.split} leaves {len(train_idx)} training samples for {d.world} ranks")
-    return Data(ds, manifest, manifest_sha, train_idx, val_idx, sorted(manifest["families"]),
+    return Data(ds, manifest, manifest_sha, train_idx, val_idx, families,
                 Normalizer.from_manifest(manifest), train_mean_map(ds, train_idx).to(device))
 
 
@@ -417,23 +542,20 @@ def build(cfg: TrainConfig, d: Dist, device: torch.device, precision: str, data:
     """A fresh model (seeded), its optimiser and schedule, the fp16 scaler and the EMA."""
     args = registry.model_args(cfg.model, cfg.preset, cfg.model_args)
     torch.manual_seed(cfg.seed)
-    model = registry.build_from_args(cfg.model, args).to(device)
+    model = place(registry.build_from_args(cfg.model, args), cfg, device)
     # drop the last partial batch: a batch of one breaks BatchNorm, and equal steps keep DDP ranks in step
     steps_per_epoch = max(1, len(data.train_idx) // d.world // cfg.batch_size)
     total = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
-    opt, sched = optimizer(cfg, model, total)
     return State(cfg=cfg, d=d, device=device, precision=precision, data=data, run=run, say=say, args=args,
-                 model=model, opt=opt, sched=sched,
+                 model=model, optim=Optim(cfg, model, total),
                  scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
                  ema=EMA(model, cfg.ema) if cfg.ema > 0 else None, n_params=registry.count_parameters(model),
                  steps_per_epoch=steps_per_epoch, total=total)
 
 
-def optimizer(cfg: TrainConfig, model: nn.Module, total: int):
-    """AdamW, and a warm-up then cosine schedule spanning the steps this run takes (with
-    ``--max-steps`` they end with it)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, int(cfg.warmup_frac * total)))
+def place(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
 def resume(s: State) -> None:
@@ -456,19 +578,68 @@ def resume(s: State) -> None:
     if ckpt is None:
         return
     s.args = ckpt["model"]["args"]
-    s.model = registry.build_from_args(cfg.model, s.args).to(s.device)
+    s.model = place(registry.build_from_args(cfg.model, s.args), cfg, s.device)
     s.model.load_state_dict(ckpt["state_dict"])
-    # the scheduler is made first: its constructor resets the lr, which the optimizer state then restores
-    s.opt, s.sched = optimizer(cfg, s.model, s.total)
-    s.opt.load_state_dict(ckpt["optimizer"])
-    s.sched.load_state_dict(ckpt["scheduler"])
+    s.optim = Optim(cfg, s.model, s.total)
+    s.optim.load_state_dict(ckpt["optimizer"], ckpt.get("scheduler"))
     s.scaler.load_state_dict(ckpt["scaler"])
-    if s.ema is not None and ckpt.get("ema"):
-        s.ema.state = {k: v.to(s.device) for k, v in ckpt["ema"].items()}
+    if s.ema is not None:
+        s.ema = EMA(s.model, cfg.ema, int(ckpt.get("ema_updates", ckpt["step"])))
+        if ckpt.get("ema"):
+            s.ema.load(ckpt["ema"])
+    # the weights were trained on the checkpoint's normalisation (an --init-from run: its source's)
+    s.data.norm = Normalizer(**ckpt["normalisation"])
+    s.initialised_from = ckpt.get("initialised_from")
     s.step, s.epoch, s.best, s.history = ckpt["step"], ckpt["epoch"], ckpt["best_val_mae"], list(ckpt["history"])
     set_rng_state(ckpt["rng"])
     s.say(f"resumed from {s.resumed_from or 'checkpoint'} at step {s.step} (epoch {s.epoch})"
           + (f"; an older checkpoint than the newest: {s.resume_fallback}" if s.resume_fallback else ""))
+
+
+def init_weights(s: State) -> None:
+    """``--init-from``: start from another run's (or file's) weights — its EMA weights when it has them —
+    and the normalisation they were trained with. Every tensor must fit unless ``init_partial``; then
+    those that fit are loaded and the log says how many."""
+    cfg, ckpt = s.cfg, None
+    if s.d.master:
+        from .runs import read_checkpoint
+
+        ckpt, source = read_checkpoint(cfg.init_from)
+        if ckpt.get("format") != "gwi-checkpoint":
+            raise GwiError(f"init_from {cfg.init_from}: not a gwi checkpoint")
+        ckpt = {"source": source, "model": ckpt["model"], "step": ckpt.get("step"),
+                "weights": ckpt["ema"] if ckpt.get("ema") else ckpt["state_dict"],
+                "ema": bool(ckpt.get("ema")), "normalisation": ckpt["normalisation"]}
+    if s.d.enabled:
+        buf = [ckpt]
+        dist.broadcast_object_list(buf, src=0)
+        ckpt = buf[0]
+    src, own = ckpt["weights"], s.model.state_dict()
+    missing = [k for k in own if k not in src]
+    unexpected = [k for k in src if k not in own]
+    misshaped = [f"{k} {tuple(src[k].shape)} -> {tuple(own[k].shape)}" for k in own
+                 if k in src and src[k].shape != own[k].shape]
+    fits = {k: v for k, v in src.items() if k in own and v.shape == own[k].shape}
+    what = f"{ckpt['model']['name']} ({ckpt['model'].get('preset')}) weights from {ckpt['source']}"
+    if (missing or unexpected or misshaped) and not cfg.init_partial:
+        def listed(label, keys):
+            return f"\n  {label} ({len(keys)}): " + ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "") \
+                if keys else ""
+
+        raise GwiError(f"init_from: the {what} do not fit {cfg.model} ({cfg.preset}): {len(fits)} of {len(own)} "
+                       f"tensors match" + listed("missing", missing) + listed("unexpected", unexpected)
+                       + listed("mis-shaped (checkpoint -> model)", misshaped)
+                       + "\n  --init-partial loads the tensors that match and leaves the rest as initialised")
+    s.model.load_state_dict(fits, strict=False)
+    if s.ema is not None:
+        s.ema = EMA(s.model, cfg.ema)  # the average starts from the loaded weights
+    old = s.data.norm
+    s.data.norm = Normalizer(**ckpt["normalisation"])
+    s.initialised_from = {"source": ckpt["source"], "model": ckpt["model"]["name"], "step": ckpt["step"],
+                          "ema": ckpt["ema"], "tensors": len(fits), "of": len(own)}
+    s.say(f"initialised from the {what} (step {ckpt['step']}): {len(fits)} of {len(own)} tensors"
+          + (f"; {len(own) - len(fits)} left as initialised (--init-partial)" if len(fits) < len(own) else "")
+          + ("; using its normalisation" if asdict(old) != asdict(s.data.norm) else ""))
 
 
 def start_heartbeat(s: State) -> Heartbeat:
@@ -497,29 +668,39 @@ def run_epochs(s: State) -> dict:
     s.net.train()
     s.t_loop, s.start_step = time.time(), s.step
     val = {}
-    while s.step < s.total and s.epoch < cfg.epochs:
-        pf = Prefetcher(s.data.ds, epoch_batches(s))
-        try:
-            for x, y, _ in pf:
-                s.last_loss = train_step(s, x, y, loss_fn)
+    loader, sampler = make_loader(s.data.ds, cfg.workers, s.device, s.d.world)
+    try:
+        while s.step < s.total and s.epoch < cfg.epochs:
+            sampler.batches = epoch_batches(s)
+            t0, paused = time.perf_counter(), 0.0
+            for x, y in loader:
+                s.loss_sum = train_step(s, x, y, loss_fn) + (0 if s.loss_sum is None else s.loss_sum)
+                s.loss_n += 1
                 s.step += 1
                 s.samples_seen += x.shape[0] * s.d.world
+                s.loop_samples += x.shape[0] * s.d.world
+                if s.step % cfg.log_every == 0:
+                    read_loss(s)
                 beat_step(s)
                 in_epoch = s.step - s.epoch * s.steps_per_epoch
                 if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and in_epoch < s.steps_per_epoch \
                         and s.step < s.total:
+                    tp = time.perf_counter()
                     publish(s)
+                    paused += time.perf_counter() - tp
                 if cfg.fault_at_step and s.step == cfg.fault_at_step:
                     raise RuntimeError(f"injected fault at step {s.step} (fault_at_step)")
                 if s.step >= s.total:
                     break
-        finally:
-            pf.close()
-        if s.step - s.epoch * s.steps_per_epoch >= s.steps_per_epoch:
-            s.epoch += 1
-        if s.epoch % cfg.val_every == 0 or s.step >= s.total or s.epoch >= cfg.epochs:
-            val = validate(s)
-        publish(s)
+            read_loss(s)  # waits for the device: the epoch's time below is its compute, not its queueing
+            s.loop_s += time.perf_counter() - t0 - paused
+            if s.step - s.epoch * s.steps_per_epoch >= s.steps_per_epoch:
+                s.epoch += 1
+            if s.epoch % cfg.val_every == 0 or s.step >= s.total or s.epoch >= cfg.epochs:
+                val = validate(s)
+            publish(s)
+    finally:
+        close_loader(loader)
     return val
 
 
@@ -531,26 +712,37 @@ def epoch_batches(s: State) -> list[np.ndarray]:
     return [order[i:i + bs] for i in range(in_epoch * bs, s.steps_per_epoch * bs, bs)]
 
 
-def train_step(s: State, x: torch.Tensor, y: torch.Tensor, loss_fn) -> float:
-    """One optimiser step on a batch; returns its loss."""
+def train_step(s: State, x: torch.Tensor, y: torch.Tensor, loss_fn) -> torch.Tensor:
+    """One optimiser step on a batch; returns its loss, left on the device (reading it waits for the device)."""
     x = s.data.norm.seismic(x.to(s.device, non_blocking=True))  # (B, 5, 1000, 70) float16 -> float32
     y = s.data.norm.velocity(y.to(s.device, non_blocking=True))  # (B, 1, 70, 70)
+    if s.cfg.flip > 0:
+        x, y = flip_some(x, y, s.cfg.flip, s.step, s.cfg.seed)
+    if s.cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     with amp_context(s.device, s.precision):
         pred = s.net(x)
     loss = loss_fn(pred.float(), y)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()} at step {s.step}; lower --lr or use fp32")
-    s.opt.zero_grad(set_to_none=True)
+    s.optim.zero_grad()
     s.scaler.scale(loss).backward()
     if s.cfg.grad_clip > 0:
-        s.scaler.unscale_(s.opt)
+        s.optim.unscale(s.scaler)
         nn.utils.clip_grad_norm_(s.net.parameters(), s.cfg.grad_clip)
-    s.scaler.step(s.opt)
-    s.scaler.update()
-    s.sched.step()
+    s.optim.step(s.scaler)
     if s.ema is not None:
         s.ema.update(s.model)
-    return float(loss.detach())
+    return loss.detach()
+
+
+def read_loss(s: State) -> None:
+    """The mean loss since the last read, on the host: every ``log_every`` steps, at the end of an
+    epoch and before a checkpoint, so a non-finite loss stops the run before its weights are saved."""
+    if not s.loss_n:
+        return
+    s.last_loss = float(s.loss_sum) / s.loss_n
+    s.loss_sum, s.loss_n = None, 0
+    if not math.isfinite(s.last_loss):
+        raise FloatingPointError(f"loss is {s.last_loss} by step {s.step}; lower --lr or use fp32")
 
 
 def beat_step(s: State) -> None:
@@ -558,9 +750,9 @@ def beat_step(s: State) -> None:
         return
     el = time.time() - s.t_loop
     rate = (s.step - s.start_step) / el if el > 0 else 0
-    # an advance per step: host values only (the loss was already read), no device sync
+    # an advance per step: host values only (the loss is read every log_every steps), no device sync
     s.hb.advance(state="running", phase="training", step=s.step, epoch=s.epoch, train_loss=s.last_loss,
-                 samples_per_s=s.samples_seen / el if el > 0 else None, lr=s.sched.get_last_lr()[0],
+                 samples_per_s=s.samples_seen / el if el > 0 else None, lr=s.optim.lr,
                  eta_s=(s.total - s.step) / rate if rate > 0 else None)
 
 
@@ -594,6 +786,7 @@ def evaluate_model(s: State) -> dict:
 
 def publish(s: State) -> None:
     """Rank 0 publishes a checkpoint of everything an exact resume needs."""
+    read_loss(s)  # every rank: a non-finite loss stops the run here, before its weights are saved
     if not s.d.master:
         return
     cfg, data = s.cfg, s.data
@@ -602,14 +795,14 @@ def publish(s: State) -> None:
         "format": "gwi-checkpoint", "format_version": 1, "gwi_version": __version__,
         "model": {"name": cfg.model, "preset": cfg.preset, "args": s.args},
         "state_dict": s.model.state_dict(),
-        "ema": s.ema.state if s.ema else None,
-        "optimizer": s.opt.state_dict(), "scheduler": s.sched.state_dict(), "scaler": s.scaler.state_dict(),
+        "ema": s.ema.state if s.ema else None, "ema_updates": s.ema.updates if s.ema else 0,
+        "optimizer": s.optim.state_dict(), "scaler": s.scaler.state_dict(),
         "step": s.step, "epoch": s.epoch, "step_in_epoch": s.step - s.epoch * s.steps_per_epoch,
         "best_val_mae": s.best, "history": s.history, "rng": rng_state(),
         "normalisation": asdict(data.norm),
         "dataset": {"url": cfg.dataset, "name": data.manifest.get("name"), "build": data.manifest.get("build"),
                     "manifest_sha256": data.manifest_sha, "families": data.families},
-        "split": cfg.split, "precision": s.precision,
+        "split": cfg.split, "precision": s.precision, "initialised_from": s.initialised_from,
         "config": asdict(cfg),
     }
     entry = s.run.publish_checkpoint(ckpt, s.step, cfg.keep_checkpoints)
@@ -631,6 +824,7 @@ def finish(s: State, val: dict, t_start: float) -> dict:
         "dataset": cfg.dataset, "split": cfg.split, "steps": s.step, "epochs": s.epoch, "precision": s.precision,
         "device": s.device_text, "world_size": s.d.world, "wall_s": time.time() - t_start,
         "samples_per_s": s.samples_seen / max(1e-9, time.time() - s.t_loop),
+        "loop_s": s.loop_s, "loop_samples": s.loop_samples, "initialised_from": s.initialised_from,
         "val_mae": val.get("val_mae"), "val_mae_per_family": val.get("val_mae_per_family", {}),
         "baseline_mae": val.get("baseline_mae"), "best_val_mae": s.best_or_none,
         "history": s.history, "rank_param_sha256": digests, "resumed_from": s.resumed_from,

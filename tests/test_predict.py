@@ -13,7 +13,7 @@ import torch
 from gwi.data.prep import prep_test
 from gwi.data.synth import ForwardModel, synthesize, velocity_batch
 from gwi.errors import DataError
-from gwi.inference import flip_tta, predict_batch
+from gwi.inference import flip_seismic, predict_batch
 from gwi.predict import COLUMNS, HEADER, check_submission, predict
 from gwi.runs import load_model
 from gwi.train import TrainConfig, train
@@ -84,8 +84,8 @@ def test_flip_tta_averages_the_mirrored_prediction(trained):
     m = load_model(trained["run"], torch.device("cpu"))
     x = np.stack([trained["x"][o] for o in trained["oids"][:2]])
     xt = torch.from_numpy(x)
-    assert torch.equal(flip_tta(flip_tta(xt)), xt)
-    assert torch.equal(flip_tta(xt)[:, 0, :, 0], xt[:, 4, :, 69])  # source 0 <-> 4, receiver 0 <-> 69
+    assert torch.equal(flip_seismic(flip_seismic(xt)), xt)
+    assert torch.equal(flip_seismic(xt)[:, 0, :, 0], xt[:, 4, :, 69])  # source 0 <-> 4, receiver 0 <-> 69
     plain = predict_batch([m], [1.0], x, torch.device("cpu"), "fp32")
     mirrored = predict_batch([m], [1.0], x[:, ::-1, :, ::-1].copy(), torch.device("cpu"), "fp32")[:, :, ::-1]
     tta = predict_batch([m], [1.0], x, torch.device("cpu"), "fp32", tta=True)

@@ -180,7 +180,7 @@ def test_bad_config_value_is_reported_at_its_line(error):
     assert msg == f"{p}:11: job 'egnn': field 'config.lr': expected a positive number, got -1.0"
     # a bad default names the job it breaks and the line in defaults
     p, msg = error("defaults:\n  precision: fp16\n  config: {loss: l3}\n" + TRAIN.replace("name: day2\n", ""))
-    assert msg == f"{p}:3: job 'egnn': field 'config.loss': expected one of l1, l1+l2, l2, got 'l3'"
+    assert msg == f"{p}:3: job 'egnn': field 'config.loss': expected one of l1, l1+l2, l2, smooth_l1, got 'l3'"
     p, msg = error(TRAIN + "    config: {split: 'kfold:5:7'}\n")
     assert msg == (f"{p}:9: job 'egnn': field 'config.split': "
                    "expected 'kfold:K:FOLD' with K >= 2 and 0 <= FOLD < K, got 'kfold:5:7'")

@@ -56,8 +56,10 @@ def test_resume_after_a_crash_is_exact(dataset, tmp_path):
     assert resumed["steps"] == 8
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert a["step"] == b["step"] == 8
-    for k in a["state_dict"]:
+    for k in a["state_dict"]:  # with the default recipe: flips and the EMA replay exactly too
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
+    assert a["ema_updates"] == b["ema_updates"] == 8
     assert resumed["val_mae"] == pytest.approx(straight["val_mae"], abs=1e-6)
     # the beat says where each attempt started: the judge refuses one that went backwards
     assert json.loads((tmp_path / "a" / "progress.json").read_text())["resumed_from"] == 0
@@ -74,9 +76,10 @@ def test_checkpoint_contents_and_pruning(dataset, tmp_path):
     assert ptr["latest"]["path"] == "checkpoints/step-8.pt" and [h["step"] for h in ptr["history"]] == [6]
     assert ptr["latest"]["bytes"] == (ckdir / "step-8.pt").stat().st_size
     ck = torch.load(ckdir / "step-8.pt", weights_only=True)  # only tensors and plain types inside
-    for key in ("model", "state_dict", "optimizer", "scheduler", "scaler", "ema", "step", "epoch", "rng",
+    for key in ("model", "state_dict", "optimizer", "scaler", "ema", "ema_updates", "step", "epoch", "rng",
                 "normalisation", "dataset", "gwi_version", "best_val_mae"):
         assert key in ck, key
+    assert len(ck["optimizer"]["optimizers"]) == len(ck["optimizer"]["schedulers"]) == 1  # AdamW and its schedule
     assert ck["model"] == {"name": "inversionnet", "preset": "tiny", "args": {"dims": [8, 16, 16, 32, 64], "dropout": 0.1}}
     assert ck["normalisation"]["vel_min"] == 1500 and ck["normalisation"]["seis_max"] > 3
     assert len(ck["dataset"]["manifest_sha256"]) == 64

@@ -33,7 +33,7 @@ class Predict(JobKind):
                                      "ensemble (an ensemble job or an ensemble.json URL)")
         cc = c.sub("config")
         cc.only(CONFIG)
-        config: dict[str, Any] = {"tta": cc.get("tta", "str", "none", choices=("none", "flip"))}
+        config: dict[str, Any] = {"tta": cc.get("tta", "str", "flip", choices=("none", "flip"))}
         optional(cc, config, "precision", "str", choices=train_config.PRECISIONS)
         optional(cc, config, "batch_size", "int", minimum=1)
         optional(cc, config, "mc_samples", "int", minimum=0)
@@ -58,8 +58,7 @@ class Predict(JobKind):
             for m in params["members"]:
                 argv += ["--checkpoint", m]
         argv += ["--test", params["test"], "--out", run.submission_url]
-        if params["config"]["tta"] == "flip":
-            argv += ["--tta", "flip"]
+        argv += ["--tta", params["config"]["tta"]]
         argv += flags(params["config"], _FLAGS)
         if params["uncertainty"]:
             argv += ["--uncertainty", run.uncertainty_url]

@@ -21,7 +21,7 @@ from .base import JobKind, Plan, check_split, dataset_ref, register, scalar
 NOT_CONFIG = ("model", "dataset", "run", "preset", "heartbeat_s")
 SPLIT_KEYS = ("split", "fold", "folds", "k")
 DEFAULT_K = 5
-_YAML_KIND = {bool: "bool", int: "int", float: "number", str: "str", dict: "mapping"}
+_YAML_KIND = {bool: "bool", int: "int", float: "number", str: "str", dict: "mapping", list: "str-list"}
 
 
 def config_fields() -> list[str]:
