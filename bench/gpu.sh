@@ -2,7 +2,10 @@
 # One short GPU check, run from the repo root on a CUDA machine with PyTorch installed:
 #   1. bench/gpu.py: deepwave synthesis on the GPU, and every full-size model's train step and
 #      inference throughput in fp32/bf16/fp16;
-#   2. the real `gwi` entrypoint end to end on the GPU: synthesise a small dataset, train
+#   2. bench/loop.py: gwi's training loop against the bare step of every model (default preset, batch
+#      16, target >= 0.8x); the timm models need timm on the machine (pip wheel carried in .dw/ or
+#      installed), else their rows say why they failed;
+#   3. the real `gwi` entrypoint end to end on the GPU: synthesise a small dataset, train
 #      InversionNet in fp16 (the GradScaler path) and SpecProj-UNet in bf16.
 # Where deepwave is not installed, .dw/ may hold its package with the compiled library xz-packed.
 set -euo pipefail
@@ -18,6 +21,8 @@ export PYTHONPATH=$PWD:${PYTHONPATH:-}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 # GWI_GPU_SKIP_MODELS=1 runs only the end-to-end part
 [ -n "${GWI_GPU_SKIP_MODELS:-}" ] || python3 bench/gpu.py "$@" 2>&1 | tee "$OUT/gpu.log" || true
+[ -n "${GWI_GPU_SKIP_LOOP:-}" ] || python3 bench/loop.py --device cuda --window-s 10 --json "$OUT/loop.json" \
+  2>&1 | tee "$OUT/loop.log" || true
 
 export GWI_HOME=/tmp/gwi-gpu GWI_CACHE=/tmp/gwi-gpu/cache
 store=file:///tmp/gwi-gpu/store

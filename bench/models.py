@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
-import os
 import statistics
 import sys
 import time
@@ -53,10 +51,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gwi.models import registry  # noqa: E402
+from gwi.models import registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import busy_text, cpu_busy, load_text, machine_lines, proc_stat, scratch_home  # noqa: E402
+from _common import (
+    OthersCPU,
+    busy_text,
+    load_text,
+    log,
+    machine_lines,
+    others_text,
+    params_text,
+    plan_budget,
+    scratch_home,
+    table,
+    wait_idle,
+)
 
 FAMILIES = ["FlatVel_A", "CurveVel_A", "FlatFault_A", "Style_A"]
 SPLIT = "kfold:5:0"
@@ -80,63 +90,8 @@ FULL = Config(samples=40, budget_s=60.0, tiny_repeats=7, default_repeats=3, warm
 QUICK = Config(samples=16, budget_s=15.0, tiny_repeats=3, default_repeats=2, warmup=1)
 
 
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
 # ------------------------------------------------------------------------------------------------
-# header and load (the same header as bench/data.py)
-
-
-class OthersCPU:
-    """Share of all CPUs that other processes used between ``start()`` and ``stop()``: the machine's
-    busy time from /proc/stat minus this process's own CPU time (all its threads)."""
-
-    def __init__(self):
-        self.share: float | None = None
-
-    def start(self) -> OthersCPU:
-        try:
-            self._b, self._t = proc_stat()
-        except (OSError, ValueError, IndexError):
-            self._b = None
-        self._own = sum(os.times()[:2])
-        return self
-
-    def stop(self) -> float | None:
-        if self._b is None:
-            return None
-        try:
-            b, t = proc_stat()
-        except (OSError, ValueError, IndexError):
-            return None
-        own = sum(os.times()[:2]) - self._own
-        self.share = max(0.0, (b - self._b - own) / max(t - self._t, 1e-9))
-        return self.share
-
-
-def others_text(share: float | None) -> str:
-    if share is None:
-        return "CPU use by others unknown"
-    return f"other processes used {share:.0%} of the CPUs" + \
-        ("  <- WARNING: timings unreliable" if share > 0.15 else "")
-
-
-def wait_idle(max_s: float, label: str) -> None:
-    """Wait up to ``max_s`` seconds for other processes to use under 15% of the CPUs (``--wait-idle``):
-    deepwave's and torch's OpenMP threads collapse (10x and worse) when another process competes."""
-    if max_s <= 0:
-        return
-    t0 = time.monotonic()
-    while True:
-        busy = cpu_busy(1.0)  # this process sleeps meanwhile: what is busy is someone else
-        if busy is None or busy < 0.15:
-            return
-        if time.monotonic() - t0 > max_s:
-            log(f"{label}: machine still {busy:.0%} busy after waiting {max_s:.0f} s; going on")
-            return
-        log(f"{label}: waiting for the machine to go quiet ({busy:.0%} of CPUs busy)")
-        time.sleep(4.0)
+# header
 
 
 def machine_header(argv: list[str]) -> str:
@@ -147,21 +102,6 @@ def machine_header(argv: list[str]) -> str:
     return "\n".join(machine_lines(
         argv, f"torch {torch.__version__} ({torch.get_num_threads()} threads)  "
               f"deepwave {getattr(deepwave, '__version__', '?')}  numpy {np.__version__}  gwi {gwi.__version__}"))
-
-
-# ------------------------------------------------------------------------------------------------
-# tables (the style of bench/data.py)
-
-
-def table(head: tuple[str, ...], body: list[tuple[str, ...]], right: set[int] = frozenset()) -> str:
-    widths = [max(len(c[i]) for c in (head, *body)) for i in range(len(head))]
-    fmt = " | ".join(f"{{:{'>' if i in right else '<'}{w}}}" for i, w in enumerate(widths))
-    sep = "-+-".join("-" * w for w in widths)
-    return "\n".join([fmt.format(*head).rstrip(), sep, *(fmt.format(*c).rstrip() for c in body)])
-
-
-def params_text(n: int) -> str:
-    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -394,32 +334,14 @@ def bench_quality(names: list[str], cfg: Config, lr: float, work: Path, wait_s: 
 def train_in_budget(q: Quality, run, cfg: Config, spe: int, wait_s: float, step_floor: dict[str, float]) -> None:
     """Time two probe runs of ``q.name``, fit whole epochs to the budget from them, and train that long."""
     model = q.name
-    # probes: s1 = 2 steps; s2 = s1 + whole epochs worth ~PROBE_FRAC of the budget (guessed from
-    # section 1's bare step, which train() exceeds by ~1.3x with data loading and clipping)
-    t0 = time.perf_counter()
-    guess = 1.3 * step_floor[model] if model in step_floor else None
-    probe_epochs = max(1, round(PROBE_FRAC * cfg.budget_s / guess / spe)) if guess else 1
-    for attempt in (1, 2):
-        others = OthersCPU().start()
-        s1, s2 = 2, 2 + probe_epochs * spe
-        m1, w1 = run(model, s1, math.ceil(s1 / spe), "probe-a")
-        m2, w2 = run(model, s2, math.ceil(s2 / spe), "probe-b")
-        busy = others.stop()
-        if attempt == 2 or wait_s <= 0 or busy is None or busy <= 0.15:
-            break
-        log(f"quality: {model}: other processes used {busy:.0%} of the CPUs during the probes; probing again")
-        wait_idle(wait_s, model)
-    q.probe_s = time.perf_counter() - t0
-    s1, s2 = m1["steps"], m2["steps"]
-    q.per_step_s = (w2 - w1) / max(1, s2 - s1)
-    # a burst of load during probe a can make the difference absurdly small: never plan on a
-    # step faster than half the bare train step section 1 measured
-    q.per_step_s = max(q.per_step_s, 0.5 * step_floor.get(model, 0.0), 1e-3)
-    q.fixed_s = max(0.0, w1 - s1 * q.per_step_s)
-    q.epochs = max(1, int((cfg.budget_s - q.fixed_s) / q.per_step_s / spe))
-    q.planned = q.epochs * spe
-    log(f"quality: {model}: {1e3 * q.per_step_s:.0f} ms/step, fixed {q.fixed_s:.1f} s -> "
-        f"{q.epochs} epochs = {q.planned} steps")
+    # the longer probe's length is guessed from section 1's bare step, which train() exceeds by
+    # ~1.3x with data loading and clipping; a probe's step is never taken below half the bare step
+    bare = step_floor.get(model)
+    plan = plan_budget(lambda steps, epochs, tag: run(model, steps, epochs, tag), cfg.budget_s, spe,
+                       1.3 * bare if bare else None, label=f"quality: {model}", wait_s=wait_s,
+                       floor_step_s=0.5 * bare if bare else 0.0, probe_frac=PROBE_FRAC)
+    q.probe_s, q.per_step_s, q.fixed_s = plan.probe_s, plan.per_step_s, plan.fixed_s
+    q.epochs, q.planned = plan.epochs, plan.steps
     others = OthersCPU().start()
     q.metrics, q.wall_s = run(model, q.planned, q.epochs, "budget")
     q.others = others.stop()

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from .data.layout import VMAX, VMIN
-from .data.shards import log_transform
 
 if TYPE_CHECKING:
     from .runs import LoadedModel
@@ -39,8 +38,11 @@ class Normalizer:
                    n["velocity"].get("mean"))
 
     def seismic(self, x: torch.Tensor) -> torch.Tensor:
-        x = log_transform(x.float())
-        return (x - self.seis_min) / (self.seis_max - self.seis_min) * 2 - 1
+        """log1p(|x|)·sign(x), scaled to [-1, 1]: two passes that allocate and two in place, not the
+        seven of the plain formula (on a CPU training step this was 27 ms of a 200 ms tiny step)."""
+        x = x.float()
+        scale = 2 / (self.seis_max - self.seis_min)
+        return torch.log1p(x.abs()).copysign_(x).mul_(scale).add_(-1 - self.seis_min * scale)
 
     def velocity(self, v: torch.Tensor) -> torch.Tensor:
         return (v.float() - self.vel_min) / (self.vel_max - self.vel_min) * 2 - 1

@@ -148,16 +148,18 @@ def close_loader(loader) -> None:
 
 
 def flip_some(x: torch.Tensor, y: torch.Tensor, p: float, step: int, seed: int):
-    """Flip each sample with probability ``p`` (:func:`gwi.inference.flip_seismic` and its map).
+    """Flip each sample with probability ``p`` (:func:`gwi.inference.flip_seismic` and its map), in place
+    on the batch (the loader's fresh tensors), before normalisation: float16, half the bytes to move.
 
     The choice is a pure function of (seed, step), like the data order, so a resumed run flips what the
     crashed one would have; drawn on the host, so no device sync."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    m = torch.rand(x.shape[0], generator=g) < p
-    if not m.any():
-        return x, y
-    m = m.to(x.device, non_blocking=True)[:, None, None, None]
-    return torch.where(m, flip_seismic(x), x), torch.where(m, flip_velocity(y), y)
+    idx = (torch.rand(x.shape[0], generator=g) < p).nonzero().squeeze(1)
+    if len(idx):
+        idx = idx.to(x.device, non_blocking=True)
+        x[idx] = flip_seismic(x[idx])
+        y[idx] = flip_velocity(y[idx])
+    return x, y
 
 
 # ------------------------------------------------------------------------------------------------
@@ -714,10 +716,11 @@ def epoch_batches(s: State) -> list[np.ndarray]:
 
 def train_step(s: State, x: torch.Tensor, y: torch.Tensor, loss_fn) -> torch.Tensor:
     """One optimiser step on a batch; returns its loss, left on the device (reading it waits for the device)."""
-    x = s.data.norm.seismic(x.to(s.device, non_blocking=True))  # (B, 5, 1000, 70) float16 -> float32
-    y = s.data.norm.velocity(y.to(s.device, non_blocking=True))  # (B, 1, 70, 70)
+    x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
     if s.cfg.flip > 0:
         x, y = flip_some(x, y, s.cfg.flip, s.step, s.cfg.seed)
+    x = s.data.norm.seismic(x)  # (B, 5, 1000, 70) float16 -> float32 in [-1, 1]
+    y = s.data.norm.velocity(y)  # (B, 1, 70, 70)
     if s.cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with amp_context(s.device, s.precision):
