@@ -71,7 +71,8 @@ def test_offline_docker_predict_writes_a_valid_submission(image, tmp_path):
     assert r.returncode == 0 and "valid (3 test files, 210 rows)" in r.stdout
     r = subprocess.run(["docker", "run", "--rm", "--network", "none", image, "models"], capture_output=True, text=True,
                        timeout=300)
-    assert r.returncode == 0 and all(m in r.stdout for m in ("egnn", "se3_transformer", "heat_kernel"))
+    assert r.returncode == 0 and all(m in r.stdout for m in ("egnn", "se3_transformer", "heat_kernel", "caformer_unet",
+                                                           "convnext_unet", "vit_fwi"))
     assert Path(data / "submission.csv").stat().st_size > 0
 
 

@@ -26,6 +26,8 @@ MODEL_MODULES = (
     "gwi.models.heat_kernel",
     "gwi.models.egnn",
     "gwi.models.se3_transformer",
+    "gwi.models.timm_unet",
+    "gwi.models.vit_fwi",
 )
 
 
