@@ -14,7 +14,7 @@ import torch
 from gwi.models.ensemble import enable_mc_dropout
 from gwi.models.registry import build_from_args, count_parameters, create_model, model_args, model_card
 from gwi.models.timm_compat import import_timm
-from gwi.models.timm_unet import TimmUNet, resample_time
+from gwi.models.timm_unet import TimmUNet, coordinates, resample_time
 from gwi.models.vit_fwi import tile_shots
 
 MODELS = ("caformer_unet", "convnext_unet", "vit_fwi")
@@ -199,6 +199,14 @@ def test_resample_time_keeps_the_band_and_filters_aliases():
         assert resample_time(tone(10.0).bfloat16(), 291).dtype == torch.float32
 
 
+def test_decoder_coordinates():
+    c = coordinates(torch.zeros(2, 7, 9, 4, dtype=torch.bfloat16))
+    assert c.shape == (2, 2, 9, 4) and c.dtype == torch.bfloat16
+    assert torch.equal(c[0, 0, :, 0], torch.linspace(-1, 1, 9, dtype=torch.bfloat16))  # depth down the rows
+    assert torch.equal(c[1, 1, 0], torch.linspace(-1, 1, 4, dtype=torch.bfloat16))  # x along the columns
+    assert (c[:, 0] == c[:, 0, :, :1]).all() and (c[:, 1] == c[:, 1, :1]).all()
+
+
 def test_bad_unet_arguments():
     with pytest.raises(ValueError, match="expected strictly increasing dims"):
         create_model("convnext_unet", "tiny", dims=[16, 32, 64, 64])
@@ -235,6 +243,10 @@ def test_vit_image_and_token_grid():
     assert img.shape == (1, 1, 350, 350)
     torch.testing.assert_close(img[0, 0, :, 140:210], resample_time(x, 350)[0, 2])  # shot 2, time resampled
     assert model.grid == 35 and model.vit.num_prefix_tokens == 4  # registers only, no class token
+    from timm.layers import build_sincos2d_pos_embed
+
+    assert isinstance(model.vit.patch_embed.norm, torch.nn.LayerNorm)
+    assert torch.equal(model.vit.pos_embed[0], build_sincos2d_pos_embed([35, 35], model.vit.embed_dim))
     with torch.no_grad():
         tokens = model.vit.forward_features(img)
     assert tokens.shape == (1, 4 + 35 * 35, model.vit.embed_dim)

@@ -22,8 +22,8 @@ concatenates the encoder stage of that size, and refines with two conv-BN-act bl
 at 72 x 72 is cropped to 70 x 70 and a tanh puts it in [-1, 1]. Dropout on the bottleneck and after the
 18 x 18 block (off in eval) gives Monte-Carlo dropout for uncertainty.
 
-Parameter counts (measured with this module): caformer_unet tiny 0.39 M, default (caformer_s18) 26.4 M,
-large (caformer_b36) 100.7 M; convnext_unet tiny 0.27 M, default (convnext_tiny) 31.5 M, large
+Parameter counts (measured with this module): caformer_unet tiny 0.40 M, default (caformer_s18) 26.4 M,
+large (caformer_b36) 100.7 M; convnext_unet tiny 0.30 M, default (convnext_tiny) 31.5 M, large
 (convnext_base) 95.3 M.
 """
 
@@ -46,8 +46,8 @@ FAMILIES = ("caformer", "convnext")
 def resample_time(x: torch.Tensor, rows: int) -> torch.Tensor:
     """(B, S, T, R) -> (B, S, rows, R): anti-aliased (triangle-filter) resampling along time only.
 
-    Runs in float32 with autocast off: the late (deep) arrivals are orders of magnitude weaker than the
-    direct wave, and bf16's 8-bit mantissa would round them into the filter's sum of large terms.
+    Runs in float32 with autocast off: it is a fixed filter on the data, and in bf16 (3 significant
+    digits) its weighted sums would round away the weak late (deep) arrivals beside the direct wave.
     """
     if x.dim() != 4:
         raise ValueError(f"expected a 4-D (B, sources, time, receivers) tensor, got shape {tuple(x.shape)}")
@@ -164,7 +164,7 @@ class TimmUNet(nn.Module):
         """(B, 5, T, 70) -> the four stage maps, (B, C_k, 72 / 2^k, 72 / 2^k) for k = 0..3."""
         check_input(x)
         x = resample_time(x, self.rows)  # (B, 5, rows, 70) float32
-        # replicate, not zeros: a zero border would look like dead traces beside the spread
+        # replicate, not a constant: a constant border would look like dead traces beside the spread
         x = F.pad(x, (*self.pad, 0, 0), mode="replicate")  # (B, 5, rows, 71 + kw)
         return self.encoder(x)
 
