@@ -139,17 +139,38 @@ def test_per_family_weights_are_used_when_the_input_names_families(two_runs, tmp
 
 
 @pytest.mark.slow
-def test_mc_dropout_is_more_uncertain_on_the_harder_family(tmp_path):
-    """InversionNet (tiny, dropout 0.1) trained on an easy and a hard family: its MC-dropout std is
-    larger on CurveFault_B (layers cut by two faults) than on FlatVel_A. Measured 2026-11-27 with
-    seeds 0 and 1: 24.7 vs 20.8 and 38.4 vs 34.8 m/s; training on CPU is deterministic for a seed.
-    Measured without EMA and flips (then the defaults): kept so, the property is about dropout."""
-    synthesize(["FlatVel_A", "CurveFault_B"], 40, f"file://{tmp_path}/s", "d", seed=6, batch_size=20, progress=False)
+def test_mc_dropout_spread_follows_the_dropout_rate(tmp_path):
+    """MC dropout measures the spread of dropout passes, and fit() reports it per family. An earlier
+    version asserted a larger spread on the harder family: it held for two seeds by chance (tiny
+    InversionNet after 40 steps scores ~400 m/s on both families; over seeds 0-2 the family order of
+    the spread flips and its rank correlation with the error is -0.3..0.3), so what is tested is the
+    mechanism: zero without dropout, growing with the rate, the model back in eval mode after."""
+    from contextlib import nullcontext
+
+    from gwi.data.shards import ShardedDataset
+    from gwi.data.sync import pull
+    from gwi.models.ensemble import mc_dropout_std
+    from gwi.runs import load_model
+
+    synthesize(["FlatVel_A", "CurveFault_B"], 12, f"file://{tmp_path}/s", "d", seed=6, batch_size=12, progress=False)
     run = f"file://{tmp_path}/s/runs/inv"
     train(TrainConfig(model="inversionnet", preset="tiny", dataset=f"file://{tmp_path}/s/datasets/d", run=run,
-                      epochs=10, batch_size=8, lr=3e-3, heartbeat_s=30, seed=0, split="kfold:4:0", ema=0.0, flip=0.0),
+                      epochs=2, batch_size=8, lr=3e-3, heartbeat_s=30, seed=0, split="kfold:4:0"),
           log=lambda *_: None)
     rep = fit([run], f"file://{tmp_path}/s/datasets/d", str(tmp_path / "e.json"), mc_samples=8, crf=False,
               log=lambda *_: None)
     std = rep["members"][0]["mc_dropout_std"]
-    assert std["CurveFault_B"] > 1.1 * std["FlatVel_A"] > 0
+    assert set(std) == {"FlatVel_A", "CurveFault_B"} and min(std.values()) > 0
+
+    m = load_model(run, torch.device("cpu"))
+    x = torch.from_numpy(ShardedDataset(pull(f"file://{tmp_path}/s/datasets/d", progress=False)).batch([0, 1, 2])[0])
+    drops = [mod for mod in m.model.modules() if isinstance(mod, torch.nn.modules.dropout._DropoutNd)]
+    assert drops, "tiny InversionNet has dropout layers"
+    spread = {}
+    for p in (0.0, 0.1, 0.3):
+        for d in drops:
+            d.p = p
+        torch.manual_seed(0)
+        spread[p] = mc_dropout_std(m, x.float(), 8, nullcontext).mean().item()
+    assert spread[0.0] == 0.0 < spread[0.1] < spread[0.3], spread
+    assert not m.model.training
