@@ -195,8 +195,17 @@ def cmd_train(a) -> int:
         cfg.split = f"kfold:{a.folds}:{a.fold}"
     elif a.split:
         cfg.split = a.split
+    if a.time_budget is not None:
+        from .budget import parse_duration
+
+        try:
+            cfg.time_budget = parse_duration(a.time_budget, allow_auto=True)
+        except ValueError as e:
+            raise GwiError(f"--time-budget: {e}") from None
     apply_sets(cfg, a.set)
-    m = train(cfg, log=lambda msg: print(msg, flush=True))
+    from . import STARTED
+
+    m = train(cfg, log=lambda msg: print(msg, flush=True), started=STARTED)
     fam = ", ".join(f"{f} {v:.1f}" for f, v in m["val_mae_per_family"].items())
     print(f"done: {m['steps']} steps, val MAE {m['val_mae']:.1f} m/s ({fam}); metrics in {Run(cfg.run).key_url(METRICS)}")
     return 0
@@ -234,6 +243,35 @@ def cmd_ensemble_fit(a) -> int:
                 + [f"{r['val_mae'][f]:.1f}" for f in fams])
     print(_table(rows, ["member", "weight", "val MAE m/s"] + fams))
     print(f"\nwrote {a.out} (split {r['split']}, {r['val_samples']} validation samples)")
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from .evaluate import evaluate, table, write_report
+    from .store import staged_input, staged_output
+
+    if bool(a.checkpoint) == bool(a.ensemble):
+        raise GwiError("evaluate: give --checkpoint (one or more) or --ensemble FILE")
+    if a.split and a.fold is not None:
+        raise GwiError("evaluate: give --fold K or --split SPEC, not both")
+    split = f"kfold:{a.folds}:{a.fold}" if a.fold is not None else a.split
+    with staged_input(a.ensemble) as ens, staged_output(a.out) as out, staged_output(a.plot) as plot:
+        r = evaluate(a.checkpoint or [], a.dataset, ensemble=ens, split=split, tta=a.tta == "flip", device=a.device,
+                     precision=a.precision, batch_size=a.batch_size, worst=a.worst, plot=plot,
+                     log=lambda m: print(m, file=sys.stderr, flush=True))
+        if a.ensemble:
+            r["ensemble"] = a.ensemble  # the name the user gave, not the staged copy
+        if a.plot:
+            r["plot"] = a.plot
+        if out:
+            write_report(out, r)
+    if a.json:
+        print(json.dumps(r, indent=1))
+        return 0
+    print(table(r))
+    worst = ", ".join(f"#{w['index']} {w['family']} {w['mae']:.0f}" for w in r["worst"])
+    print(f"\n{r['samples']} samples ({r['split']}) of {r['dataset']}; worst (m/s): {worst}"
+          + (f"\nwrote {a.out}" if a.out else "") + (f"\ndrew {a.plot}" if a.plot else ""))
     return 0
 
 
@@ -409,6 +447,11 @@ def _dry_run(path: str) -> int:
         if known is not None and known["state"] in ("succeeded", "running"):
             rows.append([job.name, job.kind, ",".join(job.after) or "-", "-", f"already {known['state']}", ""])
             continue
+        if job.kind == "sweep":  # run by the scheduler itself; its trials go to the platforms
+            rows.append([job.name, job.kind, ",".join(job.after) or "-", "scheduler",
+                         f"{job.params['trials']} train trials, {job.params['parallel']} at a time",
+                         " > ".join(job.platforms)])
+            continue
         ch = v.choices(jid, job, spec.store)
         first, rest = fallback_order(ch)
         then = [c.platform + ("" if c.ok or c.busy else f" (skip: {c.why})") for c in rest]
@@ -416,10 +459,41 @@ def _dry_run(path: str) -> int:
                      first.why if first else "; ".join(f"{c.platform}: {c.why}" for c in ch),
                      " > ".join(then) or "-"])
     print(_table(rows, ["job", "kind", "after", "first", "why", "then (fallback order)"]))
+    if spec.deadline is not None:
+        print()
+        print(_deadline_text(v, spec))
     print()
     print(_platform_table(v))
     v.close()
     return 0
+
+
+def _deadline_text(v, spec) -> str:
+    """Whether the plan ends by its deadline, the expected timeline per platform, and what meeting
+    the deadline takes (budgets cut, jobs dropped)."""
+    import datetime as dt
+
+    work, plan = v.deadline_plan(spec.name, spec.jobs, spec.deadline)
+    when = dt.datetime.fromtimestamp(spec.deadline, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    left = (spec.deadline - v.clock()) / 3600
+    full = {w.name: w.hours for w in work}
+    verdict = ("holds as planned" if plan.holds and not plan.budgets and not plan.dropped else
+               "holds with the changes below" if plan.holds else "cannot hold, even with the changes below")
+    lines = [f"deadline {when} (in {left:.1f} h): {verdict}; the last job ends in ~{plan.end_h:.1f} h",
+             "  timeline, hours from now (~: a guess, no budget or measurement yet):"]
+    guessed = {w.name for w in work if w.guessed}
+    by_platform: dict[str, list] = {}
+    for p in sorted(plan.placed.values(), key=lambda p: p.start_h):
+        by_platform.setdefault(p.platform or "nowhere", []).append(p)
+    for name, placed in sorted(by_platform.items()):
+        lines.append(f"  {name:<10} " + ", ".join(
+            f"{p.job} {p.start_h:.1f}-{p.end_h:.1f}{'~' if p.job in guessed else ''}" if p.platform else
+            f"{p.job} (no usable platform)" for p in placed))
+    for job, h in plan.budgets.items():
+        lines.append(f"  budget cut: {job} {full[job]:.2f} -> {h:.2f} h")
+    for job, why in plan.dropped.items():
+        lines.append(f"  drop {job}: {why}")
+    return "\n".join(lines)
 
 
 def cmd_dispatch(a) -> int:
@@ -581,6 +655,40 @@ def cmd_history(a) -> int:
     return 0
 
 
+def cmd_sweep_show(a) -> int:
+    """A sweep's trials (params, validation MAE, state) and the best; reads the study, no lock."""
+    from .scheduler import open_view
+    from .scheduler.sweeps import show
+
+    v = open_view()
+    try:
+        jid = v.resolve(a.sweep)
+        row = v.job(jid)
+        if row["kind"] != "sweep":
+            raise GwiError(f"{jid} is a {row['kind']} job, not a sweep")
+        r = show(v.home, jid, v.job_def(row))
+        r["state"], r["reason"] = row["state"], row["reason"]
+    finally:
+        v.close()
+    if a.json:
+        print(json.dumps(r, indent=1, default=str))
+        return 0
+    keys = sorted({k for t in r["trials"] for k in t["params"]})
+    rows = [[f"t{t['trial']}", t["state"], "-" if t["value"] is None else f"{t['value']:.1f}", t["validations"]]
+            + [_num(t["params"].get(k)) for k in keys] for t in r["trials"]]
+    print(f"sweep {jid}: {r['state']} - {r['reason']}\n")
+    print(_table(rows, ["trial", "state", "val MAE m/s", "validations"] + keys) if rows else "no trials yet")
+    if r["best"]:
+        b = r["best"]
+        print(f"\nbest: t{b['trial']} ({b['job']}), val MAE {b['value']:.1f} m/s: "
+              + ", ".join(f"{k}={_num(v)}" for k, v in b["params"].items()))
+    return 0
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
 def cmd_cancel(a) -> int:
     from .scheduler import Scheduler
 
@@ -724,6 +832,10 @@ def _training_parsers(sub) -> None:
     q.add_argument("--run", required=True, metavar="URL", help=f"STORE_URL/{RUNS}/RUN: checkpoints, progress, metrics")
     q.add_argument("--preset", default="default", help="model preset: default or tiny")
     q.add_argument("--epochs", type=int)
+    q.add_argument("--time-budget", dest="time_budget", metavar="DURATION",
+                   help="finish inside this much time from start (e.g. 90s, 45m, 2h30m; auto: the attempt's time "
+                        "limit): the schedule is sized from measured step times, with the final validation and "
+                        "checkpoint; epochs no longer bound it")
     q.add_argument("--batch-size", type=int, dest="batch_size")
     q.add_argument("--lr", type=float)
     q.add_argument("--fold", type=int, help="validation fold K of --folds (family-stratified)")
@@ -792,6 +904,24 @@ def _prediction_parsers(sub) -> None:
     q.add_argument("--device")
     q.set_defaults(fn=cmd_ensemble_fit)
 
+    q = sub.add_parser("evaluate", help="MAE, RMSE and SSIM per family of a model or ensemble on a labelled dataset")
+    q.add_argument("--checkpoint", action="append", metavar="RUN_OR_FILE",
+                   help="a run URL (its latest verified checkpoint) or a .pt file; repeat to average")
+    q.add_argument("--ensemble", metavar="FILE", help="an ensemble.json from 'gwi ensemble fit' instead")
+    q.add_argument("--dataset", required=True, metavar="URL", help="a labelled dataset")
+    q.add_argument("--fold", type=int, help="evaluate on validation fold K of --folds (family-stratified)")
+    q.add_argument("--folds", type=int, default=5)
+    q.add_argument("--split", help="kfold:K:FOLD, family:NAME or all (default: the split the model validated on)")
+    q.add_argument("--tta", choices=["none", "flip"], default="flip", help="as in predict (default flip)")
+    q.add_argument("--worst", type=int, default=6, help="samples listed and drawn, the worst first (default 6)")
+    q.add_argument("--plot", metavar="PNG", help="draw the worst samples: truth, prediction, error")
+    q.add_argument("--out", metavar="FILE.json", help="write the report (a path or a store URL)")
+    q.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    q.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32")
+    q.add_argument("--batch-size", type=int, default=32)
+    q.add_argument("--device")
+    q.set_defaults(fn=cmd_evaluate)
+
     q = sub.add_parser("submission", help="check a submission file")
     ssub = q.add_subparsers(dest="sub_cmd", metavar="SUBCOMMAND")
     ssub.required = True
@@ -845,6 +975,14 @@ def _job_parsers(sub) -> None:
     q.add_argument("--stop-orphans", action="store_true", help="terminate those that no live attempt owns")
     q.add_argument("--json", action="store_true")
     q.set_defaults(fn=cmd_instances)
+
+    q = sub.add_parser("sweep", help="hyperparameter sweeps (kind: sweep in a plan)")
+    wsub = q.add_subparsers(dest="sweep_cmd", metavar="SUBCOMMAND")
+    wsub.required = True
+    q = wsub.add_parser("show", help="a sweep's trials: params, validation MAE, state; and the best")
+    q.add_argument("sweep", help="the sweep job (SPEC/JOB or JOB)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(fn=cmd_sweep_show)
 
     q = sub.add_parser("cancel", help="stop a job on its platform (and release the machine)")
     q.add_argument("job")

@@ -24,6 +24,10 @@ class TrainConfig:
     preset: str = "default"
     model_args: dict = field(default_factory=dict)  # overrides of the preset, from --set model.KEY=VALUE
     epochs: int = 10
+    # seconds; when set, the schedule is sized to end (final validation and checkpoint included) inside
+    # it, measured from the process start, and epochs no longer bound the run. inf ("auto"): the
+    # attempt's time limit (GWI_TIME_LIMIT_S, set by the scheduler) less a margin; capped by it anyway
+    time_budget: float = 0.0
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -62,6 +66,8 @@ class TrainConfig:
 
         registry.model_args(self.model, self.preset, self.model_args)  # unknown model/preset errors
         need(isinstance(self.epochs, int) and self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
+        need(isinstance(self.time_budget, (int, float)) and not isinstance(self.time_budget, bool)
+             and self.time_budget >= 0, "time_budget", "a duration like 90s, 45m or 2h30m (0: none)", self.time_budget)
         need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
         need(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", "a positive number", self.lr)
         need(0 <= self.warmup_frac < 1, "warmup_frac", "a number in [0, 1)", self.warmup_frac)
@@ -102,6 +108,13 @@ def apply_sets(cfg: TrainConfig, sets: list[str]) -> TrainConfig:
             raise ValueError(f"--set {key}: cannot parse {raw!r} ({e})") from None
         if key.startswith("model."):
             cfg.model_args[key[len("model."):]] = val
+        elif key == "time_budget":
+            from .budget import parse_duration
+
+            try:
+                cfg.time_budget = parse_duration(val, allow_auto=True)
+            except ValueError as e:
+                raise ValueError(f"--set time_budget: {e}") from None
         elif key in TrainConfig.field_names() and key not in ("model", "dataset", "run"):
             cur = getattr(cfg, key)
             if isinstance(cur, float) and isinstance(val, int):

@@ -181,7 +181,7 @@ def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float]
     """
     from tqdm import tqdm
 
-    checkpoints, weights, crf, family_weights = _chosen_members(checkpoints, weights, ensemble)
+    checkpoints, weights, crf, family_weights = chosen_members(checkpoints, weights, ensemble)
     dev, precision = resolve_device_precision(device, precision)
     models = [load_model(c, dev) for c in checkpoints]
     if weights is None:
@@ -222,7 +222,7 @@ def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float]
             "models": [m.source for m in models]}
 
 
-def _chosen_members(checkpoints: list[str], weights: list[float] | None, ensemble: str | None):
+def chosen_members(checkpoints: list[str], weights: list[float] | None, ensemble: str | None):
     """(checkpoints, weights, CRF or None, family weights) from the arguments or an ``ensemble.json``."""
     crf, family_weights = None, {}
     if ensemble:

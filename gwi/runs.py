@@ -61,6 +61,8 @@ ATTEMPTS = "attempts"
 ENSEMBLE = "ensemble.json"
 SUBMISSION = "submission.csv"
 UNCERTAINTY = "uncertainty.npy"
+EVALUATION = "evaluation.json"  # gwi evaluate's report (a plan's evaluate job)
+WORST = "worst.png"  # its worst samples drawn
 PLOTS = "plots"
 
 
@@ -131,6 +133,14 @@ class Run:
     @property
     def plots_url(self) -> str:
         return self.key_url(PLOTS)
+
+    @property
+    def evaluation_url(self) -> str:
+        return self.key_url(EVALUATION)
+
+    @property
+    def worst_url(self) -> str:
+        return self.key_url(WORST)
 
     # -- the latest pointer -------------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ A spec is one YAML file (``jobs/*.yaml``)::
 
     name: day2                       # optional; default: the file name without .yaml
     store: s3://my-gwi-bucket        # optional; default: the embedded store ($GWI_HOME/store)
+    deadline: 2026-12-09T18:00:00Z   # optional; ISO time with a zone: lower-priority jobs shrink or
+                                     # are dropped when the plan cannot end by then
     defaults:                        # optional; applies to every job that does not say otherwise
       dataset: kaggle-train-f16      #   train and ensemble jobs
       preset: tiny                   #   train jobs
@@ -36,6 +38,7 @@ A spec is one YAML file (``jobs/*.yaml``)::
         resources: {gpus: 1, gpu: A100, cpus: 8, memory_gb: 32}
         limits: {max_hours: 24, max_cost_usd: 60, retries: 1, stall_s: 120, start_timeout_s: 900}
         heartbeat_s: 20
+        priority: 5                  # default 0; higher: kept when a deadline forces choices
       - name: ens
         kind: ensemble
         members: [egnn]              # train jobs of this spec, or run URLs
@@ -95,6 +98,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,9 +117,9 @@ from .yamlfile import (
     type_name,
 )
 
-TOP_FIELDS = ("name", "store", "defaults", "jobs")
-COMMON_FIELDS = ("name", "kind", "platforms", "after", "resources", "limits", "heartbeat_s")
-COMMON_DEFAULTS = ("heartbeat_s", "platforms", "limits", "resources")
+TOP_FIELDS = ("name", "store", "deadline", "defaults", "jobs")
+COMMON_FIELDS = ("name", "kind", "platforms", "after", "resources", "limits", "heartbeat_s", "priority")
+COMMON_DEFAULTS = ("heartbeat_s", "platforms", "limits", "resources", "priority")
 LIMIT_FIELDS = ("max_hours", "max_cost_usd", "retries", "stall_s", "start_timeout_s")
 RESOURCE_FIELDS = ("gpus", "gpu", "cpus", "memory_gb")
 DEFAULT_HEARTBEAT_S = 20.0
@@ -160,13 +164,14 @@ class Job:
     line: int  # where the job is in the spec file
     argv: list[str]  # the gwi command it runs
     outputs: dict[str, str]  # what it produces, as store URLs
+    priority: int = 0  # higher: kept (and its budget left whole) when a deadline forces choices
 
     def to_dict(self) -> dict:
         return {
             "name": self.name, "kind": self.kind, "platforms": list(self.platforms), "after": list(self.after),
             "resources": asdict(self.resources), "limits": asdict(self.limits), "heartbeat_s": self.heartbeat_s,
             "params": json.loads(json.dumps(self.params)), "line": self.line, "argv": list(self.argv),
-            "outputs": dict(self.outputs),
+            "outputs": dict(self.outputs), "priority": self.priority,
         }
 
     @classmethod
@@ -175,7 +180,7 @@ class Job:
             name=d["name"], kind=d["kind"], platforms=list(d["platforms"]), after=list(d["after"]),
             resources=Resources(**d["resources"]), limits=Limits(**d["limits"]), heartbeat_s=float(d["heartbeat_s"]),
             params=json.loads(json.dumps(d["params"])), line=int(d["line"]), argv=list(d["argv"]),
-            outputs=dict(d["outputs"]),
+            outputs=dict(d["outputs"]), priority=int(d.get("priority", 0)),
         )
 
 
@@ -186,6 +191,7 @@ class Spec:
     store: str  # normalised: file:///absolute/path or s3://bucket[/prefix], no trailing slash
     jobs: list[Job]  # dependencies first; file order among jobs that are ready together
     sha256: str = ""  # of the file's bytes
+    deadline: float | None = None  # unix time the plan should be done by
 
     def job(self, name: str) -> Job:
         for j in self.jobs:
@@ -202,6 +208,25 @@ class Spec:
 
 def _a(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _deadline(top: Fields) -> float:
+    """``deadline:``: an ISO time with its zone (``2026-12-09T18:00:00Z``), not in the past."""
+    import datetime as dt
+
+    raw = top.node.get("deadline")
+    try:
+        when = raw if isinstance(raw, dt.datetime) else dt.datetime.fromisoformat(str(raw))
+    except ValueError:
+        raise top.error("deadline", f"expected an ISO time with a zone like 2026-12-09T18:00:00Z, got {raw!r}") from None
+    if when.tzinfo is None:
+        raise top.error("deadline", f"expected an ISO time with a zone (Z or +01:00), got {str(raw)!r}: "
+                                    "a time without one means different things on different machines")
+    now = time.time()
+    if when.timestamp() <= now:
+        ago = dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        raise top.error("deadline", f"{when.isoformat()} is in the past (now {ago})")
+    return when.timestamp()
 
 
 def _normalise_store(c: Fields, url: str) -> str:
@@ -248,6 +273,7 @@ class _Draft:
     heartbeat_s: float
     params: dict
     group: str  # the name in the file (a fold job's group is its train job's name)
+    priority: int = 0
 
 
 class _Loader:
@@ -279,6 +305,7 @@ class _Loader:
         from .store import default_store_url
 
         store = _normalise_store(top, top.get("store", "str", None) or default_store_url())
+        deadline = _deadline(top) if top.node.get("deadline") is not None else None
         defaults = top.sub("defaults", "defaults")
         defaults.prefix = ""
         self.plan = Plan(self.file, name, store, self._defaults(defaults))
@@ -296,7 +323,7 @@ class _Loader:
             for url in d.kind.outputs(d.params, self.plan.run(d.name)).values():
                 self.plan.writers.setdefault(url, d.name)
         spec = Spec(name, self.file, store, self._order([self._resolve(d) for d in drafts]),
-                    hashlib.sha256(data).hexdigest())
+                    hashlib.sha256(data).hexdigest(), deadline)
         if check_store:
             _check_store(top, store)
         return spec
@@ -355,7 +382,8 @@ class _Loader:
         platforms = self._platforms(c)
         after = list(c.get("after", "str-list", []))
         heartbeat_s = c.positive("heartbeat_s", DEFAULT_HEARTBEAT_S)
-        base = dict(kind=kind, line=raw.line, c=c, platforms=platforms, after=after,
+        priority = c.get("priority", "int", 0)
+        base = dict(kind=kind, line=raw.line, c=c, platforms=platforms, after=after, priority=priority,
                     resources=self._resources(c.sub("resources")), limits=self._limits(c.sub("limits"), heartbeat_s),
                     heartbeat_s=heartbeat_s, group=name)
         drafts = [_Draft(name=name + suffix, params=params, **base)
@@ -376,7 +404,7 @@ class _Loader:
         """The job's view: the defaults it takes, then its own fields; lines say where each came from.
         Limits and resources merge key by key; a kind reads its other defaults itself."""
         raw = own.node
-        plain = ("heartbeat_s", "platforms") + kind.inherits
+        plain = ("heartbeat_s", "platforms", "priority") + kind.inherits
         merged = node_at(raw.line, [e for e in entries(self.plan.defaults) if e[0] in plain])
         for k, v, ln in entries(raw):
             merged[k], merged.key_lines[k] = v, ln
@@ -417,6 +445,9 @@ class _Loader:
             names = self.groups.get(v) or ([v] if v in self.by_name else [])
             if not names:
                 raise d.c.error(ref.key, f"unknown job {v!r}{closest(v, known)}; expected one of: {allowed}")
+            if not ref.many and len(names) > 1:
+                raise d.c.error(ref.key, f"{v!r} names {len(names)} jobs ({', '.join(names)}); expected one: "
+                                         "name one of them")
             bad = next((n for n in names if self.by_name[n].kind.name != ref.kind), None)
             if bad:
                 raise d.c.error(ref.key, f"job {v!r} is {_a(self.by_name[bad].kind.name)} job, not "
@@ -449,7 +480,7 @@ class _Loader:
         run = self.plan.run(d.name)
         return Job(name=d.name, kind=d.kind.name, platforms=d.platforms, after=list(dict.fromkeys(after)),
                    resources=d.resources, limits=d.limits, heartbeat_s=d.heartbeat_s, params=p, line=d.line,
-                   argv=d.kind.argv(p, run, d.heartbeat_s), outputs=d.kind.outputs(p, run))
+                   argv=d.kind.argv(p, run, d.heartbeat_s), outputs=d.kind.outputs(p, run), priority=d.priority)
 
     def _order(self, jobs: list[Job]) -> list[Job]:
         """Dependencies first; among jobs ready at the same time, the file's order."""

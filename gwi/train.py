@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import __version__, progress
+from . import __version__, budget, progress
 from .config import LOSSES, PRECISIONS, TrainConfig, apply_sets  # noqa: F401 - re-exported
 from .data import folds
 from .data.shards import MANIFEST, ShardedDataset
@@ -245,16 +245,43 @@ def param_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def lr_lambda(total: int, warmup: int, schedule: str = "cosine"):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        prog = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
+class Schedule:
+    """The lr factor at each step: a linear warm-up, then cosine decay to 0 (or flat) at ``total``.
 
-    return f
+    A budgeted run (``time_budget``) runs its first steps at lr 0 while it measures them (``total`` is
+    None until sized), then starts the warm-up at ``start``; re-sizing later moves ``total`` and keeps
+    the lr continuous by re-anchoring the decay at the current step. LambdaLR saves a callable
+    object's attributes in its state_dict, so the checkpoint holds the whole schedule.
+    """
+
+    def __init__(self, total: int | None, warmup: int, kind: str = "cosine", start: int = 0):
+        self.total, self.warmup, self.kind, self.start = total, warmup, kind, start
+        self.anchor_step, self.anchor_progress = start + warmup, 0.0
+
+    def progress(self, step: int) -> float:
+        if step <= self.anchor_step:
+            return self.anchor_progress
+        frac = (step - self.anchor_step) / max(1, self.total - self.anchor_step)
+        return min(1.0, self.anchor_progress + (1 - self.anchor_progress) * frac)
+
+    def __call__(self, step: int) -> float:
+        if self.total is None or step < self.start:
+            return 0.0
+        if step - self.start < self.warmup:
+            return (step - self.start + 1) / self.warmup
+        if self.kind == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * self.progress(step)))
+
+    def size(self, step: int, total: int, warmup_frac: float) -> None:
+        """The first sizing: warm up from ``step`` for ``warmup_frac`` of the steps left."""
+        self.__init__(total, int(warmup_frac * (total - step)), self.kind, step)
+
+    def resize(self, step: int, total: int) -> None:
+        """A new end, the lr at ``step`` unchanged."""
+        if step > self.anchor_step:
+            self.anchor_progress, self.anchor_step = self.progress(step), step
+        self.total = max(total, step)
 
 
 class Optim:
@@ -277,8 +304,9 @@ class Optim:
                 self.opts.append(torch.optim.AdamW(rest, lr=cfg.lr, weight_decay=cfg.weight_decay))
         else:
             self.opts = [torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)]
-        f = lr_lambda(total, int(cfg.warmup_frac * total), cfg.schedule)
-        self.scheds = [torch.optim.lr_scheduler.LambdaLR(o, f) for o in self.opts]
+        # one Schedule shared by the optimisers: sized and re-sized once
+        self.schedule = Schedule(total, 0 if total is None else int(cfg.warmup_frac * total), cfg.schedule)
+        self.scheds = [torch.optim.lr_scheduler.LambdaLR(o, self.schedule) for o in self.opts]
 
     def zero_grad(self) -> None:
         for o in self.opts:
@@ -389,6 +417,41 @@ class Data:
     mean_map: torch.Tensor  # the predict-the-training-mean baseline, on the device
 
 
+UNSIZED = 2 ** 62  # State.total of a budgeted run before its first steps are measured
+
+
+@dataclass
+class Clock:
+    """A time budget's bookkeeping. Decisions are taken on rank 0 and broadcast, and they happen at
+    step counts every rank agrees on (the end of the probe, every ``every`` steps), so DDP ranks stay
+    in step."""
+
+    budget_s: float
+    started: float  # time.time() the budget counts from
+    fresh: bool = True  # the schedule is not sized yet (the probe's steps run at lr 0)
+    sized_here: bool = False  # this process sized the schedule (else it resumed someone else's plan)
+    planned_step_s: float | None = None  # the step time the resumed schedule was sized with
+    costs: budget.Costs | None = None
+    probe_from: int = 0  # the step the loop began at in this process
+    probe_t: float = 0.0  # when the probe's first (untimed) step ended
+    every: int = 0  # steps between periodic validation + checkpoint; 0 until sized
+    mark_t: float = 0.0  # the end of the last measurement (probe or periodic event)
+    mark_step: int = 0
+
+    @property
+    def spent(self) -> float:
+        return time.time() - self.started
+
+    @property
+    def every_s(self) -> float:
+        return budget.interval_s(self.budget_s)
+
+    def record(self) -> dict:
+        """What a checkpoint keeps, so a resume continues the same schedule."""
+        return {"budget_s": self.budget_s, "every": self.every,
+                **({k: getattr(self.costs, k) for k in ("step_s", "val_s", "publish_s")} if self.costs else {})}
+
+
 @dataclass
 class State:
     """One rank's training: where it runs, the model and its optimiser, and how far it has come."""
@@ -426,6 +489,9 @@ class State:
     loop_s: float = 0.0  # seconds in training steps and their data waits (no validation, no checkpoints)
     loop_samples: int = 0
     initialised_from: dict | None = None  # --init-from: where the first weights came from
+    clock: Clock | None = None  # a time budget's bookkeeping (time_budget set)
+    budgeted: bool = False  # the schedule was sized by a budget: steps, not epochs, bound the loop
+    budget_record: dict | None = None  # a resumed budgeted checkpoint's, kept when no budget is given now
 
     @property
     def device_text(self) -> str:
@@ -453,8 +519,9 @@ LOSS_FNS = {"l1": lambda p, t: (p - t).abs().mean(),
 # the run, phase by phase
 
 
-def train(cfg: TrainConfig, log=print) -> dict:
-    """Train (or resume) ``cfg.run``; returns the final metrics. Raises on failure after recording it."""
+def train(cfg: TrainConfig, log=print, started: float | None = None) -> dict:
+    """Train (or resume) ``cfg.run``; returns the final metrics. Raises on failure after recording it.
+    A ``time_budget`` counts from ``started`` (the CLI passes its process start; default: now)."""
     cfg.validate()
     d = setup_distributed(cfg.device)
     device = torch.device(cfg.device if cfg.device else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -467,10 +534,17 @@ def train(cfg: TrainConfig, log=print) -> dict:
     say = log if d.master else (lambda *a, **k: None)
     s: State | None = None
     t_start = time.time()
+    started = t_start if started is None else started
     try:
         data = load_data(cfg, d, device)
         progress.phase("pulled")
-        s = build(cfg, d, device, precision, data, run, say)
+        limit = os.environ.get(budget.ENV_LIMIT)
+        budget_s = budget.effective_budget_s(cfg.time_budget, float(limit) if limit else None)
+        if cfg.time_budget and budget_s != cfg.time_budget:
+            say(f"time budget: {budget.format_duration(budget_s) if budget_s else 'none (sized by epochs)'} "
+                f"(asked {'auto' if math.isinf(cfg.time_budget) else budget.format_duration(cfg.time_budget)}, "
+                f"this attempt's time limit {budget.format_duration(float(limit)) if limit else 'none'})")
+        s = build(cfg, d, device, precision, data, run, say, started, budget_s)
         progress.phase("built")
         resume(s)  # a store that stays unreachable raises StoreUnavailable: never "from scratch" instead
         if cfg.init_from and not s.resumed_from:
@@ -484,7 +558,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
             s.hb = start_heartbeat(s)
         say(f"training {cfg.model} ({cfg.preset}, {s.n_params:,} params) on {s.device_text} in {precision}: "
             f"{len(data.train_idx)} train / {len(data.val_idx)} val samples, {s.steps_per_epoch} steps/epoch, "
-            f"{s.total} steps")
+            + (f"steps sized to the time budget ({budget.format_duration(s.clock.budget_s)}) after "
+               f"{budget.PROBE_STEPS} measured steps" if s.total == UNSIZED else f"{s.total} steps"))
         val = run_epochs(s)
         return finish(s, val, t_start)
     except BaseException as e:
@@ -540,16 +615,18 @@ def load_data(cfg: TrainConfig, d: Dist, device: torch.device) -> Data:
 
 
 def build(cfg: TrainConfig, d: Dist, device: torch.device, precision: str, data: Data, run: Run | None,
-          say: Callable) -> State:
-    """A fresh model (seeded), its optimiser and schedule, the fp16 scaler and the EMA."""
+          say: Callable, started: float, budget_s: float = 0.0) -> State:
+    """A fresh model (seeded), its optimiser and schedule, the fp16 scaler and the EMA. A budgeted run
+    has no total yet: its first steps are measured, then the schedule is sized (:func:`size_to_budget`)."""
     args = registry.model_args(cfg.model, cfg.preset, cfg.model_args)
     torch.manual_seed(cfg.seed)
     model = place(registry.build_from_args(cfg.model, args), cfg, device)
     # drop the last partial batch: a batch of one breaks BatchNorm, and equal steps keep DDP ranks in step
     steps_per_epoch = max(1, len(data.train_idx) // d.world // cfg.batch_size)
-    total = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
+    total = UNSIZED if budget_s else min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
     return State(cfg=cfg, d=d, device=device, precision=precision, data=data, run=run, say=say, args=args,
-                 model=model, optim=Optim(cfg, model, total),
+                 model=model, optim=Optim(cfg, model, None if total == UNSIZED else total),
+                 clock=Clock(budget_s, started) if budget_s else None, budgeted=bool(budget_s),
                  scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
                  ema=EMA(model, cfg.ema) if cfg.ema > 0 else None, n_params=registry.count_parameters(model),
                  steps_per_epoch=steps_per_epoch, total=total)
@@ -582,8 +659,17 @@ def resume(s: State) -> None:
     s.args = ckpt["model"]["args"]
     s.model = place(registry.build_from_args(cfg.model, s.args), cfg, s.device)
     s.model.load_state_dict(ckpt["state_dict"])
-    s.optim = Optim(cfg, s.model, s.total)
+    s.optim = Optim(cfg, s.model, None if s.total == UNSIZED else s.total)
     s.optim.load_state_dict(ckpt["optimizer"], ckpt.get("scheduler"))
+    sched, was = s.optim.schedule, ckpt.get("budget")
+    if was:  # sized by a budget: the schedule goes on; a budget now re-measures and re-sizes what is left
+        s.total, s.budgeted, s.budget_record = sched.total, True, was
+        if s.clock is not None:
+            s.clock.fresh, s.clock.planned_step_s, s.clock.every = False, was.get("step_s"), was.get("every", 0)
+    elif s.clock is not None:  # a budget for a run sized by epochs: the rest is sized after measuring
+        s.clock.fresh = False
+    elif sched.total != s.total:  # more (or fewer) epochs than the checkpoint's run: the same lr now, a new end
+        sched.resize(ckpt["step"], s.total)
     s.scaler.load_state_dict(ckpt["scaler"])
     if s.ema is not None:
         s.ema = EMA(s.model, cfg.ema, int(ckpt.get("ema_updates", ckpt["step"])))
@@ -649,7 +735,8 @@ def start_heartbeat(s: State) -> Heartbeat:
     launched this process (taking over the process-wide heartbeat there)."""
     cfg = s.cfg
     base = {"state": "starting", "model": cfg.model, "preset": cfg.preset, "run": cfg.run,
-            "dataset": cfg.dataset, "epoch": s.epoch, "epochs": cfg.epochs, "step": s.step, "total_steps": s.total,
+            "dataset": cfg.dataset, "epoch": s.epoch, "epochs": cfg.epochs, "step": s.step,
+            "total_steps": None if s.total == UNSIZED else s.total,
             "device": s.device_text, "precision": s.precision,
             "host": socket.gethostname(), "pid": os.getpid(), "attempt": os.environ.get("GWI_ATTEMPT"),
             "gwi_version": __version__, "params": s.n_params, "phase": "resumed",
@@ -663,16 +750,20 @@ def start_heartbeat(s: State) -> Heartbeat:
 
 def run_epochs(s: State) -> dict:
     """The loop, from where the run stands: epochs of steps; validation every ``val_every`` epochs and
-    at the end; a checkpoint every ``checkpoint_every`` steps and after every epoch. Returns the last
-    validation (empty when the run had nothing left to do)."""
+    at the end; a checkpoint every ``checkpoint_every`` steps and after every epoch. A budgeted run
+    (:func:`on_the_clock`) is bounded by its sized steps instead of epochs, and validates and checkpoints
+    on a time cadence instead of per epoch. Returns the last validation (empty when the run had
+    nothing left to do)."""
     cfg = s.cfg
     loss_fn = LOSS_FNS[cfg.loss]
     s.net.train()
     s.t_loop, s.start_step = time.time(), s.step
+    if s.clock is not None:
+        s.clock.probe_from = s.step
     val = {}
     loader, sampler = make_loader(s.data.ds, cfg.workers, s.device, s.d.world)
     try:
-        while s.step < s.total and s.epoch < cfg.epochs:
+        while s.step < s.total and (s.budgeted or s.epoch < cfg.epochs):
             sampler.batches = epoch_batches(s)
             t0, paused = time.perf_counter(), 0.0
             for x, y in loader:
@@ -684,12 +775,14 @@ def run_epochs(s: State) -> dict:
                 if s.step % cfg.log_every == 0:
                     read_loss(s)
                 beat_step(s)
+                tp = time.perf_counter()
+                if s.clock is not None:
+                    val = on_the_clock(s) or val
                 in_epoch = s.step - s.epoch * s.steps_per_epoch
                 if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and in_epoch < s.steps_per_epoch \
-                        and s.step < s.total:
-                    tp = time.perf_counter()
+                        and s.step < s.total and s.total != UNSIZED:
                     publish(s)
-                    paused += time.perf_counter() - tp
+                paused += time.perf_counter() - tp
                 if cfg.fault_at_step and s.step == cfg.fault_at_step:
                     raise RuntimeError(f"injected fault at step {s.step} (fault_at_step)")
                 if s.step >= s.total:
@@ -698,12 +791,117 @@ def run_epochs(s: State) -> dict:
             s.loop_s += time.perf_counter() - t0 - paused
             if s.step - s.epoch * s.steps_per_epoch >= s.steps_per_epoch:
                 s.epoch += 1
+            if s.clock is not None and s.step < s.total:
+                continue  # validation and checkpoints keep the budget's cadence, not the epochs'
             if s.epoch % cfg.val_every == 0 or s.step >= s.total or s.epoch >= cfg.epochs:
                 val = validate(s)
             publish(s)
     finally:
         close_loader(loader)
     return val
+
+
+def on_the_clock(s: State) -> dict | None:
+    """After each step of a run with a time budget: time the first steps and size (or re-size) the
+    schedule from them, then validate and checkpoint every ``every`` steps, re-sizing from what those
+    cost. Returns the validation when there was one."""
+    c = s.clock
+    done = s.step - c.probe_from
+    if done == 1 or done == budget.PROBE_STEPS:
+        read_loss(s)  # waits for the device: the times below are the steps' own
+    if done == 1:  # the first step pays one-off costs (autotuning, compilation): not timed
+        c.probe_t = time.perf_counter()
+    if done == budget.PROBE_STEPS:
+        step_s = (time.perf_counter() - c.probe_t) / (budget.PROBE_STEPS - 1)
+        size_to_budget(s, step_s)
+        c.mark_t, c.mark_step = time.perf_counter(), s.step
+    elif c.every and done > budget.PROBE_STEPS and (s.step - c.mark_step) % c.every == 0 and s.step < s.total:
+        read_loss(s)
+        step_s = (time.perf_counter() - c.mark_t) / (s.step - c.mark_step)
+        t0 = time.perf_counter()
+        val = validate(s)
+        t1 = time.perf_counter()
+        publish(s)
+        c.costs = budget.Costs(step_s, t1 - t0, time.perf_counter() - t1)
+        # this process's own plan is re-fitted to the rest of the budget; a resumed one stands while
+        # the step time stays near the planned one and the rest still fits
+        fit = s.step + decide(s, lambda: budget.replan(s.total - s.step, c.planned_step_s, c.costs,
+                                                       c.budget_s - c.spent, c.every_s, c.sized_here))
+        if fit != s.total:
+            s.say(f"time budget: re-sized from {s.total} to {fit} steps ({step_s:.3g} s/step, planned "
+                  f"{c.planned_step_s:.3g}; validation {c.costs.val_s:.3g} s, checkpoint {c.costs.publish_s:.3g} s)")
+            s.total, c.planned_step_s = fit, step_s
+            s.optim.schedule.resize(s.step, fit)
+        c.mark_t, c.mark_step = time.perf_counter(), s.step
+        return val
+    return None
+
+
+def decide(s: State, f: Callable[[], object]):
+    """``f()`` on rank 0, the same value on every rank (the clocks of ranks differ)."""
+    buf = [f() if s.d.master else None]
+    if s.d.enabled:
+        dist.broadcast_object_list(buf, src=0)
+    return buf[0]
+
+
+def size_to_budget(s: State, step_s: float) -> None:
+    """The schedule sized from the measured step time: a fresh run's whole schedule (refused when the
+    budget cannot hold even a few steps, a validation and a checkpoint), a resumed run's remaining part
+    (kept as it was when the step time is like the planned one and it still fits)."""
+    c, cfg = s.clock, s.cfg
+    t0 = time.perf_counter()
+    one = evaluate(s.model, s.data.ds, s.data.val_idx[:cfg.batch_size * s.d.world], s.data.norm, s.data.families,
+                   s.device, s.precision, cfg.batch_size, s.d)
+    batches = math.ceil(len(s.data.val_idx) / s.d.world / cfg.batch_size) if one["val_samples"] else 0
+    # a checkpoint's cost is measured by publishing one below; until then, a guess of 1 s
+    c.costs = budget.Costs(step_s, (time.perf_counter() - t0) * batches, c.costs.publish_s if c.costs else 1.0)
+    fmt = budget.format_duration
+
+    def steps_left() -> int | str:
+        remaining = c.budget_s - c.spent
+        if c.fresh:
+            need = budget.minimum_s(c.spent, c.costs)
+            if c.budget_s < need:
+                return (f"time_budget: {fmt(c.budget_s)} is shorter than the minimum measured here, {fmt(need)}: "
+                        f"start-up {fmt(c.spent)}, {budget.PROBE_STEPS} steps of {step_s:.3g} s, a validation "
+                        f"~{c.costs.val_s:.3g} s, a checkpoint ~{c.costs.publish_s:.3g} s and a margin")
+        if c.fresh or not c.planned_step_s:
+            return budget.steps_that_fit(remaining, c.costs, c.every_s)
+        return budget.resize(s.total - s.step, c.planned_step_s, c.costs, remaining, c.every_s)
+
+    left = decide(s, steps_left)
+    if isinstance(left, str):
+        raise GwiError(left)
+    c.every = decide(s, lambda: max(1, int(c.every_s / step_s)))
+    total = s.step + left
+    if cfg.max_steps:
+        total = min(total, max(cfg.max_steps, s.step))
+    if c.fresh:
+        s.optim.schedule.size(s.step, total, cfg.warmup_frac)
+        s.total, c.fresh, c.sized_here = total, False, True
+        t1 = time.perf_counter()
+        publish(s)
+        c.costs.publish_s = time.perf_counter() - t1
+        # the checkpoint's cost was a guess until now: fit the steps again with it measured
+        refit = s.step + decide(s, lambda: budget.steps_that_fit(c.budget_s - c.spent, c.costs, c.every_s))
+        if cfg.max_steps:
+            refit = min(refit, max(cfg.max_steps, s.step))
+        if refit != s.total:
+            s.optim.schedule.resize(s.step, refit)
+            s.total = refit
+        s.say(f"time budget {fmt(c.budget_s)}: {s.total} steps of {step_s:.3g} s (warm-up {s.optim.schedule.warmup}), "
+              f"a validation (~{c.costs.val_s:.3g} s) and a checkpoint ({c.costs.publish_s:.3g} s) every {c.every} "
+              f"steps, {fmt(c.spent)} spent so far")
+    elif total != s.total:
+        s.say(f"time budget {fmt(c.budget_s)}: the remaining {s.total - s.step} steps planned at "
+              f"{c.planned_step_s or float('nan'):.3g} s/step re-sized to {total - s.step} at {step_s:.3g} s/step")
+        s.optim.schedule.resize(s.step, total)
+        s.total, c.sized_here = total, True
+    else:
+        s.say(f"time budget {fmt(c.budget_s)}: the remaining {s.total - s.step} steps fit "
+              f"({step_s:.3g} s/step here); the schedule goes on unchanged")
+    c.planned_step_s = step_s
 
 
 def epoch_batches(s: State) -> list[np.ndarray]:
@@ -756,7 +954,8 @@ def beat_step(s: State) -> None:
     # an advance per step: host values only (the loss is read every log_every steps), no device sync
     s.hb.advance(state="running", phase="training", step=s.step, epoch=s.epoch, train_loss=s.last_loss,
                  samples_per_s=s.samples_seen / el if el > 0 else None, lr=s.optim.lr,
-                 eta_s=(s.total - s.step) / rate if rate > 0 else None)
+                 total_steps=None if s.total == UNSIZED else s.total,
+                 eta_s=(s.total - s.step) / rate if rate > 0 and s.total != UNSIZED else None)
 
 
 def validate(s: State) -> dict:
@@ -767,9 +966,13 @@ def validate(s: State) -> dict:
         s.best = min(s.best, val["val_mae"])
     s.history.append({"epoch": s.epoch, "step": s.step, "train_loss": s.last_loss, **val})
     s.beat(state="running", epoch=s.epoch, val_mae=val["val_mae"], val_mae_per_family=val["val_mae_per_family"],
-           baseline_mae=val["baseline_mae"], best_val_mae=s.best_or_none)
+           baseline_mae=val["baseline_mae"], best_val_mae=s.best_or_none,
+           validations=len(s.history))  # a sweep's pruner counts its rungs in validations
     nan = float("nan")
-    s.say(f"epoch {s.epoch}/{s.cfg.epochs} step {s.step}/{s.total} loss {s.last_loss:.4f} "
+    where = (f"step {s.step}/{s.total} ({budget.format_duration(s.clock.spent)} of "
+             f"{budget.format_duration(s.clock.budget_s)})" if s.clock else
+             f"epoch {s.epoch}/{s.cfg.epochs} step {s.step}/{s.total}")
+    s.say(f"{where} loss {s.last_loss if s.last_loss is not None else nan:.4f} "
           f"val MAE {val['val_mae'] if val['val_mae'] is not None else nan:.1f} m/s "
           f"(mean-map baseline {val['baseline_mae'] if val['baseline_mae'] is not None else nan:.1f})")
     return val
@@ -806,7 +1009,8 @@ def publish(s: State) -> None:
         "dataset": {"url": cfg.dataset, "name": data.manifest.get("name"), "build": data.manifest.get("build"),
                     "manifest_sha256": data.manifest_sha, "families": data.families},
         "split": cfg.split, "precision": s.precision, "initialised_from": s.initialised_from,
-        "config": asdict(cfg),
+        "config": asdict(cfg), "total_steps": s.total,
+        "budget": s.clock.record() if s.clock else s.budget_record,
     }
     entry = s.run.publish_checkpoint(ckpt, s.step, cfg.keep_checkpoints)
     s.hb.update(state="running", last_checkpoint=entry["path"])
@@ -824,7 +1028,9 @@ def finish(s: State, val: dict, t_start: float) -> dict:
         digests = gathered
     metrics = {
         "state": "succeeded", "model": cfg.model, "preset": cfg.preset, "params": s.n_params, "run": cfg.run,
-        "dataset": cfg.dataset, "split": cfg.split, "steps": s.step, "epochs": s.epoch, "precision": s.precision,
+        "dataset": cfg.dataset, "split": cfg.split, "steps": s.step, "total_steps": s.total, "epochs": s.epoch,
+        "precision": s.precision,
+        "time_budget_s": s.clock.budget_s if s.clock else None, "budget_used_s": s.clock.spent if s.clock else None,
         "device": s.device_text, "world_size": s.d.world, "wall_s": time.time() - t_start,
         "samples_per_s": s.samples_seen / max(1e-9, time.time() - s.t_loop),
         "loop_s": s.loop_s, "loop_samples": s.loop_samples, "initialised_from": s.initialised_from,

@@ -31,7 +31,7 @@ def bucket(moto_server, monkeypatch):
     gwi.store._CLIENTS.clear()
 
 
-@pytest.mark.parametrize("name", ["day2", "day5-ensemble", "day7-submit", "demo"])
+@pytest.mark.parametrize("name", ["day2", "day5-ensemble", "day6-tune", "day7-submit", "demo", "phase2-finetune"])
 def test_every_plan_dry_runs(name, bucket, capsys):
     assert main(["dispatch", str(JOBS / f"{name}.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -52,3 +52,29 @@ def test_day2_plan_says_where_each_job_goes_and_why(bucket, capsys, monkeypatch)
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("specproj-unet"))
     assert "  kaggle  " in line and "30.0 h quota left" in line and "colab > local" in line
+
+
+def test_dry_run_shows_the_timeline_against_the_deadline(tmp_path, capsys):
+    """Three budgeted trainings on the one local slot, 4 h before the deadline: the dry run says what
+    meeting it takes (the least important dropped, the next one's budget cut) and when each job runs."""
+    import datetime as dt
+    import time
+
+    deadline = dt.datetime.fromtimestamp(time.time() + 4 * 3600, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    plan = tmp_path / "tight.yaml"
+    plan.write_text(f"""name: tight
+store: file://{tmp_path}/store
+deadline: {deadline}
+defaults: {{platforms: [local], dataset: d, preset: tiny}}
+jobs:
+  - {{name: main, kind: train, model: inversionnet, priority: 9, config: {{time_budget: 3h}}}}
+  - {{name: extra, kind: train, model: inversionnet, priority: 1, config: {{time_budget: 2h}}}}
+  - {{name: bonus, kind: train, model: inversionnet, config: {{time_budget: 2h}}}}
+""")
+    assert main(["dispatch", str(plan), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"deadline {deadline} (in 4.0 h): holds with the changes below" in out, out
+    assert "budget cut: extra 2.11 -> 0.84 h" in out
+    assert "drop bonus: dropped to meet the deadline (priority 0, the lowest left)" in out
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("local "))
+    assert "main 0.0-3.2" in line and "extra 3.2-4.0" in line

@@ -163,3 +163,91 @@ def test_a_platform_whose_api_did_not_answer_is_waited_for_not_used_up():
     assert policy.no_pick(ch) == (True, "waiting for an answer: lam API did not answer within 30 s")
     # with a fallback the job goes there now, and lam keeps its tries
     assert policy.pick(policy.choose([hung, policy.Platform("b", prof("b"))], Limits(), 0, 0)).platform == "b"
+
+
+# -- a plan against its deadline -------------------------------------------------------------------
+
+from gwi.scheduler.policy import Capacity, Work, meet_deadline, timeline  # noqa: E402
+
+CAP = {"kaggle": Capacity("kaggle", 1, quota_hours=30.0), "lambda": Capacity("lambda", 2)}
+
+
+def test_timeline_places_like_the_loop():
+    work = [Work("a", 0, ("kaggle", "lambda"), 10.0),
+            Work("b", 0, ("kaggle", "lambda"), 4.0),
+            Work("c", 0, ("lambda",), 2.0, after=("a",)),
+            Work("d", 5, ("kaggle",), 1.0, after=("b",))]
+    t = timeline(work, CAP)
+    # a takes kaggle's one slot; b finds it taken and goes to lambda; c waits for a; d for b, then
+    # kaggle is busy until 10 h
+    assert (t["a"].platform, t["a"].start_h, t["a"].end_h) == ("kaggle", 0, 10)
+    assert (t["b"].platform, t["b"].end_h) == ("lambda", 4)
+    assert (t["c"].platform, t["c"].start_h, t["c"].end_h) == ("lambda", 10, 12)
+    assert (t["d"].platform, t["d"].start_h) == ("kaggle", 10)
+
+
+def test_timeline_respects_quotas_running_jobs_and_missing_platforms():
+    work = [Work("run", 0, ("kaggle",), 3.0, running_on="kaggle"),
+            Work("big", 9, ("kaggle", "lambda"), 28.0),  # 27 h of kaggle's quota left after "run"
+            Work("nowhere", 0, ("colab",), 1.0)]
+    t = timeline(work, CAP)
+    assert t["run"].start_h == 0 and t["big"].platform == "lambda" and t["big"].start_h == 0
+    assert t["nowhere"].platform is None
+
+
+def test_a_late_plan_shrinks_the_least_important_budget_just_enough():
+    work = [Work("main", 9, ("lambda",), 10.0, shrinkable=True),
+            Work("extra", 1, ("lambda",), 8.0, shrinkable=True, after=("main",))]
+    d = meet_deadline(work, {"lambda": Capacity("lambda", 1)}, hours_left=15.0)
+    assert d.holds and not d.dropped and set(d.budgets) == {"extra"}
+    assert d.budgets["extra"] == pytest.approx(5.0, abs=1e-6) and d.end_h <= 15.0
+    # all of one priority: the plan's later job gives first
+    same = [Work("a", 0, ("lambda",), 10.0, shrinkable=True), Work("b", 0, ("lambda",), 8.0, shrinkable=True)]
+    d = meet_deadline(same, {"lambda": Capacity("lambda", 1)}, hours_left=15.0)
+    assert d.budgets == {"b": pytest.approx(5.0, abs=1e-6)} and not d.dropped
+    on_time = meet_deadline(work, {"lambda": Capacity("lambda", 1)}, hours_left=18.0)
+    assert on_time.holds and not on_time.budgets and on_time.end_h == 18
+
+
+def test_a_plan_that_cannot_hold_drops_the_lowest_priority_and_its_dependents():
+    work = [Work("main", 9, ("lambda",), 10.0, shrinkable=True),
+            Work("side", 0, ("lambda",), 6.0),
+            Work("after-side", 5, ("lambda",), 2.0, after=("side",)),
+            Work("keep", 3, ("lambda",), 1.0),
+            Work("running", -5, ("lambda",), 3.0, running_on="lambda")]
+    d = meet_deadline(work, {"lambda": Capacity("lambda", 1)}, hours_left=12.0)
+    # running (lowest priority) is never dropped; side goes and takes after-side with it; main, the
+    # most important, is not shrunk while a less important job (keep) can go; then it is: 12 - 3 = 9 h
+    assert d.holds and set(d.dropped) == {"side", "after-side", "keep"}
+    assert "priority 0" in d.dropped["side"] and "needs side" in d.dropped["after-side"]
+    assert d.budgets == {"main": pytest.approx(9.0, abs=1e-6)}
+    hopeless = meet_deadline(work, {"lambda": Capacity("lambda", 1)}, hours_left=1.0)
+    assert not hopeless.holds and set(hopeless.dropped) == {"main", "side", "after-side", "keep"}
+
+
+def test_dozens_of_jobs_on_several_platforms_meet_the_deadline_by_priority():
+    import random
+
+    rng = random.Random(7)
+    cap = {"kaggle": Capacity("kaggle", 1, quota_hours=30.0), "colab": Capacity("colab", 1),
+           "lambda": Capacity("lambda", 2), "local": Capacity("local", 1)}
+    names = list(cap)
+    work = []
+    for i in range(48):
+        after = tuple(f"j{k}" for k in rng.sample(range(i), k=min(i, rng.choice([0, 0, 1, 2]))))
+        work.append(Work(f"j{i}", rng.randint(0, 5), tuple(rng.sample(names, k=rng.randint(1, 3))),
+                         rng.uniform(0.5, 12.0), after=after, shrinkable=rng.random() < 0.6))
+    full = meet_deadline(work, cap, hours_left=1e9)
+    assert full.holds and not full.dropped and not full.budgets
+    d = meet_deadline(work, cap, hours_left=full.end_h * 0.5)
+    assert d.holds and d.end_h <= full.end_h * 0.5 + 1e-9
+    by = {w.name: w for w in work}
+    for name, hours in d.budgets.items():
+        assert by[name].shrinkable and by[name].hours * policy.MIN_BUDGET_FRACTION - 1e-9 <= hours <= by[name].hours
+    victims = [n for n, why in d.dropped.items() if why.startswith("dropped to meet")]
+    kept = [w for w in work if w.name not in d.dropped]
+    assert victims, "half the time cannot hold without dropping"
+    # nothing kept is less important than a job dropped for the deadline
+    assert min(w.priority for w in kept) >= max(by[v].priority for v in victims)
+    for w in kept:
+        assert d.placed[w.name].platform is None or d.placed[w.name].end_h <= full.end_h * 0.5 + 1e-9

@@ -15,7 +15,7 @@ import torch
 from gwi.data.synth import synthesize
 from gwi.errors import GwiError
 from gwi.inference import flip_seismic
-from gwi.train import EMA, LOSS_FNS, TrainConfig, flip_some, lr_lambda, train
+from gwi.train import EMA, LOSS_FNS, Schedule, TrainConfig, flip_some, train
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_losses_and_schedules():
     assert math.isclose(float(LOSS_FNS["l1"](p, t)), 0.255, rel_tol=1e-6)
     # smooth L1 (beta 0.02): quadratic for the small error, L1 minus beta/2 for the large one
     assert math.isclose(float(LOSS_FNS["smooth_l1"](p, t)), (0.5 * 0.01 ** 2 / 0.02 + 0.5 - 0.01) / 2, rel_tol=1e-6)
-    cos, const = lr_lambda(100, 10, "cosine"), lr_lambda(100, 10, "constant")
+    cos, const = Schedule(100, 10, "cosine"), Schedule(100, 10, "constant")
     assert cos(0) == const(0) == 0.1 and cos(9) == const(9) == 1.0
     assert const(99) == 1.0 and cos(99) < 0.01 and math.isclose(cos(55), 0.5, abs_tol=1e-9)
 

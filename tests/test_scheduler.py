@@ -433,7 +433,9 @@ def test_a_version_1_state_is_migrated(tmp_path):
     db = sqlite3.connect(tmp_path / "state.db")
     cols = {r[1] for r in db.execute("PRAGMA table_info(attempts)")}
     assert {"cleanup", "generation", "blameless"} <= cols
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert {"deadline"} <= {r[1] for r in db.execute("PRAGMA table_info(specs)")}
+    assert {"not_before", "budget_hours"} <= {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     db.close()
 
 
@@ -693,3 +695,36 @@ def test_the_store_unreadable_from_here_is_said_in_the_jobs_status(env, tmp_path
     beat("t.data.1")  # readable again, and beating
     s.reconcile()
     assert s.job("t/data")["reason"] == "on a"
+
+
+def test_a_deadline_that_cannot_hold_drops_the_lowest_priority_job_and_cuts_a_budget(env, capsys):
+    """Three budgeted trainings share one paid slot; the plan's deadline is 4 h away. The least
+    important is dropped, the next one's budget is cut to what fits after the most important, and
+    its attempt's time limit (GWI_TIME_LIMIT_S, which gwi train sizes its schedule to) says so."""
+    import datetime as dt
+
+    s, fakes, clock, spec, beat = env
+    clock.t = time.time()  # a deadline is checked against the real time
+    deadline = dt.datetime.fromtimestamp(clock.t + 4 * 3600, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    train = "{kind: train, model: inversionnet, preset: tiny, dataset: file:///d, platforms: [paid]}"
+    sp = spec(f"deadline: {deadline}\njobs:\n"
+              f"  - {{name: main, priority: 9, config: {{time_budget: 3h}}, {train[1:]}\n"
+              f"  - {{name: extra, priority: 1, config: {{time_budget: 2h}}, {train[1:]}\n"
+              f"  - {{name: bonus, priority: 0, config: {{time_budget: 2h}}, {train[1:]}\n")
+    s.submit(sp)
+    s.reconcile()
+    assert jobs(s)["bonus"] == ("cancelled", "dropped to meet the deadline (priority 0, the lowest left)")
+    assert any(e["kind"] == "dropped" for e in s.events("t/bonus"))
+    cut = s.state.job("t/extra")["budget_hours"]
+    # main needs 3 h and its start-up margin (3 / 0.95 h); extra gets exactly what is left of the 4 h
+    assert 0.75 < cut < 4 - 3 * 3600 / 0.95 / 3600 + 1e-6
+    assert [r.attempt_id for r in fakes["paid"].launched] == ["t.main.1"]
+    assert "GWI_TIME_LIMIT_S" not in fakes["paid"].launched[0].env
+    # main runs 3.2 h and ends; extra gets the 0.8 h that are left, as its attempt's time limit
+    clock.advance(3.2 * 3600)
+    fakes["paid"].finish("t.main.1")
+    s.reconcile()
+    assert jobs(s)["extra"][0] == "running"
+    limit = float(fakes["paid"].launched[-1].env["GWI_TIME_LIMIT_S"])
+    assert 0.7 * 3600 < limit <= 0.8 * 3600 + 1
+    assert s.attempts("t/extra")[0]["hours_limit"] == pytest.approx(limit / 3600, abs=1e-3)

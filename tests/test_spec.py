@@ -77,13 +77,13 @@ jobs:
 def test_unknown_top_level_key(error):
     p, msg = error("name: x\njobz: []\n")
     assert msg == (f"{p}:2: field 'jobz': unknown field (did you mean 'jobs'?); "
-                   "expected one of: defaults, jobs, name, store")
+                   "expected one of: deadline, defaults, jobs, name, store")
 
 
 def test_unknown_job_key_suggests_the_right_one(error):
     p, msg = error(TRAIN.replace("model: egnn", "modle: egnn"))
     assert msg == (f"{p}:6: job 'egnn': field 'modle': unknown field (did you mean 'model'?); expected one of: "
-                   "after, config, dataset, heartbeat_s, kind, limits, model, name, platforms, preset, resources")
+                   "after, config, dataset, heartbeat_s, init_from, kind, limits, model, name, platforms, preset, priority, resources")
 
 
 def test_unknown_limits_and_defaults_keys(error):
@@ -129,7 +129,7 @@ def test_missing_required_field(error):
 def test_unknown_kind(error):
     p, msg = error(TRAIN.replace("kind: train", "kind: trian"))
     assert msg == (f"{p}:5: job 'egnn': field 'kind': unknown value 'trian' (did you mean 'train'?); "
-                   "expected one of: ensemble, predict, synth, train")
+                   "expected one of: ensemble, evaluate, predict, sweep, synth, train")
 
 
 def test_unknown_model_and_preset(error):
@@ -167,7 +167,8 @@ def test_unknown_train_config_key(error):
 
     p, msg = error(TRAIN + "    config:\n      epochs: 3\n      batchsize: 8\n")
     allowed = sorted([f for f in TrainConfig.field_names() if f not in ("model", "dataset", "run", "preset",
-                                                                         "heartbeat_s")] + ["fold", "folds", "k"])
+                                                                         "heartbeat_s", "init_from")]
+                     + ["fold", "folds", "k"])
     assert msg == (f"{p}:11: job 'egnn': field 'config.batchsize': unknown field (did you mean 'batch_size'?); "
                    f"expected one of: {', '.join(allowed)}")
     p, msg = error(TRAIN + "    config: {heartbeat_s: 5}\n")
@@ -184,6 +185,39 @@ def test_bad_config_value_is_reported_at_its_line(error):
     p, msg = error(TRAIN + "    config: {split: 'kfold:5:7'}\n")
     assert msg == (f"{p}:9: job 'egnn': field 'config.split': "
                    "expected 'kfold:K:FOLD' with K >= 2 and 0 <= FOLD < K, got 'kfold:5:7'")
+
+
+TUNE = """  - name: tune
+    kind: train
+    model: egnn
+    init_from: egnn
+    dataset: kaggle-train-f16
+    config: {time_budget: auto, init_partial: true}
+    platforms: [local]
+"""
+
+
+def test_fine_tuning_and_time_budgets_in_a_plan(spec):
+    _, s = spec(TRAIN + "    config: {time_budget: 2h30m}\n" + TUNE)
+    egnn, tune = s.job("egnn"), s.job("tune")
+    assert egnn.params["config"]["time_budget"] == 9000 and "time_budget=9000.0" in egnn.argv
+    assert tune.after == ["egnn"] and "time_budget=auto" in tune.argv
+    i = tune.argv.index("--init-from")
+    assert tune.argv[i + 1] == egnn.outputs["run"] and "init_partial=true" in tune.argv
+
+
+def test_fine_tuning_and_time_budget_errors(error):
+    p, msg = error(TRAIN + TUNE.replace("init_from: egnn", "init_from: egn"))
+    assert msg == (f"{p}:12: job 'tune': field 'init_from': unknown job 'egn' (did you mean 'egnn'?); "
+                   "expected one of: egnn, tune, or a run URL or a .pt file URL")
+    p, msg = error(TRAIN + TUNE.replace("time_budget: auto", "time_budget: 3 parsecs"))
+    assert msg == (f"{p}:14: job 'tune': field 'config.time_budget': "
+                   "expected a duration like 90s, 45m, 1.5h or 2h30m, got '3 parsecs'")
+    p, msg = error(TRAIN + TUNE.replace("    init_from: egnn\n", ""))
+    assert msg == f"{p}:13: job 'tune': field 'config.init_partial': init_partial needs init_from on the job " \
+                  "(a train job or a run URL)"
+    p, msg = error(TRAIN + "    config: {init_from: 's3://b/runs/x'}\n")
+    assert msg == f"{p}:9: job 'egnn': field 'config.init_from': set init_from on the job, not in config"
 
 
 def test_after_names_a_missing_job(error):
@@ -494,3 +528,17 @@ def test_whether_the_plan_set_stall_s_is_remembered(spec):
     old = egnn.to_dict()
     del old["limits"]["stall_set"]  # recorded by an earlier gwi
     assert Job.from_dict(old).limits.progress_stall_s is None
+
+
+def test_deadline_and_priorities(spec, error):
+    _, s = spec("deadline: 2099-01-01T00:00:00Z\ndefaults: {priority: 2}\n" + TRAIN.replace("name: day2\n", "")
+                + "    priority: 7\n" + TUNE)
+    assert s.deadline == 4070908800.0 and s.job("egnn").priority == 7 and s.job("tune").priority == 2
+    p, msg = error("deadline: 2020-01-01T00:00:00Z\n" + TRAIN.replace("name: day2\n", ""))
+    assert msg.startswith(f"{p}:1: field 'deadline': 2020-01-01T00:00:00+00:00 is in the past (now 20")
+    p, msg = error("deadline: 'next friday'\n" + TRAIN.replace("name: day2\n", ""))
+    assert msg == f"{p}:1: field 'deadline': expected an ISO time with a zone like 2026-12-09T18:00:00Z, got 'next friday'"
+    p, msg = error("deadline: '2099-01-01T00:00:00'\n" + TRAIN.replace("name: day2\n", ""))
+    assert "expected an ISO time with a zone (Z or +01:00)" in msg
+    p, msg = error(TRAIN + "    priority: high\n")
+    assert msg == f"{p}:9: job 'egnn': field 'priority': expected an integer, got a string ('high')"

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "gwi"
-HEAVY = ("torch", "torch_geometric", "e3nn", "deepwave", "matplotlib")
+HEAVY = ("torch", "torch_geometric", "e3nn", "deepwave", "matplotlib", "optuna")
 MAX_LINES = 80
 
 

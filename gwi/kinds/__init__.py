@@ -14,5 +14,7 @@ from . import synth  # noqa: E402,F401
 from . import train  # noqa: E402,F401
 from . import ensemble  # noqa: E402,F401
 from . import predict  # noqa: E402,F401
+from . import evaluate  # noqa: E402,F401
+from . import sweep  # noqa: E402,F401
 
 __all__ = ["JobKind", "Plan", "Ref", "get", "names", "register", "unregister"]

@@ -75,6 +75,8 @@ class JobKind:
     # a job of this kind using every field, named after the kind, that may name the other kinds'
     # examples as jobs: documentation, and what the tests build every kind's command from
     example: ClassVar[dict]
+    # run by the scheduler itself, not launched on a platform (a sweep starts train jobs of its own)
+    controller: ClassVar[bool] = False
 
     def check_defaults(self, c: Fields) -> None:
         """Check the ``defaults:`` keys this kind reads, where they are written."""

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 from .. import config as train_config
+from ..budget import parse_duration
 from ..models import registry
 from ..runs import Run
 from ..yamlfile import Fields, closest, entries, node_at
-from .base import JobKind, Plan, check_split, dataset_ref, register, scalar
+from .base import JobKind, Plan, Ref, check_split, dataset_ref, register, scalar
 
 # TrainConfig fields that are not config: the job says them, or the plan derives them
-NOT_CONFIG = ("model", "dataset", "run", "preset", "heartbeat_s")
+NOT_CONFIG = ("model", "dataset", "run", "preset", "heartbeat_s", "init_from")
 SPLIT_KEYS = ("split", "fold", "folds", "k")
 DEFAULT_K = 5
 _YAML_KIND = {bool: "bool", int: "int", float: "number", str: "str", dict: "mapping", list: "str-list"}
@@ -31,9 +33,11 @@ def config_fields() -> list[str]:
 @register
 class Train(JobKind):
     name = "train"
-    fields = ("model", "preset", "dataset", "config")
+    fields = ("model", "preset", "dataset", "init_from", "config")
     default_fields = ("dataset", "preset", "precision", "config")
     inherits = ("dataset", "preset")
+    # fine-tuning: start from another train job's run (its latest checkpoint when this job starts)
+    refs = (Ref("init_from", "train", "run", "a run URL or a .pt file URL", many=False),)
     reads = ("dataset",)
     example = {"model": "inversionnet", "preset": "tiny", "dataset": "example-data",
                "config": {"epochs": 2, "lr": 1.0e-5, "ema": 0.99, "folds": [0, 1], "k": 4,
@@ -58,18 +62,22 @@ class Train(JobKind):
         dataset = plan.dataset_url(dataset_ref(c, "dataset"))
         cc = self._merged_config(c, own, plan)
         config = self._settings(cc)
+        init_from = c.get("init_from", "str", None)
+        if config.get("init_partial") and not init_from:
+            raise cc.error("init_partial", "init_partial needs init_from on the job (a train job or a run URL)")
         out = []
         for suffix, split in _splits(cc):
             job_cfg = dict(config) if split is None else {**config, "split": split}
             try:
-                train_config.TrainConfig(model=model, dataset=dataset, run="", preset=preset,
+                train_config.TrainConfig(model=model, dataset=dataset, run="", preset=preset, init_from=init_from or "",
                                          **job_cfg).validate()
             except ValueError as e:
                 key, _, why = str(e).partition(": ")
                 if key in cc.node:
                     raise cc.error(key, why) from None
                 raise c.error("config", str(e)) from None
-            out.append((suffix, {"model": model, "preset": preset, "dataset": dataset, "config": job_cfg}))
+            out.append((suffix, {"model": model, "preset": preset, "dataset": dataset, "config": job_cfg,
+                                 **({"init_from": init_from} if init_from else {})}))
         return out
 
     @staticmethod
@@ -78,7 +86,8 @@ class Train(JobKind):
         own_cfg = own.sub("config")
         for k in own_cfg.node:
             if k in NOT_CONFIG and k not in ("model", "dataset", "run"):
-                raise own_cfg.error(k, f"set {k} on the job (or in defaults), not in config")
+                where = "on the job" if k == "init_from" else "on the job (or in defaults)"
+                raise own_cfg.error(k, f"set {k} {where}, not in config")
         own_cfg.only(config_fields())
         raw, defaults = own.node, plan.defaults
         # a job that chooses its own split replaces the default one instead of mixing with it
@@ -99,6 +108,12 @@ class Train(JobKind):
         for k in cc.node:
             if k in SPLIT_KEYS:
                 continue
+            if k == "time_budget":  # 2h30m, 45m, 90s, seconds, or auto (the attempt's time limit)
+                try:
+                    config[k] = parse_duration(cc.node[k], allow_auto=True)
+                except ValueError as e:
+                    raise cc.error(k, str(e)) from None
+                continue
             kind = _YAML_KIND.get(type(defaults[k]), "any")
             v = cc.get(k, kind)
             if kind == "number":
@@ -117,11 +132,15 @@ class Train(JobKind):
     def argv(self, params: dict, run: Run, heartbeat_s: float) -> list[str]:
         argv = ["gwi", "train", "--model", params["model"], "--preset", params["preset"],
                 "--dataset", params["dataset"], "--run", run.url]
+        if params.get("init_from"):
+            argv += ["--init-from", params["init_from"]]
         settings = {**params["config"], "heartbeat_s": heartbeat_s}
         order = train_config.TrainConfig.field_names()
         for k in sorted(settings, key=order.index):
             if k == "model_args":
                 argv += [a for mk, mv in settings[k].items() for a in ("--set", f"model.{mk}={scalar(mv)}")]
+            elif k == "time_budget" and math.isinf(settings[k]):
+                argv += ["--set", "time_budget=auto"]
             else:
                 argv += ["--set", f"{k}={scalar(settings[k])}"]
         return argv

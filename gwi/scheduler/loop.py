@@ -36,12 +36,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..adapters.base import LaunchRequest, PlatformError, Profile, State
+from ..budget import ENV_LIMIT
 from ..errors import GwiError, StoreError
 from ..progress import ENV_ATTEMPT, ENV_INTERVAL, ENV_URL
 from ..runs import CANCEL, LATEST, Run, run_url
 from ..spec import Job, Spec
 from ..store import split_url
-from . import judge, policy
+from . import judge, policy, sweeps
+from .. import kinds
 from .calls import Calls
 from .judge import Attempt
 from .lifecycle import (
@@ -137,7 +139,7 @@ class Scheduler(View):
         it is (running, done or waiting); a failed or cancelled one is queued again."""
         now = self.clock()
         with self.state.tx() as st:
-            st.save_spec(spec.name, spec.path, spec.sha256, spec.store, now)
+            st.save_spec(spec.name, spec.path, spec.sha256, spec.store, now, spec.deadline)
             return [self._submit_job(spec, pos, job, now) for pos, job in enumerate(spec.jobs)]
 
     def _submit_job(self, spec: Spec, pos: int, job: Job, now: float) -> str:
@@ -175,9 +177,14 @@ class Scheduler(View):
             for row in self.state.attempts_to_clean():
                 self._isolated(row["job_id"], row["id"], self._retry_cleanup, row)
             self._promote()
+            self._meet_deadlines()
+            for row in self.state.jobs_in(QUEUED) + self.state.jobs_in(RUNNING):
+                if kinds.get(row["kind"]).controller:  # a sweep: run here, its trials are ordinary jobs
+                    self._isolated(row["id"], None, sweeps.advance, self, row)
             if launch:
                 for row in self.state.jobs_in(QUEUED):
-                    self._place(row)
+                    if not kinds.get(row["kind"]).controller:
+                        self._place(row)
                 self._promote()  # jobs that just failed for want of a platform fail their dependents now
             self.state.set_last_reconcile(self.clock())
             self._backup_if_due()
@@ -396,6 +403,32 @@ class Scheduler(View):
                     st.update_job(row["id"], state=QUEUED, updated_at=now)
                     st.event(row["id"], "queued", why)
 
+    def _meet_deadlines(self) -> None:
+        """Plans with a deadline that cannot hold: shrink the budgets of their least important jobs, then
+        drop the least important (``policy.meet_deadline``). Only jobs not yet launched are changed; a
+        budget goes back to none when it is no longer needed."""
+        for spec, deadline in self.state.deadlines():
+            rows = {r["name"]: r for r in self.state.jobs(spec)}
+            _, plan = self.deadline_plan(spec, [self.job_def(r) for r in rows.values()], deadline)
+            now = self.clock()
+            with self.state.tx() as st:
+                for name, why in plan.dropped.items():
+                    r = rows[name]
+                    if r["state"] in (WAITING, QUEUED):
+                        st.update_job(r["id"], state=CANCELLED, reason=why, updated_at=now, finished_at=now)
+                        st.event(r["id"], "dropped", why)
+                for name, r in rows.items():
+                    if r["state"] not in (WAITING, QUEUED) or name in plan.dropped:
+                        continue
+                    new, old = plan.budgets.get(name), r["budget_hours"]
+                    if new is None and old is not None:
+                        st.update_job(r["id"], budget_hours=None)
+                        st.event(r["id"], "budget", "the deadline holds again: its own time budget")
+                    elif new is not None and (old is None or abs(new - old) > 0.01 * old):
+                        st.update_job(r["id"], budget_hours=new)
+                        st.event(r["id"], "budget", f"time budget cut to {new:.2f} h so the plan ends by its "
+                                                    f"deadline (priority {self.job_def(r).priority})")
+
     def _place(self, row) -> None:
         # a launch refused at once (no capacity there) moves on to the next platform now
         for _ in range(len(self.job_def(row).platforms) * 4):
@@ -451,8 +484,9 @@ class Scheduler(View):
             st.insert_attempt(aid, job_id=row["id"], n=n, platform=pick.platform, state=State.PENDING.value,
                               heartbeat_url=Run(self._run_url(row, job)).attempt_heartbeat_url(n),
                               launched_at=self.clock(), usd_per_hour=prof.usd_per_hour,
-                              hours_limit=policy.hours_limit(prof, job.limits.max_hours, hours_used, week,
-                                                            job.limits.max_cost_usd, dollars_used),
+                              hours_limit=_cap(policy.hours_limit(prof, job.limits.max_hours, hours_used, week,
+                                                                 job.limits.max_cost_usd, dollars_used),
+                                               row["budget_hours"]),
                               resumed_from_step=resume, generation=row["generation"])
             st.update_job(row["id"], state=RUNNING, reason=f"on {pick.platform}", updated_at=self.clock())
             st.event(row["id"], "assigned", f"attempt {n} -> {pick.platform} ({pick.why})", aid)
@@ -497,7 +531,9 @@ class Scheduler(View):
     def _launch(self, job_row, job: Job, att: Attempt) -> None:
         req = LaunchRequest(
             attempt_id=att.id, job=job_row["id"], kind=job.kind, argv=list(job.argv),
-            env={ENV_ATTEMPT: att.id, ENV_URL: att.heartbeat_url, ENV_INTERVAL: str(job.heartbeat_s)},
+            env={ENV_ATTEMPT: att.id, ENV_URL: att.heartbeat_url, ENV_INTERVAL: str(job.heartbeat_s),
+                 # a train job's time_budget fits inside the attempt's limit (gwi.budget)
+                 **({ENV_LIMIT: f"{att.hours_limit * 3600:.0f}"} if att.hours_limit is not None else {})},
             store_url=self.state.spec_store(job_row["spec"]), heartbeat_url=att.heartbeat_url,
             workdir=str(self.home / "attempts" / att.id), gpus=job.resources.gpus, hours_limit=att.hours_limit,
             scrub_env=tuple(sorted(self._other_secrets(att.platform))))
@@ -521,21 +557,26 @@ class Scheduler(View):
 
     # -- user actions -------------------------------------------------------------------------------
 
-    def cancel(self, job_id: str) -> str:
+    def cancel(self, job_id: str, reason: str = "cancelled by user") -> str:
         with self.lock():
             row = self.state.job(job_id)
             if row["state"] in JOB_TERMINAL:
                 return f"{job_id} already {row['state']}"
             with self.state.tx() as st:
-                st.update_job(job_id, state=CANCELLED, reason="cancelled by user", updated_at=self.clock(),
+                st.update_job(job_id, state=CANCELLED, reason=reason, updated_at=self.clock(),
                               finished_at=self.clock())
-                st.event(job_id, "cancelled", "by user")
+                st.event(job_id, "cancelled", reason.removeprefix("cancelled "))
             msgs = [f"{job_id} cancelled"]
+            if kinds.get(row["kind"]).controller:  # a sweep's trials go with it
+                prefix = f"{row['name']}-t"
+                msgs += [self.cancel(r["id"], reason=f"cancelled with sweep {row['name']}")
+                         for r in self.state.jobs(row["spec"])
+                         if r["name"].startswith(prefix) and r["state"] not in JOB_TERMINAL]
             for att in map(Attempt.of, self.state.active_attempts(job_id)):
                 err, cleanup = self._stop(att)
                 with self.state.tx() as st:
                     st.update_attempt(att.id, state=State.CANCELLED.value, ended_at=self.clock(),
-                                      end_reason="cancelled by user", cleanup=cleanup)
+                                      end_reason=reason, cleanup=cleanup)
                 msgs.append(f"attempt {att.n} on {att.platform} stopped" if err is None else
                             f"stopping attempt {att.n} on {att.platform} failed: {self._stop_note(err)}")
             return "; ".join(msgs)
@@ -547,3 +588,8 @@ class Scheduler(View):
         if not a["handle"]:
             return dict(a), ""
         return dict(a), self.ask(a["platform"], ("logs", a["id"]), "logs", json.loads(a["handle"]), tail)
+
+
+def _cap(limit: float | None, budget_hours: float | None) -> float | None:
+    """An attempt's hour limit, no more than the budget a deadline left its job."""
+    return limit if budget_hours is None else budget_hours if limit is None else min(limit, budget_hours)

@@ -35,7 +35,7 @@ from pathlib import Path
 from ..errors import GwiError
 from .lifecycle import ACTIVE, JOB_TERMINAL
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 APPLICATION_ID = 0x67776901  # "gw", "i", 1: marks the file as gwi's state (PRAGMA application_id)
 BACKUP_SUFFIX = ".bak"
 # what each version adds to the one before (v1 is _SCHEMA without these columns)
@@ -46,6 +46,9 @@ _MIGRATIONS = {
     # an attempt ended by the store's outage counts no try; its job waits until not_before
     3: ["ALTER TABLE attempts ADD COLUMN blameless INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE jobs ADD COLUMN not_before REAL"],
+    # a plan's deadline; the hours a job may take, shrunk to meet it (caps its attempts' hour limit)
+    4: ["ALTER TABLE specs ADD COLUMN deadline REAL",
+        "ALTER TABLE jobs ADD COLUMN budget_hours REAL"],
 }
 
 _SCHEMA = """
@@ -75,7 +78,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 # the columns an update may set: names are spliced into SQL, so only these are accepted
-_JOB_COLUMNS = frozenset({"state", "reason", "definition", "position", "updated_at", "finished_at", "not_before"})
+_JOB_COLUMNS = frozenset({"state", "reason", "definition", "position", "updated_at", "finished_at", "not_before",
+                          "budget_hours"})
 _ATTEMPT_COLUMNS = frozenset({
     "job_id", "n", "platform", "state", "handle", "heartbeat_url", "launched_at", "started_at", "ended_at",
     "end_reason", "exit_code", "usd_per_hour", "hours_limit", "cost_limit", "progress", "beat_key", "beat_seen_at",
@@ -254,11 +258,19 @@ class StateDB:
 
     # -- specs ------------------------------------------------------------------------------------
 
-    def save_spec(self, name: str, path: str, sha256: str, store: str, now: float) -> None:
-        self.db.execute("INSERT INTO specs(name, path, sha256, store, dispatched_at) VALUES (?,?,?,?,?) "
+    def save_spec(self, name: str, path: str, sha256: str, store: str, now: float,
+                  deadline: float | None = None) -> None:
+        self.db.execute("INSERT INTO specs(name, path, sha256, store, dispatched_at, deadline) VALUES (?,?,?,?,?,?) "
                         "ON CONFLICT(name) DO UPDATE SET path=excluded.path, sha256=excluded.sha256, "
-                        "store=excluded.store, dispatched_at=excluded.dispatched_at",
-                        (name, path, sha256, store, now))
+                        "store=excluded.store, dispatched_at=excluded.dispatched_at, deadline=excluded.deadline",
+                        (name, path, sha256, store, now, deadline))
+
+    def deadlines(self) -> list[tuple[str, float]]:
+        """(spec, deadline) of the specs that have one and jobs not finished."""
+        return [(r["name"], r["deadline"]) for r in self.db.execute(
+            "SELECT s.name, s.deadline FROM specs s WHERE s.deadline IS NOT NULL AND EXISTS "
+            "(SELECT 1 FROM jobs j WHERE j.spec = s.name AND j.state IN ('waiting', 'queued', 'running')) "
+            "ORDER BY s.name").fetchall()]
 
     def spec_store(self, name: str) -> str | None:
         row = self.db.execute("SELECT store FROM specs WHERE name=?", (name,)).fetchone()

@@ -9,6 +9,7 @@ look while a dispatcher works. The :class:`~gwi.scheduler.loop.Scheduler` is a V
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -146,6 +147,43 @@ class View:
         now = self.clock()
         return {job_id: policy.spend(rows, now) for job_id, rows in by_job.items()}
 
+    # -- the deadline -------------------------------------------------------------------------------
+
+    def deadline_work(self, spec: str, jobs: list[Job]) -> list[policy.Work]:
+        """A spec's unfinished jobs as the deadline planner sees them (see ``policy.meet_deadline``);
+        platforms without a profile or with credentials missing are left out."""
+        now = self.clock()
+        latest = self.latest_attempts()
+        states = {j.name: (r["state"] if (r := self.state.job(f"{spec}/{j.name}")) is not None else None)
+                  for j in jobs}
+        done = {n for n, st in states.items() if st in ("succeeded", "failed", "cancelled")}
+        out = []
+        for job in jobs:
+            if job.name in done:
+                continue
+            a = latest.get(f"{spec}/{job.name}")
+            running = a is not None and a["state"] in ("pending", "running")
+            hours, shrinkable, guessed = _hours_left(job, a, running, now, self.profiles)
+            usable = tuple(p for p in job.platforms
+                           if p in self.profiles and not self.profiles[p].missing_credentials())
+            out.append(policy.Work(job.name, job.priority, usable, hours,
+                                   after=tuple(x for x in job.after if x not in done), shrinkable=shrinkable,
+                                   running_on=a["platform"] if running else None, guessed=guessed))
+        return out
+
+    def capacity(self) -> dict[str, policy.Capacity]:
+        out = {}
+        for name, p in self.profiles.items():
+            left = None
+            if p.quota_hours_per_week is not None:
+                left = max(0.0, p.quota_hours_per_week - self.usage(name)["hours_week"])
+            out[name] = policy.Capacity(name, p.capacity, left)
+        return out
+
+    def deadline_plan(self, spec: str, jobs: list[Job], deadline: float) -> tuple[list[policy.Work], policy.DeadlinePlan]:
+        work = self.deadline_work(spec, jobs)
+        return work, policy.meet_deadline(work, self.capacity(), (deadline - self.clock()) / 3600)
+
     # -- placement --------------------------------------------------------------------------------
 
     def choices(self, job_id: str, job: Job, spec_store: str | None = None) -> list[policy.Choice]:
@@ -176,6 +214,40 @@ class View:
             return policy.Platform(name, prof, tries, why_not)
         use = self.usage(name)
         return policy.Platform(name, prof, tries, None, use["hours_week"], use["active"])
+
+
+# -- the deadline -----------------------------------------------------------------------------------
+
+def _hours_left(job: Job, latest, running: bool, now: float, profiles: dict) -> tuple[float, bool, bool]:
+    """(hours a job still needs, whether its budget may shrink, whether that is a guess): a running
+    attempt's ETA or what its hour limit leaves; a time budget (with the attempt's start-up margin);
+    an earlier attempt's ETA; else a guess per kind, never over the job's max_hours."""
+    prog = json.loads(latest["progress"]) if latest is not None and latest["progress"] else {}
+    if job.kind == "sweep":  # its trials, ``parallel`` at a time (run or not: a sweep is not shrunk)
+        tb = job.params["config"].get("time_budget") or 0.0
+        sized = 0 < tb < math.inf
+        rounds = math.ceil(job.params["trials"] / job.params["parallel"])
+        return rounds * (tb / 3600 if sized else policy.GUESS_HOURS["train"]), False, not sized
+    budget = (job.params.get("config") or {}).get("time_budget") if job.kind == "train" else None
+    # the attempt's limit that leaves a budget inside it (budget.attempt_budget_s's inverse)
+    budget_h = max(budget + 120.0, budget / 0.95) / 3600 if budget and not math.isinf(budget) else None
+    if running:
+        elapsed = (now - latest["launched_at"]) / 3600
+        if prog.get("eta_s") is not None:
+            return prog["eta_s"] / 3600, False, False
+        if latest["hours_limit"] is not None or budget_h is not None:
+            return max(0.0, min(h for h in (latest["hours_limit"], budget_h) if h is not None) - elapsed), False, False
+        return max(0.1, policy.GUESS_HOURS.get(job.kind, 1.0) - elapsed), False, True
+    if budget_h is not None:
+        return budget_h, True, False
+    caps = [h for h in (job.limits.max_hours, *[getattr(profiles.get(p), "session_hours", None) for p in job.platforms[:1]])
+            if h is not None]
+    if budget:  # auto: the attempt's limit
+        return (min(caps) if caps else policy.GUESS_HOURS["train"]), True, not caps
+    if prog.get("eta_s") is not None:
+        return prog["eta_s"] / 3600, False, False
+    guess = policy.GUESS_HOURS.get(job.kind, 1.0)
+    return (guess if job.limits.max_hours is None else min(guess, job.limits.max_hours)), False, True
 
 
 def open_view(home: str | Path | None = None, profiles: dict[str, Profile] | None = None) -> View:
