@@ -49,8 +49,10 @@ def format_duration(secs: float) -> str:
 
 
 # steps run before sizing: the first pays one-off costs (allocation, cudnn autotuning, compilation)
-# and is not timed; the rest give the step time
+# and is not timed; the rest give the step time. A fresh run's probe steps run at lr 0, so they are
+# few; a resumed run's are ordinary steps of its schedule, so it measures longer and more surely
 PROBE_STEPS = 3
+RESUME_PROBE_STEPS = 10
 # a checkpoint and a validation at least this often, so a platform that dies loses little
 MAX_INTERVAL_S = 900.0
 # a re-measured step time within this fraction of the planned one keeps a resumed schedule as it is

@@ -433,6 +433,7 @@ class Clock:
     planned_step_s: float | None = None  # the step time the resumed schedule was sized with
     costs: budget.Costs | None = None
     probe_from: int = 0  # the step the loop began at in this process
+    probe_steps: int = budget.PROBE_STEPS  # steps timed before sizing (more when resuming)
     probe_t: float = 0.0  # when the probe's first (untimed) step ended
     every: int = 0  # steps between periodic validation + checkpoint; 0 until sized
     mark_t: float = 0.0  # the end of the last measurement (probe or periodic event)
@@ -665,7 +666,7 @@ def resume(s: State) -> None:
     if was:  # sized by a budget: the schedule goes on; a budget now re-measures and re-sizes what is left
         s.total, s.budgeted, s.budget_record = sched.total, True, was
         if s.clock is not None:
-            s.clock.fresh, s.clock.planned_step_s, s.clock.every = False, was.get("step_s"), was.get("every", 0)
+            s.clock.fresh, s.clock.planned_step_s = False, was.get("step_s")
     elif s.clock is not None:  # a budget for a run sized by epochs: the rest is sized after measuring
         s.clock.fresh = False
     elif sched.total != s.total:  # more (or fewer) epochs than the checkpoint's run: the same lr now, a new end
@@ -760,6 +761,7 @@ def run_epochs(s: State) -> dict:
     s.t_loop, s.start_step = time.time(), s.step
     if s.clock is not None:
         s.clock.probe_from = s.step
+        s.clock.probe_steps = budget.PROBE_STEPS if s.clock.fresh else budget.RESUME_PROBE_STEPS
     val = {}
     loader, sampler = make_loader(s.data.ds, cfg.workers, s.device, s.d.world)
     try:
@@ -807,15 +809,16 @@ def on_the_clock(s: State) -> dict | None:
     cost. Returns the validation when there was one."""
     c = s.clock
     done = s.step - c.probe_from
-    if done == 1 or done == budget.PROBE_STEPS:
+    probe = c.probe_steps
+    if done == 1 or done == probe:
         read_loss(s)  # waits for the device: the times below are the steps' own
     if done == 1:  # the first step pays one-off costs (autotuning, compilation): not timed
         c.probe_t = time.perf_counter()
-    if done == budget.PROBE_STEPS:
-        step_s = (time.perf_counter() - c.probe_t) / (budget.PROBE_STEPS - 1)
-        size_to_budget(s, step_s)
+    if done == probe:
+        step_s = (time.perf_counter() - c.probe_t) / (probe - 1)
+        size_to_budget(s, step_s, probe)
         c.mark_t, c.mark_step = time.perf_counter(), s.step
-    elif c.every and done > budget.PROBE_STEPS and (s.step - c.mark_step) % c.every == 0 and s.step < s.total:
+    elif c.every and done > probe and (s.step - c.mark_step) % c.every == 0 and s.step < s.total:
         read_loss(s)
         step_s = (time.perf_counter() - c.mark_t) / (s.step - c.mark_step)
         t0 = time.perf_counter()
@@ -845,7 +848,7 @@ def decide(s: State, f: Callable[[], object]):
     return buf[0]
 
 
-def size_to_budget(s: State, step_s: float) -> None:
+def size_to_budget(s: State, step_s: float, probe: int) -> None:
     """The schedule sized from the measured step time: a fresh run's whole schedule (refused when the
     budget cannot hold even a few steps, a validation and a checkpoint), a resumed run's remaining part
     (kept as it was when the step time is like the planned one and it still fits)."""
@@ -864,7 +867,7 @@ def size_to_budget(s: State, step_s: float) -> None:
             need = budget.minimum_s(c.spent, c.costs)
             if c.budget_s < need:
                 return (f"time_budget: {fmt(c.budget_s)} is shorter than the minimum measured here, {fmt(need)}: "
-                        f"start-up {fmt(c.spent)}, {budget.PROBE_STEPS} steps of {step_s:.3g} s, a validation "
+                        f"start-up {fmt(c.spent)}, {probe} steps of {step_s:.3g} s, a validation "
                         f"~{c.costs.val_s:.3g} s, a checkpoint ~{c.costs.publish_s:.3g} s and a margin")
         if c.fresh or not c.planned_step_s:
             return budget.steps_that_fit(remaining, c.costs, c.every_s)
@@ -897,7 +900,7 @@ def size_to_budget(s: State, step_s: float) -> None:
         s.say(f"time budget {fmt(c.budget_s)}: the remaining {s.total - s.step} steps planned at "
               f"{c.planned_step_s or float('nan'):.3g} s/step re-sized to {total - s.step} at {step_s:.3g} s/step")
         s.optim.schedule.resize(s.step, total)
-        s.total, c.sized_here = total, True
+        s.total = total  # still the plan's time: later checkpoints keep it, they do not fill this budget
     else:
         s.say(f"time budget {fmt(c.budget_s)}: the remaining {s.total - s.step} steps fit "
               f"({step_s:.3g} s/step here); the schedule goes on unchanged")

@@ -91,7 +91,7 @@ def dataset(tmp_path_factory):
     return f"file://{root}/datasets/s"
 
 
-def gwi_train(dataset, run_dir: Path, budget_text: str, cache: Path):
+def gwi_train(dataset, run_dir: Path, budget_text: str, cache: Path, env: dict | None = None):
     """A real ``gwi train --time-budget`` (tiny model, CPU, one thread) and its output in a file."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     log = open(run_dir.parent / f"{run_dir.name}-{cache.name}.log", "w")
@@ -99,7 +99,8 @@ def gwi_train(dataset, run_dir: Path, budget_text: str, cache: Path):
         [sys.executable, "-m", "gwi", "train", "--model", "inversionnet", "--preset", "tiny", "--dataset", dataset,
          "--run", f"file://{run_dir}", "--time-budget", budget_text, "--batch-size", "4", "--heartbeat-s", "0.5",
          "--device", "cpu", "--set", "split=kfold:4:0"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1", "GWI_CACHE": str(cache)})
+        stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "GWI_CACHE": str(cache), **(env or {})})
     proc.log = Path(log.name)
     return proc
 
@@ -172,3 +173,9 @@ def test_a_budget_below_the_measured_minimum_is_refused(dataset, tmp_path):
     assert proc.wait(timeout=90) != 0
     out = proc.log.read_text()
     assert "time_budget: 1s is shorter than the minimum measured here" in out and "start-up" in out, out[-2000:]
+    # auto: the attempt's time limit (set by the scheduler) less its start-up margin of 2 min
+    proc = gwi_train(dataset, tmp_path / "runs" / "auto", "auto", tmp_path / "cache", env={"GWI_TIME_LIMIT_S": "125"})
+    assert proc.wait(timeout=90) != 0
+    out = proc.log.read_text()
+    assert "time budget: 5s (asked auto, this attempt's time limit 2m5s)" in out, out[-2000:]
+    assert "time_budget: 5s is shorter than the minimum measured here" in out

@@ -81,10 +81,14 @@ def test_evaluate_matches_a_hand_computation(trained, tmp_path, capsys):
     assert [w["index"] for w in rep["worst"]] == list(np.argsort(-per_sample)[:3])
 
 
-def test_evaluate_defaults_to_the_runs_validation_fold_and_prints_json(trained, capsys):
+def test_evaluate_defaults_to_the_runs_validation_fold_and_prints_json(trained, capsys, tmp_path, monkeypatch):
     ds_url, run = trained
+    # as a plan's job: its heartbeat carries the MAE, which gwi status shows
+    monkeypatch.setenv("GWI_HEARTBEAT", f"file://{tmp_path}/attempt/progress.json")
     assert main(["evaluate", "--checkpoint", run, "--dataset", ds_url, "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
+    beat = json.loads((tmp_path / "attempt" / "progress.json").read_text())
+    assert beat["state"] == "succeeded" and beat["val_mae"] == rep["metrics"]["overall"]["mae"]
     assert rep["split"] == "kfold:4:1" and rep["samples"] == 4 and rep["tta"] is True
     r2 = evaluate([run], ds_url, split="kfold:4:1", tta=True, log=lambda *_: None)
     assert r2["metrics"] == rep["metrics"]

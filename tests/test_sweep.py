@@ -35,7 +35,7 @@ jobs:
     space:
       lr: {{choice: [1.0e-6, 3.0e-3]}}
       batch_size: {{choice: [4, 8]}}
-    config: {{time_budget: 30s, split: "kfold:4:0"}}
+    config: {{time_budget: 30s, split: "kfold:4:0", ema: 0.0}}
     platforms: [local-a]
     heartbeat_s: 0.5
     limits: {{stall_s: 60}}

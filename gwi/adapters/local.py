@@ -19,6 +19,7 @@ network, and a ``file://`` store mounted at the same path.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -108,7 +109,16 @@ class LocalAdapter(Adapter):
         if existing:
             return self.record(work, existing)
         runtime = self.docker if self.runtime() == "docker" else self.process
-        return self.record(work, runtime.launch(req, work))
+        return self.record(work, runtime.launch(self._thread_share(req), work))
+
+    def _thread_share(self, req: LaunchRequest) -> LaunchRequest:
+        """Each of ``capacity`` jobs at once gets its share of this machine's cores as its OpenMP
+        threads (unless this machine sets OMP_NUM_THREADS itself): torch's default of every core per
+        process makes jobs sharing the cores run many times slower than their share."""
+        if "OMP_NUM_THREADS" in os.environ or "OMP_NUM_THREADS" in req.env:
+            return req
+        share = max(1, (os.cpu_count() or 1) // max(1, self.profile.capacity))
+        return dataclasses.replace(req, env={**req.env, "OMP_NUM_THREADS": str(share)})
 
     def query(self, handle: dict) -> Status:
         return self._of(handle).query(handle)
