@@ -247,7 +247,8 @@ def cmd_ensemble_fit(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from .evaluate import evaluate, table, write_report
+    from .evaluate import evaluate, table
+    from .models.ensemble import write_json
     from .store import staged_input, staged_output
 
     if bool(a.checkpoint) == bool(a.ensemble):
@@ -264,7 +265,7 @@ def cmd_evaluate(a) -> int:
         if a.plot:
             r["plot"] = a.plot
         if out:
-            write_report(out, r)
+            write_json(out, r)
     if a.json:
         print(json.dumps(r, indent=1))
         return 0

@@ -18,7 +18,6 @@ CRF, flip TTA.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -176,9 +175,3 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(path: str, report: dict) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".partial")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(p)

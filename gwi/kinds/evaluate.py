@@ -11,6 +11,7 @@ from ..runs import Run
 from ..yamlfile import Fields
 from .base import JobKind, Plan, Ref, check_split, dataset_ref, flags, optional, register
 from .ensemble import members
+from .predict import model_source
 
 CONFIG = ("split", "tta", "precision", "batch_size", "worst")
 _FLAGS = (("split", "--split"), ("precision", "--precision"), ("batch_size", "--batch-size"), ("worst", "--worst"))
@@ -54,12 +55,7 @@ class Evaluate(JobKind):
         return {"evaluation": run.evaluation_url, "plot": run.worst_url}
 
     def argv(self, params: dict, run: Run, heartbeat_s: float) -> list[str]:
-        argv = ["gwi", "evaluate"]
-        if "ensemble" in params:
-            argv += ["--ensemble", params["ensemble"]]
-        else:
-            for m in params["members"]:
-                argv += ["--checkpoint", m]
+        argv = ["gwi", "evaluate", *model_source(params)]
         argv += ["--dataset", params["dataset"], "--tta", params["config"]["tta"]]
         argv += flags(params["config"], _FLAGS)
         return argv + ["--out", run.evaluation_url, "--plot", run.worst_url]

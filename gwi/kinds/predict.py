@@ -51,12 +51,7 @@ class Predict(JobKind):
         return out
 
     def argv(self, params: dict, run: Run, heartbeat_s: float) -> list[str]:
-        argv = ["gwi", "predict"]
-        if "ensemble" in params:
-            argv += ["--ensemble", params["ensemble"]]
-        else:
-            for m in params["members"]:
-                argv += ["--checkpoint", m]
+        argv = ["gwi", "predict", *model_source(params)]
         argv += ["--test", params["test"], "--out", run.submission_url]
         argv += ["--tta", params["config"]["tta"]]
         argv += flags(params["config"], _FLAGS)
@@ -65,3 +60,10 @@ class Predict(JobKind):
         if params["plots"]:
             argv += ["--plots", run.plots_url]
         return argv
+
+
+def model_source(params: dict) -> list[str]:
+    """``--ensemble URL`` or ``--checkpoint RUN`` per member: what predicts, for predict and evaluate."""
+    if "ensemble" in params:
+        return ["--ensemble", params["ensemble"]]
+    return [a for m in params["members"] for a in ("--checkpoint", m)]

@@ -177,7 +177,7 @@ def fit(members: list[str], dataset: str, out: str, *, split: str | None = None,
         # fitted and scored on the same fold: optimistic, shown for comparison only
         report["val_mae_family_weights_in_sample"] = per_family_mae(
             mix_per_family(family_weights, preds, fams, ens), truth, fams)
-    _write_json(out, report)
+    write_json(out, report)
     if plots:
         ens_std = mix(weights, stds) if mc_samples > 1 else None
         write_plots(plots, final.numpy(), truth.numpy(), fams, None if ens_std is None else ens_std.numpy(),
@@ -241,7 +241,8 @@ def per_family_mae(p: torch.Tensor, truth: torch.Tensor, fams: np.ndarray) -> di
     return out
 
 
-def _write_json(out: str, obj: dict) -> None:
+def write_json(out: str, obj: dict) -> None:
+    """``obj`` as JSON at ``out``, written whole or not at all (a temp file renamed over it)."""
     out_p = Path(out)
     out_p.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_p.with_name(out_p.name + ".partial")

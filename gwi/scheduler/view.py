@@ -157,10 +157,11 @@ class View:
         states = {j.name: (r["state"] if (r := self.state.job(f"{spec}/{j.name}")) is not None else None)
                   for j in jobs}
         done = {n for n, st in states.items() if st in ("succeeded", "failed", "cancelled")}
+        sweeps = [j.name for j in jobs if j.kind == "sweep"]
         out = []
         for job in jobs:
-            if job.name in done:
-                continue
+            if job.name in done or any(_is_trial(job.name, sw) for sw in sweeps):
+                continue  # a sweep's trials are in its own estimate, and only it starts or stops them
             a = latest.get(f"{spec}/{job.name}")
             running = a is not None and a["state"] in ("pending", "running")
             hours, shrinkable, guessed = _hours_left(job, a, running, now, self.profiles)
@@ -248,6 +249,10 @@ def _hours_left(job: Job, latest, running: bool, now: float, profiles: dict) -> 
         return prog["eta_s"] / 3600, False, False
     guess = policy.GUESS_HOURS.get(job.kind, 1.0)
     return (guess if job.limits.max_hours is None else min(guess, job.limits.max_hours)), False, True
+
+
+def _is_trial(name: str, sweep: str) -> bool:
+    return name.startswith(f"{sweep}-t") and name[len(sweep) + 2:].isdigit()
 
 
 def open_view(home: str | Path | None = None, profiles: dict[str, Profile] | None = None) -> View:
