@@ -102,9 +102,11 @@ def test_six_trials_two_at_a_time_prune_and_report_the_best(tmp_path, plat, monk
         s.close()
     states = [t["state"] for t in r["trials"]]
     assert len(states) == 6 and set(states) == {"pruned", "complete"}, r["trials"]
-    # the seeded sampler draws lr 1e-6 for half the trials: they learn nothing, and only they are stopped
+    # the seeded sampler draws lr 1e-6 for about half the trials: they learn nothing and are stopped at
+    # the pruner's first rung (successive halving may stop a good one too: it keeps the better half)
     pruned = [t for t in r["trials"] if t["state"] == "pruned"]
-    assert all(t["params"]["lr"] == 1e-6 for t in pruned) and all(t["validations"] >= 1 for t in pruned)
+    assert any(t["params"]["lr"] == 1e-6 for t in pruned)
+    assert all(t["validations"] >= 3 for t in pruned), "no trial is pruned before the third validation"
     complete = [t for t in r["trials"] if t["state"] == "complete"]
     assert r["best"]["value"] == min(t["value"] for t in complete) and r["best"]["params"]["lr"] == 3e-3
     assert f"best t{r['best']['trial']}" in row["reason"] and "pruned" in row["reason"]
