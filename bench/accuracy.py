@@ -144,7 +144,7 @@ def parse_entry(text: str, preset: str) -> Entry:
 
 
 def dataset_names(families: list[str], samples: int, heldout: int) -> tuple[str, str]:
-    """Names that change with every setting synthesize() checks, so a cached set is never asked for
+    """Names that change with every setting synthesize(, backend="deepwave") checks, so a cached set is never asked for
     with other settings (which it refuses)."""
     tag = f"{zlib.crc32(','.join(families).encode()):08x}"
     return (f"acc-train-{tag}-{samples}-s{TRAIN_SEED}", f"acc-heldout-{tag}-{heldout}-s{HELDOUT_SEED}")
@@ -159,7 +159,7 @@ def make_data(data: Path, families: list[str], samples: int, heldout: int) -> tu
     for name, n, seed in ((train_name, samples, TRAIN_SEED), (held_name, heldout, HELDOUT_SEED)):
         if not (data / "datasets" / name / "manifest.json").is_file():
             log(f"data: synthesising {name}: {n} x {len(families)} families (deepwave, ~12 samples/s on 2 cores)")
-        synthesize(families, n, f"file://{data}", name, seed=seed, batch_size=16, progress=False, exist_ok=True)
+        synthesize(families, n, f"file://{data}", name, seed=seed, batch_size=16, progress=False, exist_ok=True, backend="deepwave")
     return f"file://{data}/datasets/{train_name}", data / "datasets" / held_name, time.perf_counter() - t
 
 

@@ -139,11 +139,13 @@ def bench_synth(cfg: Config, work: Path, device: str) -> list[Row]:
     import torch
 
     from gwi.data.layout import FAMILIES, N_RECEIVERS, NT, RECEIVER_Z, SOURCE_X, SOURCE_Z
-    from gwi.data.synth import ForwardModel, openfwi_ricker, synthesize, velocity_batch
+    from gwi import physics
+    from gwi.data.synth import synthesize, velocity_batch
+    from gwi.physics.openfwi import ricker
 
     b, ns = cfg.synth_batch, len(SOURCE_X)
     # the same wavelet gwi injects (negated, advanced one sample): it is data, not overhead
-    w = -np.concatenate([openfwi_ricker()[1:], [0.0]])
+    w = -np.concatenate([ricker(15.0, 1e-3, NT)[1:], [0.0]])
     wavelet = torch.tensor(w, dtype=torch.float32, device=device)
 
     def bare(v: np.ndarray):
@@ -158,13 +160,17 @@ def bench_synth(cfg: Config, work: Path, device: str) -> list[Row]:
             out = deepwave.scalar(vv, 10.0, 1e-3, source_amplitudes=amp, source_locations=src,
                                   receiver_locations=rec, accuracy=4, pml_width=20, pml_freq=15.0,
                                   courant_number=0.7, nt=1000,
-                                  # gwi pins max_vel (see ForwardModel); same argument, same work
+                                  # gwi pins max_vel (see gwi.physics.deepwave_backend); same argument, same work
                                   max_vel=4500.0)
         if device.startswith("cuda"):
             torch.cuda.synchronize()  # gwi's copy to numpy waits for the GPU; so must we
         return out.receiver_amplitudes
 
-    fm = ForwardModel(device)
+    dw = physics.backend("deepwave", device=device)
+
+    def fm(v: np.ndarray) -> np.ndarray:  # what synthesize does per batch
+        with torch.no_grad():
+            return dw(torch.from_numpy(v)).float().cpu().numpy()
 
     # warm-up, and a check that the two really compute the same thing
     log(f"synth: warm-up, batch {b} on {device}")
@@ -191,14 +197,14 @@ def bench_synth(cfg: Config, work: Path, device: str) -> list[Row]:
     def gwi_e2e(r: int) -> float:
         store = work / f"synth-store-{r}"
         t = timed(synthesize, [fam0], n, f"file://{store}", "bench-synth", batch_size=b, device=device,
-                  progress=False)
+                  progress=False, backend="deepwave")
         shutil.rmtree(store)
         return t
 
     t_e2e, t_e2e_bare = alternate(f"synth synthesize() {n} samples", cfg.synth_e2e_repeats, gwi_e2e,
                                   lambda r: timed(bare, v0))
     return [
-        make_row(f"synth: velocities + ForwardModel, batch {b}", "samples/s", b, b, t_gwi, t_bare,
+        make_row(f"synth: velocities + the deepwave backend, batch {b}", "samples/s", b, b, t_gwi, t_bare,
                  target=1 / 1.10, target_text="overhead <= 10%", show_overhead=True),
         make_row(f"synth: synthesize() end-to-end, {n} samples", "samples/s", n, b, t_e2e, t_e2e_bare,
                  show_overhead=True),

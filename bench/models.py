@@ -286,7 +286,7 @@ def bench_quality(names: list[str], cfg: Config, lr: float, work: Path, wait_s: 
     wait_idle(wait_s, "synth")
     log(f"quality: synthesizing {cfg.samples} samples x {len(FAMILIES)} families ({n}) into {store}")
     t = time.perf_counter()
-    manifest = synthesize(FAMILIES, cfg.samples, f"file://{store}", name, seed=SEED, batch_size=20, progress=False)
+    manifest = synthesize(FAMILIES, cfg.samples, f"file://{store}", name, seed=SEED, batch_size=20, progress=False, backend="deepwave")
     t_synth = time.perf_counter() - t
     log(f"quality: synthesized in {t_synth:.1f} s")
     ds = f"file://{store}/datasets/{name}"

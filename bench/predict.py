@@ -59,7 +59,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gwi-bench-predict-") as d:
         d = Path(d)
         os.environ["GWI_CACHE"] = str(d / "cache")
-        synthesize(["FlatVel_A"], 8, f"file://{d}/s", "b", batch_size=8, progress=False)
+        synthesize(["FlatVel_A"], 8, f"file://{d}/s", "b", batch_size=8, progress=False, backend="deepwave")
         runs = {}
         for n in names:
             runs[n] = run_url(f"file://{d}/s", "bench", n)

@@ -208,7 +208,7 @@ def main(argv: list[str]) -> int:
         from gwi.data.synth import synthesize
 
         log("replacement: synthesising a small dataset")
-        synthesize(["FlatVel_A"], 16, f"file://{work}/store", "d", seed=3, batch_size=16, progress=False)
+        synthesize(["FlatVel_A"], 16, f"file://{work}/store", "d", seed=3, batch_size=16, progress=False, backend="deepwave")
         for hb in ([5.0] if args.quick else [20.0, 5.0]):
             log(f"replacement: heartbeat {hb:g} s")
             rows.append(bench_replacement(work, hb, 2.0))

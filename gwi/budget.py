@@ -56,8 +56,10 @@ RESUME_PROBE_STEPS = 10
 # a checkpoint and a validation at least this often, so a platform that dies loses little
 MAX_INTERVAL_S = 900.0
 # a re-measured step time within this fraction of the planned one keeps a resumed schedule as it is
-# (a like machine continues exactly the same schedule)
-KEEP_WITHIN = 0.25
+# (a like machine continues exactly the same schedule). Half: the same machine measured 25% slower
+# after a resume on a shared CPU (a 3-step probe against a 10-step one), while a different class of
+# device (T4 against A100, CPU against GPU) differs by 2x or more
+KEEP_WITHIN = 0.5
 # the process that sized a schedule re-fits it to what is left of its budget at every checkpoint
 # (its first steps were a short measurement, its first checkpoint's cost a guess), unless the
 # change is smaller than this fraction of the steps left

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -11,6 +12,8 @@ from pathlib import Path
 
 from . import __version__
 from .errors import EXIT_STORE_UNAVAILABLE, GwiError
+from .physics import AUGMENT_OPS, BACKENDS, DEFAULT_BACKEND
+from .physics import OPTIMIZERS as REFINE_OPTIMIZERS
 
 
 _NUMERIC = re.compile(r"^[-+]?[\d.,]+(e[-+]?\d+)?[A-Za-z%/]*$|^-$")
@@ -87,7 +90,36 @@ def cmd_data_synth(a) -> int:
     out = a.out or default_store_url()
     families = [f for item in a.family for f in item.split(",") if f]
     m = synthesize(families, a.samples, out, a.name, seed=a.seed, batch_size=a.batch_size, device=a.device,
-                   shard_size=a.shard_size, overwrite=a.overwrite, exist_ok=a.exist_ok)
+                   shard_size=a.shard_size, overwrite=a.overwrite, exist_ok=a.exist_ok, backend=a.backend)
+    print(_summary(m, out.rstrip("/") + f"/datasets/{a.name}"))
+    return 0
+
+
+def cmd_data_augment(a) -> int:
+    from .data.augment import augment, parse_recipe
+    from .sharding import parse_shard
+    from .store import default_store_url
+
+    out = a.out or default_store_url()
+    m = augment(a.source, out, a.name, factor=a.factor, recipe=parse_recipe(a.recipe), seed=a.seed,
+                backend=a.backend, keep_source=a.keep_source, shard=parse_shard(a.shard), batch_size=a.batch_size,
+                device=a.device, shard_size=a.shard_size, overwrite=a.overwrite, exist_ok=a.exist_ok)
+    where = out.rstrip("/") + f"/datasets/{a.name}"
+    if a.shard:
+        n = parse_shard(a.shard)[1]
+        print(f"part {a.shard} of {where}: {m['num_samples']} samples; when all {n} parts are there: "
+              f"gwi data merge --out {out} --name {a.name} --parts {n}")
+    else:
+        print(_summary(m, where))
+    return 0
+
+
+def cmd_data_merge(a) -> int:
+    from .data.shards import merge_parts
+    from .store import default_store_url
+
+    out = a.out or default_store_url()
+    m = merge_parts(out, a.name, a.parts, overwrite=a.overwrite)
     print(_summary(m, out.rstrip("/") + f"/datasets/{a.name}"))
     return 0
 
@@ -212,6 +244,7 @@ def cmd_train(a) -> int:
 
 
 def cmd_predict(a) -> int:
+    from .sharding import parse_shard
     from .predict import predict
     from .store import staged_input, staged_output
 
@@ -219,13 +252,61 @@ def cmd_predict(a) -> int:
         raise GwiError("predict: give --checkpoint (one or more) or --ensemble FILE")
     # outputs given as store URLs are written locally and uploaded only when prediction succeeded
     with staged_input(a.ensemble) as ens, staged_output(a.out) as out, staged_output(a.uncertainty) as unc, \
-            staged_output(a.plots) as plots:
+            staged_output(a.plots) as plots, staged_output(a.misfit) as mis:
         r = predict(a.checkpoint or [], a.test, out, tta=a.tta == "flip", precision=a.precision, device=a.device,
                     batch_size=a.batch_size, skip_bad=a.skip_bad, ensemble=ens, uncertainty=unc,
-                    mc_samples=a.mc_samples, plots=plots, log=lambda m: print(m, file=sys.stderr, flush=True))
+                    mc_samples=a.mc_samples, plots=plots, misfit=mis, misfit_backend=a.misfit_backend,
+                    shard=parse_shard(a.shard), log=lambda m: print(m, file=sys.stderr, flush=True))
     bad = f", {len(r['bad'])} bad file(s) filled with the training mean" if r["bad"] else ""
     print(f"wrote {a.out}: {r['files']} test files, {r['rows']} rows in {r['seconds']:.1f} s "
           f"({r['files_per_s']:.1f} files/s){bad}")
+    return 0
+
+
+def cmd_refine(a) -> int:
+    from .budget import parse_duration
+    from .sharding import parse_shard
+    from .physics.refine import WORK_SUFFIXES, RefineConfig, refine
+
+    bands = tuple(float(b) for b in a.bands.split(",") if b.strip()) if a.bands else RefineConfig.bands
+    opts = {"nbc": a.nbc} if a.nbc is not None else {}
+    if opts and a.backend != "openfwi":
+        raise GwiError(f"refine: --nbc is an openfwi setting; the backend is {a.backend}")
+    cfg = RefineConfig(backend=a.backend, iterations=a.iterations, lr=a.lr, tv=a.tv, bands=bands,
+                       optimizer=a.optimizer, batch_size=a.batch_size, backend_options=opts, device=a.device,
+                       **({} if a.scale_range is None else {"scale_range": a.scale_range}),
+                       time_budget_s=parse_duration(a.time_budget) if a.time_budget else float("inf"))
+    only = None
+    if a.only:
+        only = [ln.strip() for ln in Path(a.only).read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    if a.worst is not None and a.rank is None:
+        raise GwiError("refine: --worst needs --rank MISFIT.csv (what gwi predict --misfit writes)")
+    from .store import resumable_output, staged_input
+
+    # a store URL as --out: the work files go up after every batch, so an attempt on another
+    # machine resumes where this one stopped
+    with staged_input(a.init) as init, staged_input(a.rank) as rank, \
+            resumable_output(a.out, WORK_SUFFIXES) as out:
+        r = refine(a.test, init, out.path, cfg, shard=parse_shard(a.shard), only=only, rank=rank,
+                   worst=1.0 if a.worst is None else a.worst, save=out.save,
+                   log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(f"wrote {a.out}: {r['refined']} of {r['chosen']} files refined ({r['files']} in the file); "
+          f"misfit per file in {a.out}.misfit.csv")
+    return 0 if r["stopped"] is None else 3
+
+
+def cmd_merge(a) -> int:
+    from .merge import merge
+
+    from .store import staged_input, staged_output
+
+    with contextlib.ExitStack() as stack:
+        parts = [stack.enter_context(staged_input(p)) for p in a.parts]
+        base = stack.enter_context(staged_input(a.base))
+        out = stack.enter_context(staged_output(a.out))
+        r = merge(parts, out, test=a.test, base=base, names=a.parts, base_name=a.base)
+    print(f"wrote {a.out}: {r['files']} files from {r['parts']} parts"
+          + (f", {r['from_base']} from {a.base}" if a.base else ""))
     return 0
 
 
@@ -749,6 +830,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_parsers(sub)
     _training_parsers(sub)
     _prediction_parsers(sub)
+    _physics_parsers(sub)
     _dispatch_parsers(sub)
     _job_parsers(sub)
     _kaggle_parsers(sub)
@@ -777,17 +859,42 @@ def _data_parsers(sub) -> None:
                    help="allowed excursion outside 1500-4500 m/s (default 1)")
     q.set_defaults(fn=cmd_data_prep)
 
-    q = dsub.add_parser("synth", help="generate OpenFWI-style families with the deepwave forward model")
+    q = dsub.add_parser("synth", help="generate OpenFWI-style families and forward-model them")
     q.add_argument("--family", action="append", required=True,
                    help="family (repeat or comma-separate): FlatVel_A ... Style_B")
     q.add_argument("--samples", type=int, required=True, help="samples per family")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--batch-size", type=int, default=16, help="velocity maps per deepwave call")
+    q.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                   help="forward model: openfwi (the organisers' scheme, default) or deepwave (faster on CPU)")
+    q.add_argument("--batch-size", type=int, default=16, help="velocity maps per forward-model call")
     q.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     q.add_argument("--exist-ok", action="store_true", dest="exist_ok",
                    help="succeed without work if the dataset exists with the same families, samples and seed")
     _store_args(q, "store to write to")
     q.set_defaults(fn=cmd_data_synth)
+
+    q = dsub.add_parser("augment", help="new maps from a dataset's maps (flip, crop, affine, blend), re-simulated")
+    q.add_argument("--from", dest="source", required=True, metavar="URL", help="a labelled dataset: STORE_URL/datasets/NAME")
+    q.add_argument("--factor", type=int, default=10, help="new maps per source map (default 10)")
+    q.add_argument("--recipe", help=f"operations, comma-separated (default all: {','.join(AUGMENT_OPS)})")
+    q.add_argument("--keep-source", action="store_true", help="also copy the source samples into the new dataset")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--backend", choices=BACKENDS, help="forward model (default: the one that made the source)")
+    q.add_argument("--shard", metavar="i/N", help="only the i-th of N interleaved shares of the source maps, "
+                                                   "written as part i of N (gwi data merge joins them)")
+    q.add_argument("--batch-size", type=int, default=16, help="velocity maps per forward-model call")
+    q.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    q.add_argument("--exist-ok", action="store_true", dest="exist_ok",
+                   help="succeed without work if the dataset (or part) exists from the same command")
+    _store_args(q, "store to write to")
+    q.set_defaults(fn=cmd_data_augment)
+
+    q = dsub.add_parser("merge", help="join the parts written by 'gwi data augment --shard i/N' into the dataset")
+    q.add_argument("--parts", type=int, required=True, metavar="N", help="how many parts (the N of --shard i/N)")
+    q.add_argument("--name", required=True, help="dataset name")
+    q.add_argument("--out", help="store holding it (default: the embedded store)")
+    q.add_argument("--overwrite", action="store_true", help="replace a dataset of that name made otherwise")
+    q.set_defaults(fn=cmd_data_merge)
 
     q = dsub.add_parser("pull", help="download a dataset into the local cache, verifying every shard")
     q.add_argument("url", help="STORE_URL/datasets/NAME")
@@ -872,6 +979,43 @@ def _training_parsers(sub) -> None:
     q.set_defaults(fn=cmd_train)
 
 
+def _physics_parsers(sub) -> None:
+    q = sub.add_parser("refine", help="full-waveform inversion of test files, starting from a submission")
+    q.add_argument("--test", required=True, metavar="DIR|URL", help="folder of <oid>.npy test files, or a dataset")
+    q.add_argument("--init", required=True, metavar="SUBMISSION.csv", help="the maps to start from (path or store URL)")
+    q.add_argument("--out", required=True, metavar="REFINED.csv",
+                   help="path or store URL: a whole submission; with --shard, that shard's files only")
+    q.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                   help="forward model (default openfwi, the scheme the competition's data was made with)")
+    q.add_argument("--iterations", type=int, default=60, help="per file, split over the bands (default 60)")
+    q.add_argument("--bands", help="low-pass cut-offs in Hz, coarse to fine, 0 = full band (default 5,10,0)")
+    q.add_argument("--lr", type=float, default=50.0,
+                   help="m/s: gd's largest change per step (default 50), or Adam's step")
+    q.add_argument("--tv", type=float, default=1e-3, help="total-variation weight (default 1e-3)")
+    q.add_argument("--optimizer", choices=REFINE_OPTIMIZERS, default="gd",
+                   help="gd (default): depth-scaled steepest descent; adam; lbfgs")
+    q.add_argument("--batch-size", type=int, default=4, help="files refined together (default 4)")
+    q.add_argument("--time-budget", metavar="DURATION",
+                   help="start no batch that would end after this (e.g. 2h, 45m); exit 3 if files were left: rerun to resume")
+    q.add_argument("--scale-range", type=float, metavar="FRACTION",
+                   help="first scan each map times 1 +- this for the best fit on the first band (0: no scan)")
+    q.add_argument("--nbc", type=int, help="openfwi: absorbing cells (default 120 as published; 40 is ~4x faster)")
+    q.add_argument("--shard", metavar="i/N", help="refine only the i-th of N interleaved shares of the files")
+    q.add_argument("--only", metavar="FILE", help="refine only the oids listed in FILE (one per line)")
+    q.add_argument("--rank", metavar="MISFIT.csv", help="misfit per file (gwi predict --misfit), for --worst")
+    q.add_argument("--worst", type=float, metavar="FRACTION",
+                   help="refine only this fraction of the files, those with the largest misfit in --rank")
+    q.add_argument("--device")
+    q.set_defaults(fn=cmd_refine)
+
+    q = sub.add_parser("merge", help="join shard outputs (submissions) into one, checking none is missing or doubled")
+    q.add_argument("parts", nargs="+", metavar="PART.csv", help="paths or store URLs")
+    q.add_argument("--out", required=True, metavar="MERGED.csv", help="path or store URL")
+    q.add_argument("--test", metavar="DIR|URL", help="require exactly the oids of this test folder or dataset")
+    q.add_argument("--base", metavar="SUBMISSION.csv", help="rows for the oids no part holds (e.g. the unrefined)")
+    q.set_defaults(fn=cmd_merge)
+
+
 def _prediction_parsers(sub) -> None:
     q = sub.add_parser("predict", help="checkpoints -> Kaggle submission.csv (works offline)")
     q.add_argument("--checkpoint", action="append", metavar="RUN_OR_FILE",
@@ -889,6 +1033,12 @@ def _prediction_parsers(sub) -> None:
     q.add_argument("--batch-size", type=int, default=32)
     q.add_argument("--device")
     q.add_argument("--skip-bad", action="store_true", help="report unreadable test files and fill them with the training mean")
+    q.add_argument("--misfit", metavar="FILE.csv",
+                   help="also re-simulate each prediction and write oid,misfit (refine the worst files first)")
+    q.add_argument("--misfit-backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                   help="forward model for --misfit (default openfwi; deepwave is ~10x faster on CPU)")
+    q.add_argument("--shard", metavar="i/N", help="predict only the i-th of N interleaved shares of the test files "
+                                                   "(gwi merge joins the parts)")
     q.set_defaults(fn=cmd_predict)
 
     q = sub.add_parser("ensemble", help="fit ensemble weights, CRF and uncertainty on a validation fold")

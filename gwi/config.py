@@ -96,16 +96,16 @@ class TrainConfig:
 
 def apply_sets(cfg: TrainConfig, sets: list[str]) -> TrainConfig:
     """``--set key=value`` (YAML values): config fields, or ``model.KEY`` for model arguments."""
-    import yaml
+    from .yamlfile import ConfigError, loads
 
     for item in sets or []:
         if "=" not in item:
             raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
         try:
-            val = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise ValueError(f"--set {key}: cannot parse {raw!r} ({e})") from None
+            val = loads(raw, f"--set {key}")
+        except ConfigError as e:
+            raise ValueError(f"{e} (value {raw!r})") from None
         if key.startswith("model."):
             cfg.model_args[key[len("model."):]] = val
         elif key == "time_budget":

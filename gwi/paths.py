@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from .errors import GwiError
@@ -64,3 +65,20 @@ def safe_join(root: str | Path, name: str) -> Path:
             if resolved != real_root and real_root not in resolved.parents:
                 raise refuse(f"{str(here)!r} is a symlink to {str(resolved)!r}, outside the folder")
     return target
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike):
+    """A text file to write that appears under ``path`` only whole: a temp file beside it, synced and
+    renamed when the block succeeds, removed when it fails (what was at ``path`` stays as it was)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", newline="") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

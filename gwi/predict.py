@@ -31,6 +31,7 @@ from .inference import predict_batch, resolve_device_precision
 from .models.ensemble import crf_smooth, load_ensemble, mc_dropout_std, write_plots
 from .progress import update as report_progress
 from .runs import LoadedModel, load_model
+from .sharding import shard_of
 
 COLUMNS = list(range(1, 70, 2))  # x_1, x_3, ..., x_69
 HEADER = "oid_ypos," + ",".join(f"x_{c}" for c in COLUMNS)
@@ -44,7 +45,7 @@ ROWS = 70
 class TestSource:
     """Test samples from a folder of ``<oid>.npy`` or a prepared (unlabelled) dataset folder/URL."""
 
-    def __init__(self, ref: str, skip_bad: bool = False):
+    def __init__(self, ref: str, skip_bad: bool = False, shard: tuple[int, int] | None = None):
         self.skip_bad = skip_bad
         self.bad: list[tuple[str, str]] = []
         ref = str(ref)
@@ -54,13 +55,16 @@ class TestSource:
 
             root = pull(ref, progress=False) if "://" in ref and not ref.startswith("file://") else local
             self.ds = ShardedDataset(root)
-            # a labelled dataset has no oids: its sample indices stand in (validation submissions)
-            self.oids = list(self.ds.oids) if self.ds.oids is not None else [f"{i:06d}" for i in range(len(self.ds))]
             self.files = None
+            # a labelled dataset has no oids: its sample indices stand in (validation submissions)
+            oids = list(self.ds.oids) if self.ds.oids is not None else [f"{i:06d}" for i in range(len(self.ds))]
         else:
             self.ds = None
             self.files = discover_test(local)
-            self.oids = [o for o, _ in self.files]
+            oids = [o for o, _ in self.files]
+        # with ``shard`` (i, N): every N-th sample from the i-th; ``index`` maps to the whole source
+        self.index = shard_of(list(range(len(oids))), shard)
+        self.oids = [oids[j] for j in self.index]
 
     def __len__(self) -> int:
         return len(self.oids)
@@ -69,10 +73,11 @@ class TestSource:
         """Family of each sample when the input is a prepared dataset that records real ones."""
         if self.ds is None:
             return None
-        fams = [str(f) for f in self.ds.families]
-        return None if set(fams) == {"test"} else fams
+        fams = [str(self.ds.families[j]) for j in self.index]
+        return None if set(fams) <= {"test"} else fams
 
-    def _read(self, i: int) -> np.ndarray | None:
+    def read(self, i: int) -> np.ndarray | None:
+        i = self.index[i]
         if self.ds is not None:
             return np.asarray(self.ds[i][0], dtype=np.float32)
         oid, path = self.files[i]
@@ -98,7 +103,7 @@ class TestSource:
             x = np.zeros((len(idx), *SEISMIC_SHAPE), np.float32)
             ok = np.ones(len(idx), bool)
             for b, i in enumerate(idx):
-                a = self._read(i)
+                a = self.read(i)
                 if a is None:
                     ok[b] = False
                 else:
@@ -119,6 +124,34 @@ class TestSource:
 
 # ------------------------------------------------------------------------------------------------
 # prediction
+
+
+def read_submission(path: str | os.PathLike, oids: list[str] | None = None) -> dict[str, np.ndarray]:
+    """``{oid: (70, 70) float32 m/s}`` from a submission (``oids``: only those, each required). The
+    file is checked first (every problem with its line); the even columns it does not hold are filled
+    from their neighbours (x_0 from x_1), which is what refinement starts from."""
+    summary, problems = check_submission(path)
+    if problems:
+        raise DataError(f"{path}: not a valid submission:\n  " + "\n  ".join(problems))
+    want = None if oids is None else set(oids)
+    out: dict[str, np.ndarray] = {}
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        next(reader)
+        for rec in reader:
+            oid, row = _ID.match(rec[0]).groups()
+            if want is not None and oid not in want:
+                continue
+            m = out.setdefault(oid, np.zeros((ROWS, 70), np.float32))
+            m[int(row), COLUMNS] = [float(v) for v in rec[1:]]
+    if want is not None and want - set(out):
+        missing = sorted(want - set(out))
+        raise DataError(f"{path}: no rows for {len(missing)} test file(s): {', '.join(missing[:5])}"
+                        f"{' ...' if len(missing) > 5 else ''}")
+    for m in out.values():
+        m[:, 0] = m[:, 1]
+        m[:, 2:69:2] = 0.5 * (m[:, 1:68:2] + m[:, 3:70:2])  # x_2 ... x_68 between their odd neighbours
+    return out
 
 
 def rows_csv(oids: list[str], v: np.ndarray) -> str:
@@ -172,9 +205,13 @@ class Members:
 def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float] | None = None, tta: bool = False,
             precision: str | None = None, device: str | None = None, batch_size: int = 32, skip_bad: bool = False,
             ensemble: str | None = None, uncertainty: str | None = None, mc_samples: int = 8,
-            plots: str | None = None, progress: bool | None = None, log=print) -> dict:
+            plots: str | None = None, progress: bool | None = None, misfit: str | None = None,
+            misfit_backend: str = "openfwi", shard: tuple[int, int] | None = None, log=print) -> dict:
     """Write ``out`` (submission CSV); returns a summary (files, rows, bad files, seconds).
 
+    ``shard`` (i, N): only every N-th test file from the i-th (``gwi merge`` joins the parts).
+    ``misfit``: also re-simulate every prediction with ``misfit_backend`` and write ``oid,misfit`` (the
+    data misfit ``gwi refine`` starts from) to that CSV, so the worst files can be refined first.
     ``ensemble``: an ``ensemble.json`` (members, weights, CRF) instead of ``checkpoints``.
     ``uncertainty``: also write MC-dropout per-pixel std (m/s) as ``.npy`` (N, 70, 70) float16, with
     the oids beside it in ``<file>.oids.json``.
@@ -188,14 +225,19 @@ def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float]
         weights = [1.0 / len(models)] * len(models)
     if len(weights) != len(models) or abs(sum(weights) - 1) > 1e-6:
         raise ValueError(f"weights: expected {len(models)} weights summing to 1, got {weights}")
-    src = TestSource(test, skip_bad)
+    src = TestSource(test, skip_bad, shard)
     fam_of, family_weights = _families(src, family_weights, log)
     members = Members(models, weights, family_weights, crf, dev, precision, tta)
     log(f"predicting {len(src)} test samples with {len(models)} model(s) "
         f"({', '.join(m.name for m in models)}) on {dev} in {precision}" + (" with flip TTA" if tta else ""))
     fill = models[0].norm.vel_mean or (VMIN + VMAX) / 2
+    fwd = None
+    if misfit:
+        from .physics import backend
+
+        fwd = backend(misfit_backend, device=dev)
     t0 = time.time()
-    with _partial_outputs(out, uncertainty, src.oids) as (f, unc), \
+    with _partial_outputs(out, uncertainty, src.oids) as (f, unc), _misfit_file(misfit) as mf, \
             tqdm(total=len(src), unit="file", desc="predict", disable=None if progress is None else not progress) as bar:
         n, plot_keep = 0, []
         for oids, x, ok in src.batches(batch_size):
@@ -209,6 +251,11 @@ def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float]
             if plots and len(plot_keep) < 4:
                 plot_keep.extend((v[i], None if std is None else std[i], oids[i]) for i in range(min(4, len(oids))))
             f.write(rows_csv(oids, v))
+            if mf is not None:
+                from .physics.misfit import file_misfit
+
+                m = file_misfit(fwd, torch.from_numpy(v), torch.from_numpy(x)).tolist()
+                mf.write("".join(f"{o},{mi:.6g}\n" if ok_i else f"{o},nan\n" for o, mi, ok_i in zip(oids, m, ok)))
             n += len(oids)
             bar.update(len(oids))
             report_progress(state="running", done=bar.n, total=len(src), unit="files")
@@ -280,6 +327,25 @@ def _partial_outputs(out: str, uncertainty: str | None, oids: list[str]):
         tmp.unlink(missing_ok=True)
         if unc_p is not None:
             _partial(unc_p).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def _misfit_file(path: str | None):
+    """``oid,misfit`` lines into ``<path>.partial``, renamed when prediction succeeds (None: no file)."""
+    if not path:
+        yield None
+        return
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial(p)
+    try:
+        with open(tmp, "w", newline="") as f:
+            f.write("oid,misfit\n")
+            yield f
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -22,7 +22,8 @@ A spec is one YAML file (``jobs/*.yaml``)::
       config: {batch_size: 64}       #   train jobs, merged key by key
     jobs:
       - name: data                   # unique; letters, digits, '-' and '_'
-        kind: synth                  # synth | train | ensemble | predict
+        kind: synth                  # synth | train | ensemble | predict | evaluate | sweep | refine
+                                     #   (each kind's fields: gwi/kinds/<kind>.py)
         dataset: synth-b             # the dataset it writes to STORE/datasets/
         families: [FlatVel_B, CurveFault_A]
         samples: 500                 # per family
@@ -54,6 +55,13 @@ A spec is one YAML file (``jobs/*.yaml``)::
         config: {tta: flip, precision: fp16, batch_size: 32, mc_samples: 8}
         uncertainty: true            # default false
         plots: true                  # default false
+        misfit: true                 # default false: misfit.csv, each file's data misfit
+      - name: refine                 # FWI of the worst quarter from the submission, in 8 shard
+        kind: refine                 # jobs (refine-s1 ... -s8), then refine merges their parts
+        init: submission
+        test: ./kaggle/test
+        worst: 0.25
+        shards: 8
 
 Every job needs ``platforms`` (on the job or in ``defaults``); every name must be a platform profile
 (``platforms/<name>.yaml``). A job's own ``limits``, ``resources`` and ``config`` keys win over those
@@ -390,7 +398,8 @@ class _Loader:
                   for suffix, params in kind.check(c, own, self.plan, name)]
         for d in drafts:
             if d.name != name:
-                self._unique_name(own, d.name, "config", "fold job {new!r} clashes with job {other!r} (line {line})")
+                self._unique_name(own, d.name, "shards" if "shards" in own.node else "config", f"job {{new!r}}, made from {name!r}, clashes with job "
+                                                         "{other!r} (line {line})")
             self.seen[d.name] = raw.line_of("name")
         return drafts
 
@@ -454,7 +463,11 @@ class _Loader:
                                          f"{_a(ref.kind)} job; expected one of: {allowed}")
             for n in names:
                 target = self.by_name[n]
-                urls.append(target.kind.outputs(target.params, self.plan.run(n))[ref.output])
+                made = target.kind.outputs(target.params, self.plan.run(n))
+                if ref.output not in made:
+                    raise d.c.error(ref.key, f"job {v!r} writes no {ref.output} file ({', '.join(made) or 'nothing'}); "
+                                             f"expected a job that does, or {ref.hint}")
+                urls.append(made[ref.output])
                 jobs.append(n)
         dup = next((u for i, u in enumerate(urls) if u in urls[:i]), None)
         if dup:
@@ -476,7 +489,10 @@ class _Loader:
                 p[ref.key] = urls if ref.many else urls[0]
                 after += jobs
         # a job runs after the jobs that write what it reads (a dataset a synth job makes)
-        after += [w for key in d.kind.reads if (w := self.plan.writers.get(p.get(key, ""))) not in (None, d.name)]
+        for key in d.kind.reads:
+            value = p.get(key)
+            after += [w for url in (value if isinstance(value, list) else [value])
+                      if (w := self.plan.writers.get(url or "")) not in (None, d.name)]
         run = self.plan.run(d.name)
         return Job(name=d.name, kind=d.kind.name, platforms=d.platforms, after=list(dict.fromkeys(after)),
                    resources=d.resources, limits=d.limits, heartbeat_s=d.heartbeat_s, params=p, line=d.line,

@@ -321,6 +321,7 @@ class _Waiter:
         left = patience - waited
         if left <= 0:
             _report_wait(id(self), None)
+            self.since = None  # given up: no longer waiting, and not "reachable again" either
             if patience == 0:
                 raise err
             raise StoreUnavailable(f"{err} (still unavailable after waiting {waited:.0f} s; "
@@ -525,14 +526,16 @@ class S3Store(Store):
         """``fn`` through the translator, tried again through an outage for up to ``patience`` s.
         Only idempotent calls come here (a whole GET, PUT, HEAD, LIST, DELETE or transfer)."""
         waiter = self._waiter()
-        while True:
-            try:
-                out = self._once(op, key, fn, *a, **kw)
-            except StoreUnavailable as e:
-                waiter.failed(e)
-                continue
+        try:
+            while True:
+                try:
+                    return self._once(op, key, fn, *a, **kw)
+                except StoreUnavailable as e:
+                    waiter.failed(e)
+        finally:
+            # also when the store answers with an error after an outage (a missing key): a wait left
+            # registered would show as "waiting" in this process's heartbeat for the rest of its life
             waiter.done()
-            return out
 
     def exists(self, key: str) -> bool:
         try:
@@ -593,26 +596,28 @@ class S3Store(Store):
         stream resumes where it stopped (a ranged GET pinned to the first response's ETag, so the
         bytes are one object's even if it is overwritten meanwhile: then a clear error)."""
         waiter, done, etag, total = self._waiter(), 0, None, None
-        while True:
-            try:
-                kw = {"Range": f"bytes={done}-", "IfMatch": etag} if etag else {}
-                if total is not None and done >= total:
-                    break
-                r = self._once("read", key, self.client.get_object, Bucket=self.bucket, Key=self._k(key), **kw)
-                if etag is None:
-                    etag, total = r.get("ETag"), int(r["ContentLength"])
-                body = r["Body"]
+        try:
+            while True:
                 try:
-                    while chunk := self._once("read", key, body.read, chunk_size):
-                        waiter.done()
-                        done += len(chunk)
-                        yield chunk
-                finally:
-                    body.close()
-                break
-            except StoreUnavailable as e:
-                waiter.failed(e)
-        waiter.done()
+                    kw = {"Range": f"bytes={done}-", "IfMatch": etag} if etag else {}
+                    if total is not None and done >= total:
+                        break
+                    r = self._once("read", key, self.client.get_object, Bucket=self.bucket, Key=self._k(key), **kw)
+                    if etag is None:
+                        etag, total = r.get("ETag"), int(r["ContentLength"])
+                    body = r["Body"]
+                    try:
+                        while chunk := self._once("read", key, body.read, chunk_size):
+                            waiter.done()
+                            done += len(chunk)
+                            yield chunk
+                    finally:
+                        body.close()
+                    break
+                except StoreUnavailable as e:
+                    waiter.failed(e)
+        finally:
+            waiter.done()
 
     def list(self, prefix: str = "") -> list[str]:
         full = self._k(prefix)
@@ -704,6 +709,61 @@ def staged_output(target: str | None):
         for p in sorted(tmp.rglob("*")):
             if p.is_file():
                 store.put_file(p, p.relative_to(tmp).as_posix())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Resumable:
+    """What :func:`resumable_output` yields: ``path``, the local file to write, and :meth:`save`,
+    which sends the work files (``path`` + each suffix) to the store as they are now."""
+
+    def __init__(self, path: str, store: Store | None, name: str, suffixes: tuple[str, ...]):
+        self.path, self.store, self.name, self.suffixes = path, store, name, suffixes
+
+    def _files(self):
+        return [(Path(self.path + sfx), self.name + sfx) for sfx in self.suffixes]
+
+    def save(self) -> None:
+        if self.store is None:
+            return
+        for local, key in self._files():
+            if local.is_file():
+                self.store.put_file(local, key)
+
+    def finish(self) -> None:
+        """Upload the output and the work files the command kept; delete those it removed (done)."""
+        if self.store is None:
+            return
+        if Path(self.path).is_file():
+            self.store.put_file(self.path, self.name)
+        for local, key in self._files():
+            if local.is_file():
+                self.store.put_file(local, key)
+            elif self.store.exists(key):
+                self.store.delete(key)
+
+
+@contextlib.contextmanager
+def resumable_output(target: str, suffixes: tuple[str, ...]):
+    """A :class:`Resumable` for a command that writes ``target`` bit by bit and resumes from its work
+    files (``target`` + each suffix, e.g. ``.partial``). For a store URL, work files already in the
+    store are fetched first (an earlier attempt, maybe on another machine, got that far), the
+    command calls ``save()`` after each unit of work (all a killed attempt leaves is what it
+    saved), and when the block ends without an exception the output goes up and the work files
+    follow the local ones (kept, or deleted when the command removed them). A local path is used as
+    it is."""
+    if not is_url(target):
+        yield Resumable(str(target), None, "", suffixes)
+        return
+    store, name = split_url(target)
+    tmp = Path(tempfile.mkdtemp(prefix="gwi-out-"))
+    try:
+        r = Resumable(str(tmp / name), store, name, suffixes)
+        for local, key in r._files():
+            if store.exists(key):
+                store.get_file(key, local)
+        yield r
+        r.finish()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

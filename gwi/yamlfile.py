@@ -50,6 +50,9 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Node:
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# PyYAML follows YAML 1.1, where 3e-3 (no dot) is a string; YAML 1.2 and every user read it as a number
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                              list("-+0123456789."))
 
 
 def load(path: str | Path) -> Any:

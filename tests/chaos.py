@@ -329,7 +329,7 @@ def plan_yaml(world: World, name: str, dataset: str, epochs: int) -> str:
 store: {world.store}
 defaults: {{heartbeat_s: 0.5, limits: {{stall_s: 15, retries: 2, start_timeout_s: 120}}}}
 jobs:
-  - {{name: data, kind: synth, dataset: {dataset}, families: [FlatVel_A], samples: 16, seed: 3, platforms: {rot(0)}}}
+  - {{name: data, kind: synth, backend: deepwave, dataset: {dataset}, families: [FlatVel_A], samples: 16, seed: 3, platforms: {rot(0)}}}
   - {{name: tr1, kind: train, model: inversionnet, preset: tiny, dataset: {dataset}, platforms: {rot(1)},
      config: {cfg}}}
   - {{name: tr2, kind: train, model: inversionnet, preset: tiny, dataset: {dataset}, platforms: {rot(2)},

@@ -33,7 +33,7 @@ def test_synth_into_the_embedded_default_then_info_pull_verify_folds(tmp_path):
     assert "dataset demo" in r.stdout and "FlatVel_A" in r.stdout and "Style_A" in r.stdout
     ds = tmp_path / ".gwi" / "store" / "datasets" / "demo"
     m = json.loads((ds / "manifest.json").read_text())
-    assert m["num_samples"] == 6
+    assert m["num_samples"] == 6 and m["source"]["backend"] == "openfwi"  # the organisers' scheme by default
     url = f"file://{ds}"
     r = run("data", "info", url, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["build"] == m["build"]
@@ -91,7 +91,7 @@ def _dispatched_state(tmp_path):
     (plat / "box.yaml").write_text("adapter: local\ncapacity: 1\noptions: {runtime: process}\n")
     spec = tmp_path / "p.yaml"
     spec.write_text(f"name: p\nstore: file://{tmp_path}/store\njobs:\n"
-                    "  - {name: d, kind: synth, dataset: d, families: [FlatVel_A], samples: 1, platforms: [box]}\n")
+                    "  - {name: d, kind: synth, backend: deepwave, dataset: d, families: [FlatVel_A], samples: 1, platforms: [box]}\n")
     s = Scheduler(tmp_path / "home", profiles=load_profiles([plat]))
     s.submit(load_spec(spec, profiles=s.profiles))
     return s, {"GWI_HOME": str(tmp_path / "home"), "GWI_PLATFORMS": str(plat)}

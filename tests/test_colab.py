@@ -128,8 +128,8 @@ def test_uploaded_to_drive_followed_by_heartbeat_and_cancelled_by_flag(tmp_path,
     s = Scheduler(tmp_path / "home", profiles=profile(plat, drive_api=drive.url, drive_folder="F1"))
     spec = tmp_path / "c.yaml"
     spec.write_text(f"name: c\nstore: {s3}\ndefaults: {{platforms: [colab], heartbeat_s: 0.5}}\njobs:\n"
-                    "  - {name: data, kind: synth, dataset: d, families: [FlatVel_A], samples: 2}\n"
-                    "  - {name: long, kind: synth, dataset: big, families: [CurveVel_B], samples: 4000}\n")
+                    "  - {name: data, kind: synth, backend: deepwave, dataset: d, families: [FlatVel_A], samples: 2}\n"
+                    "  - {name: long, kind: synth, backend: deepwave, dataset: big, families: [CurveVel_B], samples: 4000}\n")
     s.submit(load_spec(spec, profiles=s.profiles))
     s.reconcile()
     launched = [e["message"] for e in s.events() if e["kind"] == "launched"]

@@ -34,7 +34,7 @@ def world(tmp_path_factory):
     """A store with a small labelled dataset, and two local platform profiles."""
     root = tmp_path_factory.mktemp("dispatch")
     store = f"file://{root}/store"
-    synthesize(["FlatVel_A"], 16, store, "d", seed=3, batch_size=16, progress=False)
+    synthesize(["FlatVel_A"], 16, store, "d", seed=3, batch_size=16, progress=False, backend="deepwave")
     plat = root / "platforms"
     plat.mkdir()
     (plat / "local-a.yaml").write_text(PROFILE.format(cap=2))
@@ -132,7 +132,7 @@ def test_killed_scheduler_restarts_and_completes_without_double_launch(world, tm
     spec = write_spec(tmp_path, store, name="restart", body="""
 defaults: {platforms: [local-a, local-b], heartbeat_s: 0.5, limits: {stall_s: 20}}
 jobs:
-  - {name: d2, kind: synth, dataset: d2, families: [FlatVel_A], samples: 4}
+  - {name: d2, kind: synth, backend: deepwave, dataset: d2, families: [FlatVel_A], samples: 4}
   - {name: tr, kind: train, model: inversionnet, preset: tiny, dataset: d,
      config: {epochs: 10, batch_size: 4, fold: 0, folds: 4}}
   - {name: ens, kind: ensemble, members: [tr], dataset: d, config: {mc_samples: 2}}
@@ -265,8 +265,8 @@ def test_a_hung_platform_api_does_not_freeze_supervision_of_the_others(tmp_path,
     spec = write_spec(tmp_path, f"file://{tmp_path}/store", name="hang", body="""
 defaults: {heartbeat_s: 0.5, limits: {stall_s: 30}}
 jobs:
-  - {name: cloud, kind: synth, dataset: c, families: [FlatVel_A], samples: 2, platforms: [lam]}
-  - {name: work, kind: synth, dataset: w, families: [FlatVel_A], samples: 2, platforms: [local-a, local-b]}
+  - {name: cloud, kind: synth, backend: deepwave, dataset: c, families: [FlatVel_A], samples: 2, platforms: [lam]}
+  - {name: work, kind: synth, backend: deepwave, dataset: w, families: [FlatVel_A], samples: 2, platforms: [local-a, local-b]}
 """)
     try:
         s.submit(load_spec(spec, profiles=s.profiles))

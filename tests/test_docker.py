@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gwi.data.synth import ForwardModel, synthesize, velocity_batch
+from gwi.data.synth import synthesize, velocity_batch
+from gwi.physics import simulate
 from gwi.predict import check_submission
 from gwi.train import TrainConfig, train
 
@@ -45,12 +46,12 @@ def image():
 def test_offline_docker_predict_writes_a_valid_submission(image, tmp_path):
     data = tmp_path / "work"
     data.mkdir()
-    synthesize(["FlatVel_A"], 10, f"file://{data}/store", "d", seed=4, batch_size=10, progress=False)
+    synthesize(["FlatVel_A"], 10, f"file://{data}/store", "d", seed=4, batch_size=10, progress=False, backend="deepwave")
     train(TrainConfig(model="inversionnet", preset="tiny", dataset=f"file://{data}/store/datasets/d",
                       run=f"file://{data}/store/runs/r", epochs=1, batch_size=4, heartbeat_s=30), log=lambda *_: None)
     test = data / "test"
     test.mkdir()
-    x = ForwardModel("cpu")(velocity_batch("FlatVel_A", 5, 0, 3))
+    x = simulate(velocity_batch("FlatVel_A", 5, 0, 3), "deepwave").numpy()
     for i, xi in enumerate(x):
         np.save(test / f"oid{i}.npy", xi)
     for p in [data, *data.rglob("*")]:  # the image runs as its own user, uid 1000
@@ -99,8 +100,8 @@ def test_local_adapter_runs_jobs_in_the_image_and_cancels_them(image, tmp_path):
 store: {store}
 defaults: {{platforms: [box], heartbeat_s: 1, limits: {{stall_s: 60}}}}
 jobs:
-  - {{name: data, kind: synth, dataset: d, families: [FlatVel_A], samples: 2}}
-  - {{name: long, kind: synth, dataset: big, families: [CurveVel_B], samples: 5000}}
+  - {{name: data, kind: synth, backend: deepwave, dataset: d, families: [FlatVel_A], samples: 2}}
+  - {{name: long, kind: synth, backend: deepwave, dataset: big, families: [CurveVel_B], samples: 5000}}
 """)
     s = Scheduler(tmp_path / "home", profiles=load_profiles([plat]))
     s.submit(load_spec(spec, profiles=s.profiles))

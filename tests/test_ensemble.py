@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from gwi.data.synth import ForwardModel, synthesize, velocity_batch
+from gwi.data.synth import synthesize, velocity_batch
+from gwi.physics import simulate
 from gwi.models.ensemble import crf_smooth, fit, fit_crf, fit_weights, load_ensemble
 from gwi.predict import predict
 from gwi.train import TrainConfig, train
@@ -55,7 +56,7 @@ def test_fitted_weights_never_lose_to_the_best_member():
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ens")
-    synthesize(["FlatVel_A", "CurveFault_B"], 15, f"file://{root}/s", "d", seed=6, batch_size=15, progress=False)
+    synthesize(["FlatVel_A", "CurveFault_B"], 15, f"file://{root}/s", "d", seed=6, batch_size=15, progress=False, backend="deepwave")
     runs = []
     for name in ("inversionnet", "specproj_unet"):
         train(TrainConfig(model=name, preset="tiny", dataset=f"file://{root}/s/datasets/d", run=f"file://{root}/s/runs/{name}",
@@ -86,7 +87,7 @@ def test_ensemble_fit_predict_uncertainty_and_plots(two_runs, tmp_path):
 
     test = tmp_path / "test"
     test.mkdir()
-    x = ForwardModel("cpu")(velocity_batch("CurveFault_B", 9, 0, 3))
+    x = simulate(velocity_batch("CurveFault_B", 9, 0, 3), "deepwave").numpy()
     for i, xi in enumerate(x):
         np.save(test / f"q{i}.npy", xi)
     r = predict([], str(test), str(tmp_path / "sub.csv"), ensemble=str(tmp_path / "ensemble.json"),
@@ -152,7 +153,7 @@ def test_mc_dropout_spread_follows_the_dropout_rate(tmp_path):
     from gwi.models.ensemble import mc_dropout_std
     from gwi.runs import load_model
 
-    synthesize(["FlatVel_A", "CurveFault_B"], 12, f"file://{tmp_path}/s", "d", seed=6, batch_size=12, progress=False)
+    synthesize(["FlatVel_A", "CurveFault_B"], 12, f"file://{tmp_path}/s", "d", seed=6, batch_size=12, progress=False, backend="deepwave")
     run = f"file://{tmp_path}/s/runs/inv"
     train(TrainConfig(model="inversionnet", preset="tiny", dataset=f"file://{tmp_path}/s/datasets/d", run=run,
                       epochs=2, batch_size=8, lr=3e-3, heartbeat_s=30, seed=0, split="kfold:4:0"),

@@ -45,7 +45,7 @@ def test_ssim_is_openfwis():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ev")
-    synthesize(["FlatVel_A", "CurveFault_A"], 8, f"file://{root}/s", "d", seed=5, batch_size=8, progress=False)
+    synthesize(["FlatVel_A", "CurveFault_A"], 8, f"file://{root}/s", "d", seed=5, batch_size=8, progress=False, backend="deepwave")
     ds, run = f"file://{root}/s/datasets/d", f"file://{root}/s/runs/r"
     train(TrainConfig(model="inversionnet", preset="tiny", dataset=ds, run=run, epochs=1, batch_size=4,
                       split="kfold:4:1", heartbeat_s=30), log=lambda *_: None)

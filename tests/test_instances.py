@@ -47,7 +47,7 @@ def submit(w, home: Path) -> Scheduler:
     s = Scheduler(home, profiles=w["profiles"])
     spec = w["tmp"] / "p.yaml"
     spec.write_text(f"name: p\nstore: {w['store']}\njobs:\n"
-                    "  - {name: data, kind: synth, dataset: d, families: [FlatVel_A], samples: 2, platforms: [lam]}\n")
+                    "  - {name: data, kind: synth, backend: deepwave, dataset: d, families: [FlatVel_A], samples: 2, platforms: [lam]}\n")
     s.submit(load_spec(spec, profiles=s.profiles))
     s.reconcile()  # launched: the attempt is pending, its instance booting
     return s

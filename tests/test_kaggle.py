@@ -54,7 +54,7 @@ def submit(kg, body, name="kg"):
 
 def test_a_job_runs_as_a_kaggle_kernel_with_secrets_from_the_secret_store(kg):
     s, st = kg["s"], kg["st"]
-    submit(kg, "  - {name: data, kind: synth, dataset: d, families: [FlatVel_A], samples: 2}\n")
+    submit(kg, "  - {name: data, kind: synth, backend: deepwave, dataset: d, families: [FlatVel_A], samples: 2}\n")
     run_until(s, lambda: s.jobs()[0]["state"] in ("succeeded", "failed"), 180)
     a = s.attempts("kg/data")[0]
     assert (a["state"], a["platform"]) == ("succeeded", "kaggle"), (a["end_reason"], s.logs("kg/data")[1][-3000:])
@@ -80,8 +80,8 @@ def test_a_job_runs_as_a_kaggle_kernel_with_secrets_from_the_secret_store(kg):
 
 def test_failed_and_cancelled_kernels(kg):
     s, st = kg["s"], kg["st"]
-    submit(kg, "  - {name: bad, kind: synth, dataset: x, families: [FlatVel_A], samples: 2}\n"
-               "  - {name: long, kind: synth, dataset: big, families: [CurveVel_B], samples: 4000}\n")
+    submit(kg, "  - {name: bad, kind: synth, backend: deepwave, dataset: x, families: [FlatVel_A], samples: 2}\n"
+               "  - {name: long, kind: synth, backend: deepwave, dataset: big, families: [CurveVel_B], samples: 4000}\n")
     open_store(kg["store"] + "/datasets/x").put_bytes("manifest.json", b"{not json")  # makes 'bad' fail in the kernel
     run_until(s, lambda: s.jobs()[0]["state"] == "failed" and s.attempts("kg/long")
               and s.attempts("kg/long")[0]["state"] == "running", 180)
@@ -148,7 +148,7 @@ def test_package_mirrors_runs_and_an_offline_predict_reads_the_mirror(tmp_path, 
     from gwi.train import TrainConfig, train
 
     store = f"file://{tmp_path}/store"
-    synthesize(["FlatVel_A"], 8, store, "d", seed=2, batch_size=8, progress=False)
+    synthesize(["FlatVel_A"], 8, store, "d", seed=2, batch_size=8, progress=False, backend="deepwave")
     run = f"{store}/runs/day3/inv"
     train(TrainConfig(model="inversionnet", preset="tiny", dataset=f"{store}/datasets/d", run=run, epochs=1, batch_size=4,
                       heartbeat_s=30, split="kfold:4:0"), log=lambda *_: None)

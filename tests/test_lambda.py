@@ -70,8 +70,8 @@ def spec(c, body: str, name="lc"):
     return load_spec(p, profiles=c["s"].profiles)
 
 
-SYNTH = "jobs:\n  - {name: data, kind: synth, dataset: d, families: [FlatVel_A], samples: 2, platforms: [lam, fallback]}\n"
-LONG = ("jobs:\n  - {name: long, kind: synth, dataset: big, families: [CurveVel_B], samples: 4000, batch_size: 1,"
+SYNTH = "jobs:\n  - {name: data, kind: synth, backend: deepwave, dataset: d, families: [FlatVel_A], samples: 2, platforms: [lam, fallback]}\n"
+LONG = ("jobs:\n  - {name: long, kind: synth, backend: deepwave, dataset: big, families: [CurveVel_B], samples: 4000, batch_size: 1,"
         " platforms: [lam, fallback], heartbeat_s: 0.5, limits: {stall_s: 4}}\n").replace(" batch_size: 1,", "")
 
 

@@ -11,7 +11,7 @@ from gwi.train import TrainConfig, train
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("learn")
-    synthesize(["FlatVel_A", "CurveVel_A"], 48, f"file://{root}", "l", seed=1, batch_size=24, progress=False)
+    synthesize(["FlatVel_A", "CurveVel_A"], 48, f"file://{root}", "l", seed=1, batch_size=24, progress=False, backend="deepwave")
     return f"file://{root}/datasets/l"
 
 

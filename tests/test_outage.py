@@ -20,7 +20,7 @@ import gwi.store
 from gwi.data import sync
 from gwi.data.prep import prep_train
 from gwi.data.shards import ShardedDataset
-from gwi.errors import GwiError, StoreUnavailable
+from gwi.errors import GwiError, StoreError, StoreUnavailable
 from gwi.runs import Run
 from gwi.store import open_store
 
@@ -104,6 +104,25 @@ def test_tcp_proxy_modes_reach_open_connections(echo_server):
 
 
 # -- (a) a store call waits out an outage, bounded --------------------------------------------------
+
+
+def test_a_wait_that_ends_in_an_error_is_not_left_waiting(proxied):
+    """The store comes back and answers "no such object": the call fails, and this process no longer
+    says it waits (a wait left registered showed as ``waiting`` in every later heartbeat and hid the
+    next outage from the hook)."""
+    url, proxy = proxied
+    st = open_store(url, patience=10)
+    seen = []
+    prev = gwi.store.set_wait_hook(seen.append)
+    try:
+        proxy.set("drop")
+        later(1.5, lambda: proxy.set("pass"))
+        with pytest.raises(StoreError, match="no such object"):
+            st.get_bytes("missing")
+    finally:
+        gwi.store.set_wait_hook(prev)
+    assert seen and seen[0].startswith(f"store {url} unreachable since ") and seen[-1] is None
+    assert not gwi.store._waits
 
 
 def test_a_store_call_waits_out_a_short_outage(proxied):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 
 from gwi.cli import main
 
@@ -31,11 +32,12 @@ def bucket(moto_server, monkeypatch):
     gwi.store._CLIENTS.clear()
 
 
-@pytest.mark.parametrize("name", ["day2", "day5-ensemble", "day6-tune", "day7-submit", "demo", "phase2-finetune"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in JOBS.glob("*.yaml")))
 def test_every_plan_dry_runs(name, bucket, capsys):
     assert main(["dispatch", str(JOBS / f"{name}.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"plan for {name.split('-')[0]} ")
+    plan_name = yaml.safe_load((JOBS / f"{name}.yaml").read_text())["name"]
+    assert out.startswith(f"plan for {plan_name} ")
 
 
 def test_day2_plan_says_where_each_job_goes_and_why(bucket, capsys, monkeypatch):

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from gwi.data.prep import prep_test
-from gwi.data.synth import ForwardModel, synthesize, velocity_batch
+from gwi.data.synth import synthesize, velocity_batch
+from gwi.physics import simulate
 from gwi.errors import DataError
 from gwi.inference import flip_seismic, predict_batch
 from gwi.predict import COLUMNS, HEADER, check_submission, predict
@@ -25,17 +26,18 @@ GWI = shutil.which("gwi", path=str(Path(sys.executable).parent)) or "gwi"
 def trained(tmp_path_factory):
     """A tiny InversionNet trained a few steps, and a test folder of 6 modelled samples."""
     root = tmp_path_factory.mktemp("pred")
-    synthesize(["FlatVel_A"], 10, f"file://{root}/s", "d", seed=2, batch_size=10, progress=False)
+    synthesize(["FlatVel_A"], 10, f"file://{root}/s", "d", seed=2, batch_size=10, progress=False, backend="deepwave")
     train(TrainConfig(model="inversionnet", preset="tiny", dataset=f"file://{root}/s/datasets/d",
                       run=f"file://{root}/s/runs/r", epochs=2, batch_size=4, heartbeat_s=30), log=lambda *_: None)
     test = root / "test"
     test.mkdir()
     v = velocity_batch("FlatVel_A", 77, 0, 6)
-    x = ForwardModel("cpu")(v)
+    x = simulate(v, "deepwave").numpy()
     oids = ["f00d", "000a1", "c0ffee", "7b", "aa11", "0x9"]
     for o, xi in zip(oids, x):
         np.save(test / f"{o}.npy", xi)
-    return {"run": f"file://{root}/s/runs/r", "test": test, "oids": sorted(oids), "x": dict(zip(oids, x)), "root": root}
+    return {"run": f"file://{root}/s/runs/r", "test": test, "oids": sorted(oids), "x": dict(zip(oids, x)), "root": root,
+            "v": dict(zip(oids, v))}
 
 
 def read_csv(p):
@@ -166,6 +168,24 @@ def test_submission_check_says_exactly_what_is_wrong(tmp_path):
                                                  "oid extra: in the submission but not in the test folder"]
 
 
+def test_misfit_ranks_files_by_how_well_their_prediction_explains_the_recording(trained, tmp_path):
+    """``--misfit`` re-simulates every prediction: one row per file, each the misfit refine would start
+    from; the true map explains its own recording (misfit 0) and a barely trained model's maps do not."""
+    from gwi.physics import backend
+    from gwi.physics.misfit import file_misfit
+
+    out, mis = tmp_path / "sub.csv", tmp_path / "misfit.csv"
+    predict([trained["run"]], str(trained["test"]), str(out), misfit=str(mis), misfit_backend="deepwave",
+            progress=False, log=lambda *_: None)
+    rows = read_csv(mis)
+    assert rows[0] == ["oid", "misfit"] and [r[0] for r in rows[1:]] == trained["oids"]
+    got = {o: float(m) for o, m in rows[1:]}
+    truth = file_misfit(backend("deepwave"), torch.from_numpy(np.stack([trained["v"][o] for o in trained["oids"]])),
+                        torch.from_numpy(np.stack([trained["x"][o] for o in trained["oids"]])))
+    assert float(truth.max()) < 1e-6 and min(got.values()) > 1e-3
+    assert not list(tmp_path.glob("*.partial"))
+
+
 def test_cli_predict_and_check(trained, tmp_path):
     out = tmp_path / "submission.csv"
     r = subprocess.run([GWI, "predict", "--checkpoint", trained["run"], "--test", str(trained["test"]), "--out", str(out),
@@ -181,3 +201,29 @@ def test_cli_predict_and_check(trained, tmp_path):
     r = subprocess.run([GWI, "predict", "--checkpoint", str(tmp_path / "none.pt"), "--test", str(trained["test"])],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "none.pt: no such file" in r.stderr
+
+
+def test_predict_shards_merge_into_the_whole_submission(trained, tmp_path):
+    """``--shard i/N`` predicts an interleaved share of the files; ``gwi merge`` of the shares is the
+    submission of all files, row for row; a missing share is named."""
+    whole = tmp_path / "whole.csv"
+    predict([trained["run"]], str(trained["test"]), str(whole), progress=False, log=lambda *_: None)
+    parts = []
+    for i in (1, 2, 3):
+        parts.append(tmp_path / f"part{i}.csv")
+        r = predict([trained["run"]], str(trained["test"]), str(parts[-1]), shard=(i, 3), progress=False,
+                    log=lambda *_: None)
+        assert r["files"] == 2
+    shares = [{row[0].rpartition("_y_")[0] for row in read_csv(p)[1:]} for p in parts]
+    assert [len(s) for s in shares] == [2, 2, 2] and set().union(*shares) == set(trained["oids"])
+    merged = tmp_path / "merged.csv"
+    r = subprocess.run([GWI, "merge", *map(str, parts), "--test", str(trained["test"]), "--out", str(merged)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert sorted(read_csv(merged)) == sorted(read_csv(whole))
+    r = subprocess.run([GWI, "merge", *map(str, parts[:2]), "--test", str(trained["test"]), "--out", str(merged)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "2 file(s) in no part: " + ", ".join(sorted(shares[2])) in r.stderr, r.stderr
+    r = subprocess.run([GWI, "predict", "--checkpoint", trained["run"], "--test", str(trained["test"]),
+                        "--shard", "3/2"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "shard: expected i/N with 1 <= i <= N (e.g. 2/4), got '3/2'" in r.stderr

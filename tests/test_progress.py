@@ -22,7 +22,7 @@ def test_a_launched_command_beats_from_the_start_and_records_how_it_ended(tmp_pa
     monkeypatch.setenv("GWI_HEARTBEAT", url)
     monkeypatch.setenv("GWI_ATTEMPT", "spec.x.1")
     monkeypatch.setenv("GWI_HEARTBEAT_S", "0.05")
-    synthesize(["FlatVel_A"], 2, f"file://{tmp_path}/s", "d", progress=False)
+    synthesize(["FlatVel_A"], 2, f"file://{tmp_path}/s", "d", progress=False, backend="deepwave")
     assert main(["data", "info", f"file://{tmp_path}/s/datasets/d"]) == 0
     p = read(url)
     assert (p["state"], p["attempt"], p["command"]) == ("succeeded", "spec.x.1", "data info")
@@ -100,9 +100,9 @@ def test_staged_output_uploads_the_file_and_its_sidecars_only_on_success(tmp_pat
 
 def test_synth_exist_ok_reuses_the_same_dataset_and_refuses_a_different_one(tmp_path):
     out = f"file://{tmp_path}/s"
-    m = synthesize(["FlatVel_A"], 2, out, "d", seed=1, progress=False)
-    again = synthesize(["FlatVel_A"], 2, out, "d", seed=1, progress=False, exist_ok=True)
+    m = synthesize(["FlatVel_A"], 2, out, "d", seed=1, progress=False, backend="deepwave")
+    again = synthesize(["FlatVel_A"], 2, out, "d", seed=1, progress=False, exist_ok=True, backend="deepwave")
     assert again["build"] == m["build"]
     with pytest.raises(ValueError, match=r"dataset d exists in .* with other settings \(seed: 1 there, 2 asked\); "
                                          r"use --overwrite or another --name"):
-        synthesize(["FlatVel_A"], 2, out, "d", seed=2, progress=False, exist_ok=True)
+        synthesize(["FlatVel_A"], 2, out, "d", seed=2, progress=False, exist_ok=True, backend="deepwave")

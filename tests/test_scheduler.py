@@ -103,7 +103,7 @@ def attempts(s, job):
 
 SYNTH = """
 jobs:
-  - {name: data, kind: synth, dataset: d, families: [FlatVel_A], samples: 2, platforms: [a, b]}
+  - {name: data, kind: synth, backend: deepwave, dataset: d, families: [FlatVel_A], samples: 2, platforms: [a, b]}
   - {name: tr, kind: train, model: inversionnet, preset: tiny, dataset: d, platforms: [a, b], heartbeat_s: 5,
      limits: {stall_s: 30}}
 """
@@ -157,7 +157,7 @@ def test_retries_stay_on_the_same_platform(env):
     s, fakes, clock, spec, beat = env
     s.submit(spec("""
 jobs:
-  - {name: data, kind: synth, dataset: d, families: [FlatVel_A], samples: 2, platforms: [a, b], limits: {retries: 1}}
+  - {name: data, kind: synth, backend: deepwave, dataset: d, families: [FlatVel_A], samples: 2, platforms: [a, b], limits: {retries: 1}}
 """))
     s.reconcile()
     fakes["a"].finish("t.data.1", 1)
@@ -231,9 +231,9 @@ def test_over_budget_hours_and_dollars(env):
     s, fakes, clock, spec, beat = env
     s.submit(spec("""
 jobs:
-  - {name: p, kind: synth, dataset: d, families: [FlatVel_A], samples: 2, platforms: [paid, a],
+  - {name: p, kind: synth, backend: deepwave, dataset: d, families: [FlatVel_A], samples: 2, platforms: [paid, a],
      limits: {max_cost_usd: 3, stall_s: 100000}}
-  - {name: h, kind: synth, dataset: e, families: [FlatVel_A], samples: 2, platforms: [b, a], limits: {max_hours: 1, stall_s: 100000}}
+  - {name: h, kind: synth, backend: deepwave, dataset: e, families: [FlatVel_A], samples: 2, platforms: [b, a], limits: {max_hours: 1, stall_s: 100000}}
 """))
     s.reconcile()
     beat("t.p.1")
@@ -259,9 +259,9 @@ def test_quota_capacity_credentials_and_launch_errors_choose_the_platform(env):
     s, fakes, clock, spec, beat = env
     s.submit(spec("""
 jobs:
-  - {name: q1, kind: synth, dataset: d1, families: [FlatVel_A], samples: 2, platforms: [quota, a], limits: {stall_s: 100000}}
-  - {name: q2, kind: synth, dataset: d2, families: [FlatVel_A], samples: 2, platforms: [quota, a], limits: {stall_s: 100000}}
-  - {name: q3, kind: synth, dataset: d3, families: [FlatVel_A], samples: 2, platforms: [b], limits: {stall_s: 100000}}
+  - {name: q1, kind: synth, backend: deepwave, dataset: d1, families: [FlatVel_A], samples: 2, platforms: [quota, a], limits: {stall_s: 100000}}
+  - {name: q2, kind: synth, backend: deepwave, dataset: d2, families: [FlatVel_A], samples: 2, platforms: [quota, a], limits: {stall_s: 100000}}
+  - {name: q3, kind: synth, backend: deepwave, dataset: d3, families: [FlatVel_A], samples: 2, platforms: [b], limits: {stall_s: 100000}}
 """))
     fakes["b"].unavailable = "credentials not set: B_KEY"
     s.reconcile()
@@ -574,8 +574,8 @@ def test_a_hung_platform_api_does_not_hold_up_the_others(tmp_path):
     s._adapters.update(fakes)
     p = tmp_path / "h.yaml"
     p.write_text(f"name: h\nstore: file://{tmp_path}/store\njobs:\n"
-                 "  - {name: x, kind: synth, dataset: x, families: [FlatVel_A], samples: 2, platforms: [hung]}\n"
-                 "  - {name: y, kind: synth, dataset: y, families: [FlatVel_A], samples: 2, platforms: [a]}\n")
+                 "  - {name: x, kind: synth, backend: deepwave, dataset: x, families: [FlatVel_A], samples: 2, platforms: [hung]}\n"
+                 "  - {name: y, kind: synth, backend: deepwave, dataset: y, families: [FlatVel_A], samples: 2, platforms: [a]}\n")
     s.submit(load_spec(p, profiles=profiles))
     s.reconcile()
     fakes["hung"].hang.set()

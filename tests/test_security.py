@@ -91,11 +91,11 @@ SECRETS = {
 
 PLAN = """defaults: {heartbeat_s: 0.5}
 jobs:
-  - {name: here, kind: synth, dataset: d1, families: [FlatVel_A], samples: 4, platforms: [box]}
+  - {name: here, kind: synth, backend: deepwave, dataset: d1, families: [FlatVel_A], samples: 4, platforms: [box]}
   - {name: tr, kind: train, model: inversionnet, preset: tiny, dataset: d1, platforms: [box],
      config: {epochs: 1, batch_size: 2, fold: 0, folds: 2}}
-  - {name: far, kind: synth, dataset: d2, families: [FlatVel_A], samples: 2, platforms: [lam]}
-  - {name: kern, kind: synth, dataset: d3, families: [FlatVel_A], samples: 2, platforms: [kg]}
+  - {name: far, kind: synth, backend: deepwave, dataset: d2, families: [FlatVel_A], samples: 2, platforms: [lam]}
+  - {name: kern, kind: synth, backend: deepwave, dataset: d3, families: [FlatVel_A], samples: 2, platforms: [kg]}
 """
 
 

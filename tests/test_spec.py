@@ -98,7 +98,7 @@ def test_unknown_limits_and_defaults_keys(error):
 def test_wrong_types(error):
     p, msg = error("""
         jobs:
-          - {name: data, kind: synth, dataset: d, families: [FlatVel_A], samples: many, platforms: [local]}
+          - {name: data, kind: synth, backend: deepwave, dataset: d, families: [FlatVel_A], samples: many, platforms: [local]}
         """)
     assert msg == f"{p}:2: job 'data': field 'samples': expected an integer, got a string ('many')"
     p, msg = error(TRAIN + "    limits: {stall_s: -1}\n")
@@ -129,7 +129,7 @@ def test_missing_required_field(error):
 def test_unknown_kind(error):
     p, msg = error(TRAIN.replace("kind: train", "kind: trian"))
     assert msg == (f"{p}:5: job 'egnn': field 'kind': unknown value 'trian' (did you mean 'train'?); "
-                   "expected one of: ensemble, evaluate, predict, sweep, synth, train")
+                   "expected one of: augment, ensemble, evaluate, predict, refine, sweep, synth, train")
 
 
 def test_unknown_model_and_preset(error):
@@ -222,7 +222,7 @@ def test_fine_tuning_and_time_budget_errors(error):
 
 def test_after_names_a_missing_job(error):
     p, msg = error(TRAIN + "    after: [dat]\n" + """
-  - {name: data, kind: synth, dataset: d, families: [FlatVel_A], samples: 2, platforms: [local]}
+  - {name: data, kind: synth, backend: deepwave, dataset: d, families: [FlatVel_A], samples: 2, platforms: [local]}
 """)
     assert msg == (f"{p}:9: job 'egnn': field 'after': unknown job 'dat' (did you mean 'data'?); "
                    "expected one of: data, egnn")
@@ -232,16 +232,16 @@ def test_cycle(error):
     p, msg = error("""
         defaults: {platforms: [local]}
         jobs:
-          - {name: a, kind: synth, dataset: d1, families: [FlatVel_A], samples: 1, after: [c]}
-          - {name: b, kind: synth, dataset: d2, families: [FlatVel_A], samples: 1, after: [a]}
-          - {name: c, kind: synth, dataset: d3, families: [FlatVel_A], samples: 1, after: [b]}
-          - {name: d, kind: synth, dataset: d4, families: [FlatVel_A], samples: 1, after: [d]}
+          - {name: a, kind: synth, backend: deepwave, dataset: d1, families: [FlatVel_A], samples: 1, after: [c]}
+          - {name: b, kind: synth, backend: deepwave, dataset: d2, families: [FlatVel_A], samples: 1, after: [a]}
+          - {name: c, kind: synth, backend: deepwave, dataset: d3, families: [FlatVel_A], samples: 1, after: [b]}
+          - {name: d, kind: synth, backend: deepwave, dataset: d4, families: [FlatVel_A], samples: 1, after: [d]}
         """)
     assert msg == f"{p}:3: job 'a': field 'after': cycle: a -> c -> b -> a"
     p, msg = error("""
         defaults: {platforms: [local]}
         jobs:
-          - {name: d, kind: synth, dataset: d4, families: [FlatVel_A], samples: 1, after: [d]}
+          - {name: d, kind: synth, backend: deepwave, dataset: d4, families: [FlatVel_A], samples: 1, after: [d]}
         """)
     assert msg == f"{p}:3: job 'd': field 'after': cycle: d -> d"
 
@@ -259,7 +259,7 @@ def test_duplicate_job_names(error):
 
 def test_member_must_be_a_train_job(error):
     p, msg = error(TRAIN + """
-  - {name: data, kind: synth, dataset: d, families: [FlatVel_A], samples: 2, platforms: [local]}
+  - {name: data, kind: synth, backend: deepwave, dataset: d, families: [FlatVel_A], samples: 2, platforms: [local]}
   - {name: ens, kind: ensemble, members: [egnn, data], dataset: d, platforms: [local]}
 """)
     assert msg == (f"{p}:11: job 'ens': field 'members': job 'data' is a synth job, not a train job; "
@@ -346,7 +346,7 @@ jobs:
     kind: train
     model: specproj_unet
     preset: tiny
-    config: {epochs: 40, lr: 3.0e-4, ema: 1.0e-05, model_args: {dropout: 0.1}}
+    config: {epochs: 40, lr: 3e-4, ema: 1.0e-05, model_args: {dropout: 0.1}}  # 3e-4: a number, as in YAML 1.2
     limits: {max_cost_usd: 0}
   - name: egnn
     kind: train
@@ -370,7 +370,8 @@ def test_argv_of_every_kind(spec, tmp_path):
     runs = f"{st}/runs/day2"
     assert s.store == st
     assert s.job("data").argv == ["gwi", "data", "synth", "--out", st, "--name", "synth-b", "--family",
-                                  "FlatVel_B,CurveFault_A", "--samples", "500", "--seed", "1", "--exist-ok"]
+                                  "FlatVel_B,CurveFault_A", "--samples", "500", "--seed", "1", "--backend",
+                                  "openfwi", "--exist-ok"]
     assert s.job("data").outputs == {"dataset": f"{st}/datasets/synth-b"}
     assert s.job("unet").argv == [
         "gwi", "train", "--model", "specproj_unet", "--preset", "tiny", "--dataset", f"{st}/datasets/kaggle-train-f16",
@@ -424,7 +425,8 @@ def test_defaults_merge(spec):
     assert egnn.params["config"] == {"precision": "fp32", "batch_size": 64, "split": "family:Style_A", "loss": "l1+l2"}
     assert ens.params["config"] == {"split": "kfold:4:0", "crf": False, "mc_samples": 0}
     assert s.job("data").params == {"dataset": "s3://bucket/gwi/datasets/synth-b",
-                                    "families": ["FlatVel_B", "CurveFault_A"], "samples": 500, "seed": 1}
+                                    "families": ["FlatVel_B", "CurveFault_A"], "samples": 500, "seed": 1,
+                                    "backend": "openfwi"}
 
 
 def test_implicit_after_and_topological_order(spec):
@@ -441,10 +443,10 @@ def test_topological_order_is_stable(spec):
     _, s = spec("""
         defaults: {platforms: [local]}
         jobs:
-          - {name: late, kind: synth, dataset: a, families: [FlatVel_A], samples: 1, after: [first]}
-          - {name: free1, kind: synth, dataset: b, families: [FlatVel_A], samples: 1}
-          - {name: first, kind: synth, dataset: c, families: [FlatVel_A], samples: 1, after: [free1]}
-          - {name: free2, kind: synth, dataset: d, families: [FlatVel_A], samples: 1}
+          - {name: late, kind: synth, backend: deepwave, dataset: a, families: [FlatVel_A], samples: 1, after: [first]}
+          - {name: free1, kind: synth, backend: deepwave, dataset: b, families: [FlatVel_A], samples: 1}
+          - {name: first, kind: synth, backend: deepwave, dataset: c, families: [FlatVel_A], samples: 1, after: [free1]}
+          - {name: free2, kind: synth, backend: deepwave, dataset: d, families: [FlatVel_A], samples: 1}
         """)
     assert [j.name for j in s.jobs] == ["free1", "first", "late", "free2"]
 
@@ -542,3 +544,78 @@ def test_deadline_and_priorities(spec, error):
     assert "expected an ISO time with a zone (Z or +01:00)" in msg
     p, msg = error(TRAIN + "    priority: high\n")
     assert msg == f"{p}:9: job 'egnn': field 'priority': expected an integer, got a string ('high')"
+
+
+REFINE = """
+    jobs:
+      - name: sub
+        kind: predict
+        members: [s3://b/runs/x/m]
+        test: t
+        platforms: [local]
+      - name: fix
+        kind: refine
+        init: sub
+        test: t
+        worst: 0.5
+        shards: 3
+        platforms: [local]
+    """
+
+
+def test_refine_shards_become_jobs_and_a_merge(spec, error):
+    p, msg = error(REFINE)
+    assert msg == (f"{p}:7: job 'fix': field 'rank': job 'sub' writes no misfit file (submission); expected a job "
+                   "that does, or a misfit.csv URL (gwi predict --misfit)")
+    _, s = spec(REFINE.replace("test: t\n        platforms", "test: t\n        misfit: true\n        platforms"))
+    jobs = {j.name: j for j in s.jobs}
+    assert [j.name for j in s.jobs] == ["sub", "fix-s1", "fix-s2", "fix-s3", "fix"]
+    assert jobs["fix-s2"].after == ["sub"] and jobs["fix"].after == ["sub", "fix-s1", "fix-s2", "fix-s3"]
+    argv = jobs["fix-s2"].argv
+    assert argv[argv.index("--shard") + 1] == "2/3" and argv[argv.index("--worst") + 1] == "0.5"
+    assert argv[argv.index("--rank") + 1].endswith("/runs/day2/sub/misfit.csv")
+    assert jobs["fix"].argv[:2] == ["gwi", "merge"] and jobs["fix"].argv.count("--base") == 1
+    p, msg = error(REFINE.replace("worst: 0.5", "worst: 1.5"))
+    assert msg == f"{p}:11: job 'fix': field 'worst': expected a fraction in (0, 1] of the files to refine, got 1.5"
+
+
+AUGMENT = """
+    jobs:
+      - name: data
+        kind: synth
+        dataset: base
+        families: [FlatVel_A]
+        samples: 8
+        platforms: [local]
+      - name: more
+        kind: augment
+        from: base
+        dataset: base-aug
+        factor: 4
+        recipe: [crop, flip]
+        shards: 2
+        platforms: [local]
+      - name: fit
+        kind: train
+        model: inversionnet
+        dataset: base-aug
+        platforms: [local]
+    """
+
+
+def test_augment_shards_become_jobs_and_a_merge_that_training_waits_for(spec, error):
+    _, s = spec(AUGMENT)
+    jobs = {j.name: j for j in s.jobs}
+    assert [j.name for j in s.jobs] == ["data", "more-s1", "more-s2", "more", "fit"]
+    assert jobs["more-s1"].after == ["data"] and jobs["more"].after == ["data", "more-s1", "more-s2"]
+    assert jobs["fit"].after == ["more"]
+    argv = jobs["more-s2"].argv
+    assert argv[:3] == ["gwi", "data", "augment"] and argv[argv.index("--shard") + 1] == "2/2"
+    assert argv[argv.index("--recipe") + 1] == "flip,crop" and argv[argv.index("--from") + 1].endswith("/datasets/base")
+    assert jobs["more-s2"].outputs == {"part": jobs["more"].outputs["dataset"] + "/parts/2-of-2.json"}
+    assert jobs["more"].argv[:3] == ["gwi", "data", "merge"] and jobs["more"].argv[-2:] == ["--parts", "2"]
+    p, msg = error(AUGMENT.replace("recipe: [crop, flip]", "recipe: [crop, rotate]"))
+    assert msg == (f"{p}:13: job 'more': field 'recipe': unknown value 'rotate'; "
+                   "expected one of: affine, blend, crop, flip")
+    p, msg = error(AUGMENT.replace("dataset: base-aug\n        factor", "dataset: base\n        factor"))
+    assert msg == f"{p}:11: job 'more': field 'dataset': expected a new dataset, got the source 'base' itself"

@@ -69,7 +69,7 @@ def test_a_store_outage_mid_plan_loses_no_step_and_burns_no_platform(outage_worl
     from gwi.data.synth import synthesize
 
     store, proxy, plat = outage_world
-    synthesize(["FlatVel_A"], 16, store, "d", seed=3, batch_size=16, progress=False)
+    synthesize(["FlatVel_A"], 16, store, "d", seed=3, batch_size=16, progress=False, backend="deepwave")
     spec = tmp_path / "out.yaml"
     spec.write_text(f"name: out\nstore: {store}\n" + PLAN)
     s = Scheduler(tmp_path / "home", profiles=load_profiles([plat]), call_timeout_s=5, store_backoff_s=2)

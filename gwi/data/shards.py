@@ -257,6 +257,7 @@ class DatasetWriter:
         time_decimate: int = 1,
         velocity_tolerance: float = 1.0,
         extra: dict | None = None,
+        part: str | None = None,
     ):
         if not name or "/" in name or name.startswith("."):
             raise ValueError(f"dataset name: expected a plain name like 'kaggle-train-f16', got {name!r}")
@@ -264,14 +265,16 @@ class DatasetWriter:
             raise ValueError(f"shard size: expected a positive integer, got {shard_size!r}")
         self.store = open_store(store_url).child(f"datasets/{name}")
         self.name = name
+        # a part (``--shard i/N``) publishes its own manifest; ``merge_parts`` joins them into the dataset's
+        self.key = part_key(part)
         self.previous = None
-        if self.store.exists(MANIFEST):
+        if self.store.exists(self.key):
             if not overwrite:
                 raise DataError(
-                    f"dataset {self.store.url} already exists; pass --overwrite to replace it "
-                    "(the old one stays readable until the new manifest is published)"
+                    f"{'part ' + part + ' of ' if part else ''}dataset {self.store.url} already exists; pass "
+                    "--overwrite to replace it (the old one stays readable until the new manifest is published)"
                 )
-            self.previous = json.loads(self.store.get_bytes(MANIFEST))
+            self.previous = json.loads(self.store.get_bytes(self.key))
         self.source = source
         self.labelled = labelled
         self.shard_size = shard_size
@@ -358,7 +361,7 @@ class DatasetWriter:
         if not self.shards:
             raise DataError(f"dataset {self.name}: no samples were written")
         manifest = self._manifest()
-        self.store.put_bytes(MANIFEST, json.dumps(manifest, indent=1).encode())
+        self.store.put_bytes(self.key, json.dumps(manifest, indent=1).encode())
         shutil.rmtree(self.staging, ignore_errors=True)
         if self.previous:
             # the new manifest is live: shards only the old one referenced can go
@@ -507,6 +510,118 @@ class DatasetWriter:
         }
         m.update(self.extra)
         return m
+
+
+# ------------------------------------------------------------------------------------------------
+# parts: one dataset written by several attempts (``--shard i/N``)
+
+
+def part_key(part: str | None) -> str:
+    """Where a part's manifest lives in the dataset folder (``None``: the dataset's own manifest)."""
+    return f"parts/{part}.json" if part else MANIFEST
+
+
+def existing_dataset(out: str, name: str, want: dict, part: str | None = None,
+                     defaults: dict | None = None) -> dict | None:
+    """The manifest of dataset ``name`` (or of its ``part``) in store ``out`` when one was made with the
+    settings ``want`` (keys of its ``source``; ``defaults`` for keys older manifests lack): a rerun job
+    has nothing to do. ``None`` when there is none; an error naming the differences otherwise."""
+    store = open_store(out).child(f"datasets/{name}")
+    key = part_key(part)
+    try:
+        if not store.exists(key):
+            return None
+    except StoreError:
+        return None
+    m = parse_manifest(store.get_bytes(key), store.key_url(key))
+    have, defaults = m.get("source", {}), defaults or {}
+    diff = {k: (have.get(k, defaults.get(k)), v) for k, v in want.items() if have.get(k, defaults.get(k)) != v}
+    if diff:
+        raise ValueError(f"{'part ' + part + ' of ' if part else ''}dataset {name} exists in {out} with other "
+                         "settings (" + ", ".join(f"{k}: {a!r} there, {b!r} asked" for k, (a, b) in diff.items())
+                         + "); use --overwrite or another --name")
+    return m
+
+
+def merge_parts(out: str, name: str, parts: int, *, overwrite: bool = False) -> dict:
+    """Join the manifests of parts ``1-of-N`` ... ``N-of-N`` of dataset ``name`` into its manifest: every
+    part must be there and made with the same settings. Shards stay where the parts wrote them. A
+    manifest already joined from these very parts is returned as it is (a rerun job)."""
+    if not isinstance(parts, int) or parts < 1:
+        raise ValueError(f"parts: expected a positive integer, got {parts!r}")
+    store = open_store(out).child(f"datasets/{name}")
+    keys = [part_key(f"{i}-of-{parts}") for i in range(1, parts + 1)]
+    missing = [str(i) for i, k in enumerate(keys, 1) if not store.exists(k)]
+    if missing:
+        found = sorted(k[len("parts/"):-len(".json")] for k in store.list("parts/") if k.endswith(".json"))
+        raise DataError(f"dataset {store.url}: part(s) {', '.join(missing)} of {parts} are missing "
+                        f"(parts/<i>-of-{parts}.json); found: {', '.join(found) or 'no parts'}")
+    ms = [parse_manifest(store.get_bytes(k), store.key_url(k)) for k in keys]
+    builds = [m["build"] for m in ms]
+    if store.exists(MANIFEST):
+        old = parse_manifest(store.get_bytes(MANIFEST), store.key_url(MANIFEST))
+        if old.get("merged_from") == builds:
+            return old
+        if not overwrite:
+            raise DataError(f"dataset {store.url} already exists; pass --overwrite to replace it with its parts")
+    first = ms[0]
+    common = {k: v for k, v in first["source"].items() if k not in ("shard", "device")}
+    for k, m in zip(keys, ms):
+        for f in ("labelled", "seismic_shape", "velocity_shape", "dt_s"):
+            if m.get(f) != first.get(f):
+                raise DataError(f"{store.key_url(k)}: {f} is {m.get(f)!r}, part 1 has {first.get(f)!r}")
+        for f, v in common.items():
+            if m["source"].get(f) != v:
+                raise DataError(f"{store.key_url(k)}: source.{f} is {m['source'].get(f)!r}, part 1 has {v!r}; "
+                                "the parts were made by different commands")
+    merged = _joined(ms)
+    merged.update(name=name, build="merged-" + uuid.uuid4().hex[:6], created=time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                  time.gmtime()), gwi_version=__version__, host=socket.gethostname(),
+                  source={**common, "parts": parts}, merged_from=builds)
+    store.put_bytes(MANIFEST, json.dumps(merged, indent=1).encode())
+    return merged
+
+
+def _joined(ms: list[dict]) -> dict:
+    """One manifest holding the shards of ``ms`` in order, with their statistics combined."""
+    out = json.loads(json.dumps(ms[0]))
+    fams: dict[str, dict] = {}
+    seen: dict[str, int] = {}  # samples of each family in earlier parts: the next part's shards follow them
+    shards = []
+    for m in ms:
+        for fam, d in m["families"].items():
+            f = fams.setdefault(fam, {"samples": 0})
+            if "velocity_mean" in d:
+                n = f["samples"] + d["samples"]
+                f["velocity_mean"] = (f.get("velocity_mean", 0.0) * f["samples"] + d["velocity_mean"] * d["samples"]) / n
+                f["velocity_min"] = min(f.get("velocity_min", VMAX), d["velocity_min"])
+                f["velocity_max"] = max(f.get("velocity_max", VMIN), d["velocity_max"])
+            f["samples"] += d["samples"]
+        for s in m["shards"]:
+            shards.append({**s, "first_sample": s.get("first_sample", 0) + seen.get(s["family"], 0)})
+        for fam, d in m["families"].items():
+            seen[fam] = seen.get(fam, 0) + d["samples"]
+    seis = out["normalisation"]["seismic"]
+    per = {}
+    for m in ms:
+        for fam, d in m["normalisation"]["seismic"]["per_family"].items():
+            p = per.setdefault(fam, {"raw_min": d["raw_min"], "raw_max": d["raw_max"]})
+            p["raw_min"], p["raw_max"] = min(p["raw_min"], d["raw_min"]), max(p["raw_max"], d["raw_max"])
+    for p in per.values():
+        p["min"], p["max"] = float(log_transform(p["raw_min"])), float(log_transform(p["raw_max"]))
+    gmin, gmax = min(p["raw_min"] for p in per.values()), max(p["raw_max"] for p in per.values())
+    seis["per_family"] = dict(sorted(per.items()))
+    seis["global"] = {"min": float(log_transform(gmin)), "max": float(log_transform(gmax)), "raw_min": gmin,
+                      "raw_max": gmax}
+    total = sum(f["samples"] for f in fams.values())
+    if out["normalisation"]["velocity"].get("mean") is not None:
+        out["normalisation"]["velocity"]["mean"] = sum(
+            f["velocity_mean"] * f["samples"] for f in fams.values()) / total
+    for kind, e in out["float16_error"].items():
+        for k in ("max_abs", "max_rel"):
+            e[k] = max(m["float16_error"][kind][k] for m in ms)
+    out.update(families=dict(sorted(fams.items())), num_samples=total, shards=shards)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""OpenFWI-style synthetic families: velocity-map generators and the deepwave forward model.
+"""OpenFWI-style synthetic families: velocity-map generators, forward-modelled into datasets.
 
 Velocity maps (70×70, 10 m cells, 1500–4500 m/s), one generator per family:
 
@@ -16,39 +16,22 @@ Every sample draws from its own generator seeded by ``(seed, family, index)``, s
 sample do not depend on batch size or on how many samples were asked for: the same seed gives
 identical shards.
 
-Forward model, aligned with OpenFWI's generator (4th-order acoustic FD, 1 ms, 15 Hz Ricker):
-
-* Wavelet: OpenFWI's Ricker is ``2·floor(1.1/(f·dt))+1 = 147`` samples long with its positive peak at
-  sample 73 (t = 73 ms) and unit amplitude, added to the pressure as ``p += v²·dt²·w`` at the source
-  cell. We use the same wavelet.
-* deepwave's scalar propagator solves ``∇²u − u_tt/v² = f`` (the opposite sign of OpenFWI's source
-  term) and its receiver sample ``k`` sees the source one step later than OpenFWI's loop does. So we
-  inject ``−w`` advanced by one sample: polarity and onset then match.
-* Checked by ``tests/test_synth.py::test_matches_openfwi_reference_scheme``, which runs an
-  independent torch re-implementation of OpenFWI's published FD loop on a two-layer model: after the
-  alignment the traces agree to ~1 % (relative L2 over the first 600 ms, before the two codes' different
-  absorbing boundaries matter), with zero lag and correlation > 0.999 near and far offset.
-* Time step: OpenFWI steps at 1 ms even at 4500 m/s (Courant 0.45 per axis). deepwave's default
-  Courant number would halve the internal step; we pass ``courant_number=0.7`` (deepwave checks it
-  against the stability limit of the 4th-order scheme) so the stepping is the same as OpenFWI's and
-  twice as fast.
+Forward models live in :mod:`gwi.physics` (``openfwi``: the organisers' scheme, the default;
+``deepwave``: faster on CPU). The manifest records which one made the data.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 import zlib
 from typing import Callable
 
 import numpy as np
 
 from ..progress import update as report_progress
-from .layout import DT, DX, FAMILIES, FREQ, N_RECEIVERS, NT, NX, NZ, RECEIVER_Z, SOURCE_X, SOURCE_Z, VMAX, VMIN
+from .layout import FAMILIES, NX, NZ, VMAX, VMIN
 
 GENERATOR_VERSION = 1
-COURANT = 0.7
-PML_WIDTH = 20
 
 # ------------------------------------------------------------------------------------------------
 # velocity generators
@@ -181,102 +164,24 @@ def velocity_batch(family: str, seed: int, start: int, count: int) -> np.ndarray
 
 
 # ------------------------------------------------------------------------------------------------
-# forward model
-
-
-def openfwi_ricker(freq: float = FREQ, dt: float = DT, nt: int = NT) -> np.ndarray:
-    """OpenFWI's source wavelet: a unit Ricker, 2·floor(1.1/(f·dt))+1 samples, peak at the centre."""
-    nw = int(2 * math.floor(1.1 / freq / dt) + 1)
-    nc = nw // 2
-    a = (nc - np.arange(nw)) * freq * dt * math.pi
-    w = np.zeros(nt)
-    w[:nw] = (1 - 2 * a**2) * np.exp(-(a**2))
-    return w
-
-
-class ForwardModel:
-    """Batched acoustic modelling of velocity maps into OpenFWI-shaped recordings.
-
-    ``fm(v)`` with v (B, 70, 70) in m/s returns float32 (B, 5, 1000, 70): every (map, shot) pair is one
-    deepwave shot with its own model, so a batch is one propagator call.
-    """
-
-    def __init__(self, device: str | None = None, dtype=None):
-        import torch
-
-        self.torch = torch
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = dtype or torch.float32
-        w = openfwi_ricker()
-        # polarity and onset alignment with OpenFWI, see the module docstring
-        w = -np.concatenate([w[1:], [0.0]])
-        self.wavelet = torch.tensor(w, dtype=self.dtype, device=self.device)
-
-    def geometry(self, batch: int):
-        torch = self.torch
-        ns = len(SOURCE_X)
-        src = torch.zeros(batch * ns, 1, 2, dtype=torch.long, device=self.device)
-        src[:, 0, 0] = SOURCE_Z
-        src[:, 0, 1] = torch.tensor(SOURCE_X, device=self.device).repeat(batch)
-        rec = torch.zeros(batch * ns, N_RECEIVERS, 2, dtype=torch.long, device=self.device)
-        rec[:, :, 0] = RECEIVER_Z
-        rec[:, :, 1] = torch.arange(N_RECEIVERS, device=self.device)
-        amp = self.wavelet.reshape(1, 1, -1).expand(batch * ns, 1, NT).contiguous()
-        return amp, src, rec
-
-    def __call__(self, v) -> np.ndarray:
-        import deepwave
-
-        torch = self.torch
-        v = torch.as_tensor(v, dtype=self.dtype, device=self.device)
-        if v.ndim != 3 or tuple(v.shape[1:]) != (NZ, NX):
-            raise ValueError(f"velocity: expected shape (B, {NZ}, {NX}), got {tuple(v.shape)}")
-        b, ns = v.shape[0], len(SOURCE_X)
-        amp, src, rec = self.geometry(b)
-        vv = v.repeat_interleave(ns, dim=0)  # (B*5, 70, 70): one model per shot
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", category=getattr(deepwave, "DeepwaveWarning", Warning))
-            out = deepwave.scalar(
-                vv, DX, DT, source_amplitudes=amp, source_locations=src, receiver_locations=rec,
-                accuracy=4, pml_width=PML_WIDTH, pml_freq=FREQ, courant_number=COURANT,
-                # a fixed max_vel fixes the PML profile and the time step: otherwise they follow the
-                # fastest map in the batch, and a sample's bytes would depend on its batch-mates
-                max_vel=VMAX,
-            )
-        d = out.receiver_amplitudes  # (B*5, 70, 1000)
-        d = d.reshape(b, ns, N_RECEIVERS, NT).permute(0, 1, 3, 2)  # (B, 5, 1000, 70)
-        return d.float().contiguous().cpu().numpy()  # contiguous: the shard writer's passes run faster
-
-
-# ------------------------------------------------------------------------------------------------
 # the command
-
-
-def _existing(out: str, name: str) -> dict | None:
-    from ..errors import StoreError
-    from ..store import open_store
-    from .shards import MANIFEST, load_manifest
-
-    store = open_store(out).child(f"datasets/{name}")
-    try:
-        if not store.exists(MANIFEST):
-            return None
-    except StoreError:
-        return None
-    return load_manifest(store)
 
 
 def synthesize(families: list[str], samples: int, out: str, name: str, *, seed: int = 0, batch_size: int = 16,
                device: str | None = None, shard_size: int = 500, overwrite: bool = False,
-               progress: bool | None = None, exist_ok: bool = False) -> dict:
-    """Generate ``samples`` maps per family, forward-model them, write shards + manifest.
+               progress: bool | None = None, exist_ok: bool = False, backend: str = "openfwi") -> dict:
+    """Generate ``samples`` maps per family, forward-model them with ``backend`` (see
+    :mod:`gwi.physics`), write shards + manifest.
 
     ``exist_ok``: when the dataset is already there from the same families, samples, seed and
     generator, return its manifest without work (a rerun job); made otherwise, it is an error."""
     from tqdm import tqdm
 
-    from .shards import DatasetWriter
+    from .. import physics
+    from .shards import DatasetWriter, existing_dataset
 
+    if backend not in physics.BACKENDS:
+        raise ValueError(f"backend: expected one of {', '.join(physics.BACKENDS)}, got {backend!r}")
     for f in families:
         if f not in FAMILIES:
             raise ValueError(f"family: expected one of {', '.join(FAMILIES)}, got {f!r}")
@@ -285,27 +190,19 @@ def synthesize(families: list[str], samples: int, out: str, name: str, *, seed: 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size: expected a positive integer, got {batch_size!r}")
     if exist_ok and not overwrite:
-        existing = _existing(out, name)
+        want = {"families": list(families), "samples_per_family": samples, "seed": seed,
+                "generator_version": GENERATOR_VERSION, "backend": backend}
+        # datasets from before the backends were named were deepwave's
+        existing = existing_dataset(out, name, want, defaults={"backend": "deepwave"})
         if existing is not None:
-            src = existing.get("source", {})
-            want = {"families": list(families), "samples_per_family": samples, "seed": seed,
-                    "generator_version": GENERATOR_VERSION}
-            diff = {k: (src.get(k), v) for k, v in want.items() if src.get(k) != v}
-            if not diff:
-                return existing
-            raise ValueError(f"dataset {name} exists in {out} with other settings ("
-                             + ", ".join(f"{k}: {a!r} there, {b!r} asked" for k, (a, b) in diff.items())
-                             + "); use --overwrite or another --name")
-    import deepwave
+            return existing
+    import torch
 
-    fm = ForwardModel(device)
+    fm = physics.backend(backend, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     source = {
         "kind": "synth", "families": list(families), "samples_per_family": samples, "seed": seed,
-        "generator_version": GENERATOR_VERSION, "deepwave_version": getattr(deepwave, "__version__", "?"),
-        "device": str(fm.device),
-        "geometry": {"dx_m": DX, "dt_s": DT, "nt": NT, "freq_hz": FREQ, "source_x": list(SOURCE_X),
-                     "source_z": SOURCE_Z, "receiver_z": RECEIVER_Z, "courant_number": COURANT,
-                     "pml_width": PML_WIDTH},
+        "generator_version": GENERATOR_VERSION, "backend": backend, "device": str(fm.device),
+        **fm.describe(),
     }
     with DatasetWriter(out, name, source=source, labelled=True, shard_size=shard_size,
                        overwrite=overwrite) as w, \
@@ -315,7 +212,8 @@ def synthesize(families: list[str], samples: int, out: str, name: str, *, seed: 
             for start in range(0, samples, batch_size):
                 n = min(batch_size, samples - start)
                 v = velocity_batch(fam, seed, start, n)
-                x = fm(v)
+                with torch.no_grad():
+                    x = fm(torch.from_numpy(v)).float().cpu().numpy()  # (n, 5, 1000, 70)
                 w.add(fam, x, v[:, None], src=f"synth:{fam}:seed={seed}", first=start)
                 bar.update(n)
                 report_progress(state="running", done=bar.n, total=bar.total, unit="samples")

@@ -16,5 +16,7 @@ from . import ensemble  # noqa: E402,F401
 from . import predict  # noqa: E402,F401
 from . import evaluate  # noqa: E402,F401
 from . import sweep  # noqa: E402,F401
+from . import refine  # noqa: E402,F401
+from . import augment  # noqa: E402,F401
 
 __all__ = ["JobKind", "Plan", "Ref", "get", "names", "register", "unregister"]

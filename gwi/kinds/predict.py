@@ -5,24 +5,29 @@ from __future__ import annotations
 from typing import Any
 
 from .. import config as train_config
+from ..physics import BACKENDS
 from ..runs import Run
 from ..yamlfile import Fields
 from .base import JobKind, Plan, Ref, dataset_or_folder, flags, optional, register
 from .ensemble import members
 
-CONFIG = ("tta", "precision", "batch_size", "mc_samples")
-_FLAGS = (("precision", "--precision"), ("batch_size", "--batch-size"), ("mc_samples", "--mc-samples"))
+MISFIT = "misfit.csv"  # oid,misfit per test file: what refine's worst fraction is ranked by
+
+CONFIG = ("tta", "precision", "batch_size", "mc_samples", "misfit_backend")
+_FLAGS = (("precision", "--precision"), ("batch_size", "--batch-size"), ("mc_samples", "--mc-samples"),
+          ("misfit_backend", "--misfit-backend"))
 
 
 @register
 class Predict(JobKind):
     name = "predict"
-    fields = ("members", "ensemble", "test", "config", "uncertainty", "plots")
+    fields = ("members", "ensemble", "test", "config", "uncertainty", "plots", "misfit")
     refs = (Ref("members", "train", "run", "a run URL"),
             Ref("ensemble", "ensemble", "ensemble", "an ensemble.json URL", many=False))
     reads = ("test",)
-    example = {"ensemble": "ensemble", "test": "example-data", "uncertainty": True, "plots": True,
-               "config": {"tta": "flip", "precision": "fp32", "batch_size": 4, "mc_samples": 2}}
+    example = {"ensemble": "ensemble", "test": "example-data", "uncertainty": True, "plots": True, "misfit": True,
+               "config": {"tta": "flip", "precision": "fp32", "batch_size": 4, "mc_samples": 2,
+                          "misfit_backend": "deepwave"}}
 
     def check(self, c: Fields, own: Fields, plan: Plan, job: str) -> list[tuple[str, dict]]:
         has_m, has_e = c.node.get("members") is not None, c.node.get("ensemble") is not None
@@ -37,10 +42,14 @@ class Predict(JobKind):
         optional(cc, config, "precision", "str", choices=train_config.PRECISIONS)
         optional(cc, config, "batch_size", "int", minimum=1)
         optional(cc, config, "mc_samples", "int", minimum=0)
+        optional(cc, config, "misfit_backend", "str", choices=BACKENDS)
+        misfit = c.get("misfit", "bool", False)
+        if "misfit_backend" in config and not misfit:
+            raise cc.error("misfit_backend", "the forward model of the misfit: set misfit: true as well")
         test = dataset_or_folder(c, "test", plan)
         source = {"members": members(c)} if has_m else {"ensemble": c.get("ensemble", "str")}
         return [("", {**source, "test": test, "config": config, "uncertainty": c.get("uncertainty", "bool", False),
-                      "plots": c.get("plots", "bool", False)})]
+                      "plots": c.get("plots", "bool", False), "misfit": misfit})]
 
     def outputs(self, params: dict, run: Run) -> dict[str, str]:
         out = {"submission": run.submission_url}
@@ -48,6 +57,8 @@ class Predict(JobKind):
             out["uncertainty"] = run.uncertainty_url
         if params["plots"]:
             out["plots"] = run.plots_url
+        if params.get("misfit"):
+            out["misfit"] = run.key_url(MISFIT)
         return out
 
     def argv(self, params: dict, run: Run, heartbeat_s: float) -> list[str]:
@@ -59,6 +70,8 @@ class Predict(JobKind):
             argv += ["--uncertainty", run.uncertainty_url]
         if params["plots"]:
             argv += ["--plots", run.plots_url]
+        if params.get("misfit"):
+            argv += ["--misfit", run.key_url(MISFIT)]
         return argv
 
 

@@ -177,7 +177,8 @@ def show(home: Path, job_id: str, job: Job | None) -> dict:
     if study is None:
         return {"sweep": job_id, "trials": [], "best": None}
     trials = [{"trial": t.number, "state": t.state.name.lower(), "params": t.params, "value": t.value,
-               "validations": len(t.intermediate_values), "job": t.user_attrs.get("job"),
+               # the last validation the scheduler saw: a fast trial can validate twice between two passes
+               "validations": max(t.intermediate_values, default=0), "job": t.user_attrs.get("job"),
                "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
                if t.datetime_complete and t.datetime_start else None}
               for t in study.get_trials(deepcopy=False)]
