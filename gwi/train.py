@@ -667,6 +667,8 @@ def resume(s: State) -> None:
         s.total, s.budgeted, s.budget_record = sched.total, True, was
         if s.clock is not None:
             s.clock.fresh, s.clock.planned_step_s = False, was.get("step_s")
+            if was.get("publish_s") is not None:  # measured where it was sized: a better first guess than 1 s
+                s.clock.costs = budget.Costs(was["step_s"], was.get("val_s", 0.0), was["publish_s"])
     elif s.clock is not None:  # a budget for a run sized by epochs: the rest is sized after measuring
         s.clock.fresh = False
     elif sched.total != s.total:  # more (or fewer) epochs than the checkpoint's run: the same lr now, a new end
