@@ -252,9 +252,9 @@ def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float]
                 plot_keep.extend((v[i], None if std is None else std[i], oids[i]) for i in range(min(4, len(oids))))
             f.write(rows_csv(oids, v))
             if mf is not None:
-                from .physics.misfit import file_misfit
+                from .physics.misfit import RANK_BAND_HZ, file_misfit
 
-                m = file_misfit(fwd, torch.from_numpy(v), torch.from_numpy(x)).tolist()
+                m = file_misfit(fwd, torch.from_numpy(v), torch.from_numpy(x), RANK_BAND_HZ).tolist()
                 mf.write("".join(f"{o},{mi:.6g}\n" if ok_i else f"{o},nan\n" for o, mi, ok_i in zip(oids, m, ok)))
             n += len(oids)
             bar.update(len(oids))

@@ -47,24 +47,12 @@ from ..errors import DataError
 from ..paths import atomic_open
 from ..progress import update as report_progress
 from ..sharding import shard_of
-from .misfit import data_misfit, shot_weights
+from .misfit import data_misfit, lowpass, shot_weights
 from .refine_config import RefineConfig
 
 
 # ------------------------------------------------------------------------------------------------
 # the inversion
-
-
-def lowpass(x: torch.Tensor, cutoff_hz: float, dt: float) -> torch.Tensor:
-    """Low-pass along time (dim -2) with a cosine roll-off from 0.75·cutoff to cutoff (0: unchanged)."""
-    if cutoff_hz <= 0:
-        return x
-    nt = x.shape[-2]
-    f = torch.fft.rfftfreq(nt, dt, device=x.device, dtype=x.dtype)
-    lo = 0.75 * cutoff_hz
-    taper = torch.clamp((cutoff_hz - f) / (cutoff_hz - lo), 0.0, 1.0)
-    taper = 0.5 - 0.5 * torch.cos(math.pi * taper)
-    return torch.fft.irfft(torch.fft.rfft(x, dim=-2) * taper[:, None], n=nt, dim=-2)
 
 
 def total_variation(v: torch.Tensor) -> torch.Tensor:
