@@ -10,7 +10,8 @@ The start is what issue 15 sets: each true map blurred (Gaussian, ``--blur`` cel
 the ratio, the data misfit's fall and the seconds per file. Target: the MAE falls by half or more.
 
 Variants: ``gd`` (the iterations alone), ``scan`` (the whole-map scale scan alone), ``scan+gd`` (the
-default: scan, then the iterations), ``scan+adam``.
+default: scan, then the iterations), ``scan+adam``; settings of a variant's own after slashes, e.g.
+``scan+gd/tv=0.03/iterations=120``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ def starts(truth: np.ndarray, blur: float, scale: float) -> np.ndarray:
 
 
 def run_variant(name: str, fwd, obs: torch.Tensor, v0: torch.Tensor, cfg: RefineConfig) -> tuple[torch.Tensor, float]:
+    # "scan+gd/tv=0.03/iterations=120": a variant with settings of its own
+    name, *sets = name.split("/")
+    for kv in sets:
+        key, _, value = kv.partition("=")
+        cfg = dataclasses.replace(cfg, **{key: type(getattr(cfg, key))(value)})
     t = time.perf_counter()
     out = []
     for s in range(0, len(v0), cfg.batch_size):

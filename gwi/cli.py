@@ -1191,6 +1191,13 @@ def main(argv: list[str] | None = None) -> int:
         print("gwi: interrupted", file=sys.stderr)
         rc = 130
         return 130
+    except BrokenPipeError:
+        # the reader went away (``gwi status | head -1``): stop quietly, as a tool killed by SIGPIPE
+        # would; stdout goes to /dev/null so the interpreter's last flush does not fail again
+        err, rc = None, 141
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except BaseException as e:
         err = f"{type(e).__name__}: {e}"
         raise
