@@ -514,40 +514,69 @@ def _sweep(s) -> None:
 
 
 def _dry_run(path: str) -> int:
-    """Where each job of a plan would go first, why, and its fallbacks; reads the state, changes nothing."""
+    """The plan: every job in order, where it would go first and why, its fallbacks, its command and
+    outputs; then the platforms that will be skipped (missing credentials, ...) and the problems (a
+    store that does not answer, a job no platform can take), exiting 1 when there are problems.
+    Reads the state and changes nothing; needs no credentials to show the plan."""
+    import shlex
+
     from .scheduler import open_view
     from .scheduler.policy import fallback_order
-    from .spec import load_spec
+    from .spec import load_spec, store_problem
 
     v = open_view()
-    spec = load_spec(path, profiles=v.profiles)
-    print(f"plan for {spec.name} ({path}): {len(spec.jobs)} job(s), store {spec.store}\n")
-    rows = []
-    for job in spec.jobs:
-        jid = f"{spec.name}/{job.name}"
-        known = v.job(jid)
-        if known is not None and known["state"] in ("succeeded", "running"):
-            rows.append([job.name, job.kind, ",".join(job.after) or "-", "-", f"already {known['state']}", ""])
-            continue
-        if job.kind == "sweep":  # run by the scheduler itself; its trials go to the platforms
-            rows.append([job.name, job.kind, ",".join(job.after) or "-", "scheduler",
-                         f"{job.params['trials']} train trials, {job.params['parallel']} at a time",
-                         " > ".join(job.platforms)])
-            continue
-        ch = v.choices(jid, job, spec.store)
-        first, rest = fallback_order(ch)
-        then = [c.platform + ("" if c.ok or c.busy else f" (skip: {c.why})") for c in rest]
-        rows.append([job.name, job.kind, ",".join(job.after) or "-", first.platform if first else "NONE",
-                     first.why if first else "; ".join(f"{c.platform}: {c.why}" for c in ch),
-                     " > ".join(then) or "-"])
-    print(_table(rows, ["job", "kind", "after", "first", "why", "then (fallback order)"]))
-    if spec.deadline is not None:
+    try:
+        spec = load_spec(path, profiles=v.profiles, check_store=False)
+        print(f"plan for {spec.name} ({path}): {len(spec.jobs)} job(s), store {spec.store}\n")
+        rows, problems, skipped = [], [], {}
+        store_issue = store_problem(spec.store)
+        for job in spec.jobs:
+            jid = f"{spec.name}/{job.name}"
+            known = v.job(jid)
+            if known is not None and known["state"] in ("succeeded", "running"):
+                rows.append([job.name, job.kind, ",".join(job.after) or "-", "-", f"already {known['state']}", ""])
+                continue
+            if job.kind == "sweep":  # run by the scheduler itself; its trials go to the platforms
+                rows.append([job.name, job.kind, ",".join(job.after) or "-", "scheduler",
+                             f"{job.params['trials']} train trials, {job.params['parallel']} at a time",
+                             " > ".join(job.platforms)])
+                continue
+            # with the store unreachable, every platform would say so: ask them without it
+            ch = v.choices(jid, job, None if store_issue else spec.store)
+            first, rest = fallback_order(ch)
+            for c in ch:
+                if not (c.ok or c.busy) and c.why:
+                    skipped.setdefault((c.platform, c.why), []).append(job.name)
+            then = [c.platform + ("" if c.ok or c.busy else f" (skip: {c.why})") for c in rest]
+            rows.append([job.name, job.kind, ",".join(job.after) or "-", first.platform if first else "NONE",
+                         first.why if first else "; ".join(f"{c.platform}: {c.why}" for c in ch),
+                         " > ".join(then) or "-"])
+            if first is None:
+                problems.append(f"job {job.name}: no platform can take it now")
+        print(_table(rows, ["job", "kind", "after", "first", "why", "then (fallback order)"]))
+        print("\ncommands (the same on every platform) and outputs:")
+        for job in spec.jobs:
+            print(f"  {job.name}: {shlex.join(job.argv) if job.argv else '(run by the scheduler)'}")
+            for key, url in job.outputs.items():
+                print(f"      {key}: {url}")
+        if spec.deadline is not None:
+            print()
+            print(_deadline_text(v, spec))
         print()
-        print(_deadline_text(v, spec))
-    print()
-    print(_platform_table(v))
-    v.close()
-    return 0
+        print(_platform_table(v))
+        if store_issue:
+            problems.insert(0, f"store: {store_issue}")
+        if skipped:  # the jobs fall back past these: worth fixing, not in the way
+            print("\nplatforms that will be skipped:")
+            print("\n".join(f"  - {plat}: {why} (jobs {', '.join(jobs)})" for (plat, why), jobs in skipped.items()))
+        if problems:
+            print(f"\n{len(problems)} problem(s):")
+            print("\n".join(f"  - {p}" for p in problems))
+            return 1
+        print("\nno problems found: gwi dispatch " + path)
+        return 0
+    finally:
+        v.close()
 
 
 def _deadline_text(v, spec) -> str:

@@ -252,7 +252,8 @@ def _normalise_store(c: Fields, url: str) -> str:
     return "file://" + str(Path(path).expanduser().resolve())
 
 
-def _check_store(c: Fields, url: str) -> None:
+def store_problem(url: str) -> str | None:
+    """Why the store at ``url`` cannot be used now (``None``: it answers); a file:// folder is made."""
     from .store import open_store
 
     try:
@@ -261,9 +262,16 @@ def _check_store(c: Fields, url: str) -> None:
             Path(url[len("file://"):]).mkdir(parents=True, exist_ok=True)
         open_store(url, patience=0).list("datasets")  # a check answers now; it does not wait out an outage
     except StoreError as e:
-        raise c.error("store", f"cannot reach {url}: {e}") from None
+        return f"cannot reach {url}: {e}"
     except OSError as e:
-        raise c.error("store", f"cannot reach {url}: {e.strerror or e}") from None
+        return f"cannot reach {url}: {e.strerror or e}"
+    return None
+
+
+def _check_store(c: Fields, url: str) -> None:
+    problem = store_problem(url)
+    if problem:
+        raise c.error("store", problem)
 
 
 @dataclass

@@ -33,8 +33,11 @@ def bucket(moto_server, monkeypatch):
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in JOBS.glob("*.yaml")))
-def test_every_plan_dry_runs(name, bucket, capsys):
-    assert main(["dispatch", str(JOBS / f"{name}.yaml"), "--dry-run"]) == 0
+def test_every_plan_dry_runs(name, bucket, capsys, monkeypatch):
+    # a team with its Kaggle account set up (day 7 runs on Kaggle only); Lambda is skipped
+    monkeypatch.setenv("KAGGLE_USERNAME", "alice")
+    monkeypatch.setenv("KAGGLE_KEY", "k")
+    assert main(["dispatch", str(JOBS / f"{name}.yaml"), "--dry-run"]) == 0, capsys.readouterr().out[-3000:]
     out = capsys.readouterr().out
     plan_name = yaml.safe_load((JOBS / f"{name}.yaml").read_text())["name"]
     assert out.startswith(f"plan for {plan_name} ")
@@ -80,3 +83,26 @@ jobs:
     assert "drop bonus: dropped to meet the deadline (priority 0, the lowest left)" in out
     line = next(ln for ln in out.splitlines() if ln.strip().startswith("local "))
     assert "main 0.0-3.2" in line and "extra 3.2-4.0" in line
+
+
+def test_a_dry_run_without_any_credentials_shows_the_plan_then_the_problems(tmp_path, monkeypatch):
+    """No AWS, Kaggle or Lambda credentials at all (and no AWS config): every job and its command is
+    printed first, then what will be skipped and the problems; the exit status says there are some."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items()
+           if not k.startswith(("AWS_", "KAGGLE_", "LAMBDA_"))}
+    env.update(HOME=str(tmp_path), GWI_HOME=str(tmp_path / "home"), AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_EC2_METADATA_DISABLED="true")
+    r = subprocess.run([sys.executable, "-m", "gwi", "dispatch", "--dry-run", str(JOBS / "day2.yaml")],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = r.stdout
+    jobs = [j["name"] for j in yaml.safe_load((JOBS / "day2.yaml").read_text())["jobs"]]
+    for name in jobs:
+        assert f"\n  {name}: gwi train --model " in out
+    problems = out.index("problem(s):")
+    assert out.index("platforms that will be skipped:") < problems and all(out.index(j) < problems for j in jobs)
+    assert "  - store: cannot reach s3://my-gwi-bucket:" in out[problems:] and "no AWS credentials" in out[problems:]
+    assert "  - kaggle: credentials not set: KAGGLE_USERNAME, KAGGLE_KEY" in out
