@@ -607,6 +607,22 @@ def _deadline_text(v, spec) -> str:
     return "\n".join(lines)
 
 
+def cmd_init(a) -> int:
+    from .paths import HOME_DIR, find_home
+
+    folder = Path(a.folder).resolve()
+    target = folder / HOME_DIR
+    if target.is_dir():
+        print(f"{target} exists: gwi keeps its state there for {folder} and the folders below")
+        return 0
+    outer = find_home(folder)
+    target.mkdir(mode=0o700, parents=True)
+    print(f"created {target}: gwi keeps its state and the embedded store (file://{target / 'store'}) there for "
+          f"{folder} and the folders below" + (f", instead of {outer}" if outer else "")
+          + " ($GWI_HOME, when set, still wins)")
+    return 0
+
+
 def cmd_dispatch(a) -> int:
     if a.dry_run:
         return _dry_run(a.spec)
@@ -668,9 +684,12 @@ def _status_text(v, a) -> str:
     recs = _status_records(v)
     if a.json:
         return json.dumps(recs, indent=1)
+    from .paths import gwi_home, home_origin
+
+    where = f"\nstate: {gwi_home()} ({home_origin()})"
     if not recs:
-        return "no jobs yet: gwi dispatch jobs/demo.yaml"
-    return _status_table(recs) + "\n\n" + _platform_table(v) + _scheduler_note(v)
+        return "no jobs yet: gwi dispatch jobs/demo.yaml" + where
+    return _status_table(recs) + "\n\n" + _platform_table(v) + _scheduler_note(v) + where
 
 
 def cmd_status(a) -> int:
@@ -1112,6 +1131,10 @@ def _prediction_parsers(sub) -> None:
 
 
 def _dispatch_parsers(sub) -> None:
+    q = sub.add_parser("init", help="make a .gwi/ folder here: gwi's state for this folder and those below (like git init)")
+    q.add_argument("folder", nargs="?", default=".", help="where (default: the current folder)")
+    q.set_defaults(fn=cmd_init)
+
     q = sub.add_parser("dispatch", help="validate a job spec and launch its jobs (idempotent)")
     q.add_argument("spec", help="a job spec, e.g. jobs/demo.yaml")
     q.add_argument("--dry-run", action="store_true", help="print the plan: where each job goes first, why, and its fallbacks")

@@ -1,4 +1,4 @@
-"""Joining names a platform hands us (a kernel's output files, a remote listing, a manifest's shard
+"""Where gwi keeps its things (:func:`gwi_home`), and joining names a platform hands us (a kernel's output files, a remote listing, a manifest's shard
 paths) to a local folder without letting them escape it.
 
 A name from a platform is data, not a path we chose: ``../../.bashrc``, ``/etc/passwd``, ``C:x``,
@@ -14,6 +14,42 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from .errors import GwiError
+
+
+HOME_DIR = ".gwi"  # what ``gwi init`` makes, and what the search upward looks for
+
+
+def find_home(start: str | Path | None = None) -> Path | None:
+    """The nearest ``.gwi/`` folder from ``start`` (the current folder) upward, like git's ``.git``."""
+    here = Path(start or os.getcwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / HOME_DIR).is_dir():
+            return d / HOME_DIR
+    return None
+
+
+def user_home() -> Path:
+    """The user's own gwi folder, for work run outside any project (``~/.local/share/gwi`` on Linux)."""
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("gwi", appauthor=False))
+
+
+def gwi_home() -> Path:
+    """Where gwi keeps its state (``state.db``, the embedded store, sweeps, attempts): ``$GWI_HOME``
+    when set (it wins, as ``GIT_DIR`` does over git's search); else the nearest ``.gwi/`` from the
+    current folder upward; else :func:`user_home`."""
+    env = os.environ.get("GWI_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    return find_home() or user_home()
+
+
+def home_origin() -> str:
+    """Why :func:`gwi_home` is where it is, for a person reading ``gwi status``."""
+    if os.environ.get("GWI_HOME"):
+        return "$GWI_HOME"
+    return "the nearest .gwi/ above this folder" if find_home() else "the user's gwi folder: no .gwi/ here or above; gwi init makes one"
 
 
 class UnsafePath(GwiError):

@@ -637,9 +637,10 @@ class S3Store(Store):
 
 
 def default_store_url() -> str:
-    """The embedded default: a folder under ``GWI_HOME`` (``./.gwi``)."""
-    home = os.environ.get("GWI_HOME", ".gwi")
-    return "file://" + str(Path(home, "store").resolve())
+    """The embedded default: the folder ``store`` in gwi's home (:func:`gwi.paths.gwi_home`)."""
+    from .paths import gwi_home
+
+    return "file://" + str(gwi_home() / "store")
 
 
 def resolve_url(url: str) -> str:

@@ -130,3 +130,34 @@ def test_reading_commands_on_a_fresh_home_create_nothing(tmp_path):
     r = run("dispatch", "--dry-run", str(repo / "jobs" / "demo.yaml"), env=env)
     assert r.returncode == 0 and "fallback order" in r.stdout, r.stderr
     assert not (tmp_path / "home" / "state.db").exists()  # the plan's default store may be made; no state
+
+
+def test_the_state_is_found_like_git_and_status_says_which(tmp_path):
+    """No $GWI_HOME: the nearest .gwi/ from the current folder upward, else the user's gwi folder;
+    $GWI_HOME, when set, wins. gwi init makes one; status names the state it read."""
+    env = {k: v for k, v in os.environ.items() if k != "GWI_HOME"}
+    env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+
+    def gwi(*args, cwd):
+        return subprocess.run([GWI, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+    deep = tmp_path / "project" / "src" / "deeper"
+    deep.mkdir(parents=True)
+    r = gwi("status", cwd=deep)
+    assert r.returncode == 0 and f"state: {tmp_path / 'xdg' / 'gwi'} (the user's gwi folder: no .gwi/ here or above" \
+        in r.stdout, r.stdout
+    r = gwi("init", cwd=tmp_path / "project")
+    assert r.returncode == 0 and f"created {tmp_path / 'project' / '.gwi'}" in r.stdout
+    assert (tmp_path / "project" / ".gwi").stat().st_mode & 0o077 == 0  # the user's own
+    r = gwi("status", cwd=deep)
+    assert f"state: {tmp_path / 'project' / '.gwi'} (the nearest .gwi/ above this folder)" in r.stdout, r.stdout
+    # the embedded store follows the state: data made from deep down lands in the project's .gwi
+    r = gwi("data", "synth", "--family", "FlatVel_A", "--samples", "1", "--backend", "deepwave", "--name", "d",
+            cwd=deep)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "project" / ".gwi" / "store" / "datasets" / "d" / "manifest.json").is_file()
+    r = gwi("init", cwd=tmp_path / "project")
+    assert r.returncode == 0 and "exists" in r.stdout
+    env["GWI_HOME"] = str(tmp_path / "chosen")
+    r = gwi("status", cwd=deep)
+    assert f"state: {tmp_path / 'chosen'} ($GWI_HOME)" in r.stdout

@@ -47,11 +47,16 @@ def test_profiles_in_the_current_directory_are_not_loaded(repo, monkeypatch):
 
 
 def test_default_home_in_the_current_directory_is_checked(repo, monkeypatch):
-    """Without GWI_HOME, gwi's home is ./.gwi: a repository can ship that too, so it is not trusted."""
+    """Without GWI_HOME, gwi's home is the nearest .gwi/ upward: a repository can ship that too, so it
+    is not trusted."""
     (repo / ".gwi" / "platforms").mkdir(parents=True)
     (repo / "platforms" / "lambda.yaml").rename(repo / ".gwi" / "platforms" / "lambda.yaml")
     monkeypatch.delenv("GWI_HOME")
     monkeypatch.chdir(repo)
+    with pytest.raises(UntrustedProfile, match="attacker.example"):
+        load_profiles()
+    (repo / "src").mkdir()
+    monkeypatch.chdir(repo / "src")  # found upward, as gwi finds its state: the same
     with pytest.raises(UntrustedProfile, match="attacker.example"):
         load_profiles()
     assert trust_file() == Path(os.environ["XDG_CONFIG_HOME"]) / "gwi" / "trusted-profiles.json"

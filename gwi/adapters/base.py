@@ -278,21 +278,27 @@ class UntrustedProfile(ConfigError):
 
 
 def user_profile_dirs() -> list[Path]:
-    """Folders whose profiles are gwi's or the user's own: the package's, and ``$GWI_HOME/platforms``
-    when ``GWI_HOME`` is set. Unset, gwi's home is ``./.gwi``, which a checked-out repository could
-    ship, so it is read like any project folder."""
-    home = os.environ.get("GWI_HOME")
-    return [PACKAGE_PLATFORMS] + ([Path(home) / "platforms"] if home else [])
+    """Folders whose profiles are gwi's or the user's own: the package's, and the ``platforms`` of
+    gwi's home when the user chose it (``$GWI_HOME``) or it is the user's own folder. A ``.gwi/``
+    found above the current folder could come with a checked-out repository, so its profiles are
+    read like any project folder's."""
+    from ..paths import find_home, gwi_home
+
+    home = gwi_home()
+    own = os.environ.get("GWI_HOME") or find_home() is None
+    return [PACKAGE_PLATFORMS] + ([home / "platforms"] if own else [])
 
 
 def profile_dirs() -> list[Path]:
     """Where profiles are found, later ones overriding earlier ones of the same name: the package's
-    ``platforms/``, ``$GWI_HOME/platforms`` (``./.gwi/platforms`` when unset), then each folder in
-    ``$GWI_PLATFORMS`` (what ``--platforms DIR`` sets). Never ``./platforms``: the current directory
-    does not choose where credentials go."""
+    ``platforms/``, the home's ``platforms/``, then each folder in ``$GWI_PLATFORMS`` (what
+    ``--platforms DIR`` sets). Never ``./platforms``: the current directory does not choose where
+    credentials go."""
+    from ..paths import gwi_home
+
     dirs = user_profile_dirs()
-    if not os.environ.get("GWI_HOME"):
-        dirs.append(Path(".gwi") / "platforms")
+    if gwi_home() / "platforms" not in dirs:
+        dirs.append(gwi_home() / "platforms")
     dirs += [Path(p) for p in os.environ.get("GWI_PLATFORMS", "").split(os.pathsep) if p]
     seen, out = set(), []
     for d in dirs:

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from ..errors import GwiError
+from ..paths import gwi_home  # noqa: F401 - re-exported: the scheduler's callers find the home here
 from .lifecycle import ACTIVE, JOB_TERMINAL
 
 SCHEMA_VERSION = 4
@@ -84,10 +85,6 @@ _ATTEMPT_COLUMNS = frozenset({
     "job_id", "n", "platform", "state", "handle", "heartbeat_url", "launched_at", "started_at", "ended_at",
     "end_reason", "exit_code", "usd_per_hour", "hours_limit", "cost_limit", "progress", "beat_key", "beat_seen_at",
     "resumed_from_step", "last_error", "cleanup", "generation", "blameless"})
-
-
-def gwi_home() -> Path:
-    return Path(os.environ.get("GWI_HOME", ".gwi")).resolve()
 
 
 class StateUnreadable(GwiError):
