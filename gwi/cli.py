@@ -607,6 +607,20 @@ def _deadline_text(v, spec) -> str:
     return "\n".join(lines)
 
 
+def cmd_check(a) -> int:
+    from .adapters.base import load_profiles
+    from .check import check, render
+    from .store import default_store_url
+
+    sections = check(load_profiles(), a.store or default_store_url(), a.deadline)
+    if a.json:
+        print(json.dumps([s.as_json() for s in sections], indent=1))
+    else:
+        print(render(sections))
+    store_ok = sections[-1].ok
+    return 0 if store_ok and any(s.ok for s in sections[:-1]) else 1
+
+
 def cmd_init(a) -> int:
     from .paths import HOME_DIR, find_home
 
@@ -1131,6 +1145,12 @@ def _prediction_parsers(sub) -> None:
 
 
 def _dispatch_parsers(sub) -> None:
+    q = sub.add_parser("check", help="which platforms and store can be used now: credentials, a live call, the fix")
+    q.add_argument("--store", metavar="URL", help="the store to check (default: the embedded store)")
+    q.add_argument("--deadline", type=float, default=10.0, metavar="S", help="seconds each live call may take")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(fn=cmd_check)
+
     q = sub.add_parser("init", help="make a .gwi/ folder here: gwi's state for this folder and those below (like git init)")
     q.add_argument("folder", nargs="?", default=".", help="where (default: the current folder)")
     q.set_defaults(fn=cmd_init)

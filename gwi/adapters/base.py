@@ -459,6 +459,16 @@ def trust_profile(path: str | Path) -> dict:
 # launches
 
 
+@dataclass(frozen=True)
+class Finding:
+    """One line of ``gwi check``: what was found and, when it is a problem, the exact fix. Never a
+    secret's value: names of variables and files only."""
+
+    ok: bool
+    what: str
+    fix: str = ""
+
+
 @dataclass
 class LaunchRequest:
     attempt_id: str  # unique and stable: "<spec>.<job>.<n>"
@@ -492,6 +502,17 @@ class Adapter(ABC):
         if missing:
             return f"credentials not set: {', '.join(missing)}"
         return None
+
+    def credentials_found(self) -> list[Finding]:
+        """Each credential the platform needs: where it was found (never its value), or how to set it."""
+        return [Finding(True, f"{v} set in the environment") if os.environ.get(v) else
+                Finding(False, f"{v} not set", f"export {v}=...  (named in {self.profile.path})")
+                for v in self.profile.credentials]
+
+    def probe(self, deadline_s: float) -> list[Finding]:
+        """A live look within ``deadline_s`` seconds, once the credentials are there: the API answers,
+        and what it offers now (GPU types, capacity). Default: nothing to ask."""
+        return []
 
     def secret_vars(self) -> set[str]:
         """Environment variables that hold this platform's secrets (kept from other platforms' jobs)."""

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import kit
-from .base import Adapter, LaunchRequest, OptionError, PlatformError, PlatformOptions, State, Status, bounds
+from .base import Adapter, Finding, LaunchRequest, OptionError, PlatformError, PlatformOptions, State, Status, bounds
 
 # Colab's Secrets (the key icon), as the notebook reads them
 SECRET_STORE = kit.SecretStore("from google.colab import userdata; get = userdata.get",
@@ -64,6 +64,12 @@ class ColabAdapter(Adapter):
 
     def secret_vars(self) -> set[str]:
         return super().secret_vars() | {self.options.drive_token_var}
+
+    def credentials_found(self) -> list[Finding]:
+        var = self.options.drive_token_var
+        return super().credentials_found() + [
+            Finding(True, f"{var} set: notebooks are uploaded to Drive (options.drive_folder)") if os.environ.get(var)
+            else Finding(True, f"{var} not set: notebooks are written here for you to upload and open in Colab")]
 
     def reachable_store(self, store_url: str) -> str | None:
         return kit.unreachable_file_store(f"{self.name}: a Colab runtime", store_url)

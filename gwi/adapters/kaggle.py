@@ -40,13 +40,17 @@ import hashlib
 import json
 import os
 import re
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import GwiError
 from ..runs import Run
 from . import kit
-from .base import Adapter, LaunchRequest, OptionError, PlatformError, PlatformOptions, State, Status, bounds
+from .base import (KAGGLE_API, Adapter, Finding, LaunchRequest, OptionError, PlatformError, PlatformOptions, State,
+                   Status, bounds)
 
 # Kaggle's kernel session states -> ours
 KERNEL_STATES = {"QUEUED": State.PENDING, "NEW_SCRIPT": State.PENDING, "RUNNING": State.RUNNING,
@@ -93,6 +97,27 @@ def _slug(text: str) -> str:
     return s
 
 
+def kaggle_json() -> Path:
+    """Where the official client keeps its credentials: ``$KAGGLE_CONFIG_DIR/kaggle.json``, else
+    ``~/.kaggle/kaggle.json`` when ``~/.kaggle`` exists, else ``$XDG_CONFIG_HOME/kaggle/kaggle.json``
+    on Linux (the package's own order)."""
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        return Path(os.environ["KAGGLE_CONFIG_DIR"]) / "kaggle.json"
+    home = Path.home() / ".kaggle"
+    if home.exists() or not sys.platform.startswith("linux"):
+        return home / "kaggle.json"
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle" / "kaggle.json"
+
+
+def file_username() -> str | None:
+    """The username in :func:`kaggle_json` when it holds a username and a key (the key is not kept)."""
+    try:
+        d = json.loads(kaggle_json().read_text())
+    except (OSError, ValueError):
+        return None
+    return d["username"] if isinstance(d, dict) and d.get("username") and d.get("key") else None
+
+
 class KaggleAdapter(Adapter):
     Options = KaggleOptions
 
@@ -116,12 +141,52 @@ class KaggleAdapter(Adapter):
             return kit.unreachable_file_store(self.name, store_url)
         return None
 
+    # -- credentials: the environment, or the file the official client reads ----------------------
+
+    def available(self) -> str | None:
+        missing = self.profile.missing_credentials()
+        if missing and not file_username():
+            return f"credentials not set: {', '.join(missing)} (nor in {kaggle_json()})"
+        return None
+
+    def owner(self) -> str | None:
+        return self.options.owner or os.environ.get("KAGGLE_USERNAME") or file_username()
+
+    def credentials_found(self) -> list[Finding]:
+        if not self.profile.missing_credentials():
+            return super().credentials_found()
+        path, user = kaggle_json(), file_username()
+        if user is None:
+            return [Finding(False, f"no Kaggle credentials: KAGGLE_USERNAME/KAGGLE_KEY not set and no {path}",
+                            f"kaggle.com > Settings > API > Create New Token, save it as {path} (chmod 600)")]
+        found = [Finding(True, f"credentials in {path} (user {user})")]
+        if path.stat().st_mode & 0o077:
+            found.append(Finding(False, f"{path} can be read by other users", f"chmod 600 {path}"))
+        return found
+
+    def probe(self, deadline_s: float) -> list[Finding]:
+        """The API answers with the credentials (one listing of the account's kernels); what the profile
+        asks Kaggle for."""
+        t0 = time.monotonic()
+        try:
+            api = _authenticated_api(self.name, self.options.api_endpoint, min(deadline_s, self.options.request_timeout_s))
+            api.kernels_list(mine=True, page_size=1)
+        except Exception as e:  # noqa: BLE001 - whatever it was, check says it in one line
+            err = self.translate(e)
+            fix = ("check the token (kaggle.com > Settings > API)" if err.kind == "auth" else
+                   f"is {self.options.api_endpoint or KAGGLE_API} reachable from here?")
+            return [Finding(False, f"Kaggle API: {err}", fix)]
+        shape = self.options.machine_shape or "Kaggle's default GPU"
+        return [Finding(True, f"Kaggle API answers as {self.owner()} ({time.monotonic() - t0:.1f} s); kernels ask for "
+                              f"{shape}, {'online' if self.options.internet else 'offline'}")]
+
     # -- rendering ------------------------------------------------------------------------------
 
     def kernel_id(self, req: LaunchRequest) -> str:
-        owner = self.options.owner or os.environ.get("KAGGLE_USERNAME")
+        owner = self.owner()
         if not owner:
-            raise PlatformError(f"{self.name}: no Kaggle owner (options.owner or KAGGLE_USERNAME)", "auth")
+            raise PlatformError(f"{self.name}: no Kaggle owner (options.owner, KAGGLE_USERNAME or {kaggle_json()})",
+                                "auth")
         return f"{owner}/{_slug(f'{self.options.slug_prefix}-{req.attempt_id}')}"
 
     def job_env(self, req: LaunchRequest) -> dict[str, str]:
@@ -268,7 +333,7 @@ class KaggleAdapter(Adapter):
 
     def instances(self, workroot: Path | None = None) -> list[dict]:
         """The account's kernels with gwi's slug prefix that are queued or running now."""
-        owner = self.options.owner or os.environ.get("KAGGLE_USERNAME") or ""
+        owner = self.owner() or ""
         prefix = f"{owner}/{_slug(self.options.slug_prefix)}-"
         found = self._call(self.api.kernels_list, mine=True, search=self.options.slug_prefix, page_size=100) or []
         out = []
@@ -300,6 +365,9 @@ def _status_name(status) -> str:
     return getattr(status, "name", str(status)).upper().replace("KERNEL_WORKER_STATUS_", "")
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
 def _authenticated_api(name: str, endpoint: str | None, timeout: float = 30.0):
     """The official client, authenticated, talking to ``endpoint`` when one is set, every HTTP call
     of it within ``timeout`` seconds (connect, and each wait for the server)."""
@@ -315,7 +383,9 @@ def _authenticated_api(name: str, endpoint: str | None, timeout: float = 30.0):
     timeout_s = timeout
 
     try:  # the package authenticates when imported and prints a banner without credentials
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        # redirect_stdout swaps sys.stdout for the whole process: two threads doing it at once
+        # (gwi check asks every profile side by side) would leave it swapped for good
+        with _IMPORT_LOCK, contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             from kaggle.api.kaggle_api_extended import KaggleApi
     except ImportError as e:  # pragma: no cover - kaggle is a dependency
         raise PlatformError(f"{name}: the kaggle package is not installed ({e})", "config") from None

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import kit
-from .base import Adapter, LaunchRequest, PlatformError, PlatformOptions, State, Status, bounds
+from .base import Adapter, Finding, LaunchRequest, PlatformError, PlatformOptions, State, Status, bounds
 
 DEFAULT_API = "https://cloud.lambdalabs.com/api/v1"
 NAME_PREFIX = "gwi-"  # an instance's name is the prefix and its attempt id: found again, and owned
@@ -207,6 +207,22 @@ class LambdaAPI:
                 raise
 
 
+KEY_FILE = Path("~/.lambda_cloud/lambda_keys")  # where Lambda's tools (and SkyPilot) keep the API key
+
+
+def file_key() -> str | None:
+    """The ``api_key = ...`` line of :data:`KEY_FILE`, if there is one."""
+    try:
+        text = KEY_FILE.expanduser().read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == "api_key" and value.strip():
+            return value.strip()
+    return None
+
+
 class LambdaAdapter(Adapter):
     Options = LambdaOptions
 
@@ -218,9 +234,9 @@ class LambdaAdapter(Adapter):
     def api(self) -> LambdaAPI:
         if self._api is None:
             key_var = self.profile.credentials[0] if self.profile.credentials else "LAMBDA_API_KEY"
-            key = os.environ.get(key_var)
+            key = os.environ.get(key_var) or file_key()
             if not key:
-                raise PlatformError(f"{self.name}: {key_var} is not set", "auth")
+                raise PlatformError(f"{self.name}: {key_var} is not set (nor api_key in {KEY_FILE})", "auth")
             self._api = LambdaAPI(self.options.api_url, key, timeout=self.options.request_timeout_s,
                                   deadline_s=self.options.retry_deadline_s, who=self.name)
         return self._api
@@ -230,11 +246,48 @@ class LambdaAdapter(Adapter):
             return (f"{self.profile.path}: options.instance_types: expected a list of Lambda instance types "
                     "(e.g. [gpu_1x_a100_sxm4]), got none")
         why = super().available()
-        if why:
-            return why
+        if why and not file_key():
+            return why + f" (nor api_key in {KEY_FILE})"
         if not Path(self.options.key_path).is_file():
             return f"SSH key {self.options.key_path} not found (options.ssh_private_key)"
         return None
+
+    def credentials_found(self) -> list[Finding]:
+        found = super().credentials_found()
+        if not all(f.ok for f in found):
+            found = ([Finding(True, f"API key in {KEY_FILE}")] if file_key() else
+                     [Finding(False, f"no Lambda API key: {', '.join(self.profile.missing_credentials())} not set and no "
+                                     f"{KEY_FILE}", "cloud.lambdalabs.com > API keys > Generate: export LAMBDA_API_KEY=... "
+                                                    f"or put 'api_key = ...' in {KEY_FILE}")])
+        key = Path(self.options.key_path)
+        found.append(Finding(True, f"SSH key {key}") if key.is_file() else
+                     Finding(False, f"SSH key {key} not found",
+                             f"point options.ssh_private_key at the key of '{self.options.ssh_key_name}' in Lambda"))
+        return found
+
+    def probe(self, deadline_s: float) -> list[Finding]:
+        """The API answers; which of the profile's instance types have capacity now, and where."""
+        try:
+            api = LambdaAPI(self.options.api_url, os.environ.get(self.profile.credentials[0] if self.profile.credentials
+                                                                 else "LAMBDA_API_KEY") or file_key() or "",
+                            timeout=min(deadline_s, self.options.request_timeout_s), deadline_s=0, who=self.name)
+            offered = api.instance_types()
+        except PlatformError as e:
+            return [Finding(False, f"Lambda API: {e}", "check the API key" if e.kind == "auth" else
+                            f"is {self.options.api_url} reachable from here?")]
+        out = []
+        for itype in self.options.instance_types:
+            info = offered.get(itype)
+            if info is None:
+                out.append(Finding(False, f"{itype}: not offered by Lambda", "choose from: " + ", ".join(sorted(offered))))
+                continue
+            regions = [r["name"] for r in info.get("regions_with_capacity_available", [])]
+            desc = info.get("instance_type", {}).get("description") or itype
+            price = info.get("instance_type", {}).get("price_cents_per_hour")
+            cost = f", ${price / 100:.2f}/h" if price is not None else ""
+            out.append(Finding(True, f"{itype} ({desc}{cost}): " + (f"capacity in {', '.join(regions)}" if regions
+                                                                     else "no capacity now")))
+        return out
 
     def reachable_store(self, store_url: str) -> str | None:
         if self.options.allow_local_store:

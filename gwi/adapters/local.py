@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import kit
-from .base import Adapter, LaunchRequest, PlatformError, PlatformOptions, State, Status, bounds
+from .base import Adapter, Finding, LaunchRequest, PlatformError, PlatformOptions, State, Status, bounds
 
 # docker's container states -> ours (exited is decided by the exit code)
 DOCKER_STATES = {"created": State.PENDING, "restarting": State.RUNNING, "running": State.RUNNING,
@@ -97,6 +97,22 @@ class LocalAdapter(Adapter):
             except PlatformError as e:
                 return str(e)
         return super().available()
+
+    def probe(self, deadline_s: float) -> list[Finding]:
+        """How jobs would run here: the runtime, the CPUs and the GPUs ``nvidia-smi`` lists."""
+        why = self.available()
+        if why:
+            return [Finding(False, why, f"docker build -t {self.options.image} ." if "image" in why else
+                            "start the docker engine, or set options.runtime: process")]
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                 text=True, timeout=deadline_s).stdout.split("\n")
+            gpus = [g.strip() for g in out if g.strip()]
+        except (OSError, subprocess.TimeoutExpired):
+            gpus = []
+        where = ", ".join(f"{gpus.count(g)}x {g}" for g in dict.fromkeys(gpus)) or "no GPU (CPU only)"
+        return [Finding(True, f"runtime {self.runtime()}: {os.cpu_count()} CPUs, {where}, "
+                              f"{self.profile.capacity} job(s) at a time")]
 
     def _of(self, handle: dict):
         return self.docker if handle["runtime"] == "docker" else self.process
