@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -16,17 +15,13 @@ from .physics import AUGMENT_OPS, BACKENDS, DEFAULT_BACKEND
 from .physics import OPTIMIZERS as REFINE_OPTIMIZERS
 
 
-_NUMERIC = re.compile(r"^[-+]?[\d.,]+(e[-+]?\d+)?[A-Za-z%/]*$|^-$")
 
 
-def _table(rows: list[list], header: list[str]) -> str:
-    """Plain aligned columns: numbers right-aligned, text left-aligned."""
-    cells = [header] + [[str(c) for c in r] for r in rows]
-    w = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    num = [bool(rows) and all(_NUMERIC.match(r[i]) for r in cells[1:]) and any(r[i] != "-" for r in cells[1:])
-           for i in range(len(header))]
-    line = lambda r: "  ".join(c.rjust(w[i]) if num[i] else c.ljust(w[i]) for i, c in enumerate(r))  # noqa: E731
-    return "\n".join([line(cells[0]), "  ".join("-" * x for x in w)] + [line(r) for r in cells[1:]])
+def _table(rows: list[list], header: list[str], **rich) -> str:
+    """Aligned columns for a pipe; a rich table on a terminal (``gwi.console``)."""
+    from .console import table
+
+    return table(rows, header, **rich)
 
 
 def _report(headline: str, problems: list) -> int:
@@ -425,9 +420,14 @@ def _status_table(recs: list[dict]) -> str:
         state = r["state"]
         if state == "running" and r["attempt_state"] == "pending":
             state = "starting"
+        beat = _age(r["heartbeat_age_s"])
         rows.append([r["job"], r["platform"] or "-", state, r["attempt"] or "-", ep, mae, _age(r["eta_s"]),
-                     _age(r["heartbeat_age_s"]), f"${r['cost_usd']:.2f}", (r["reason"] or "")[:70]])
-    return _table(rows, ["job", "platform", "state", "try", "epoch", "val MAE m/s", "ETA", "beat", "cost", "note"])
+                     beat if beat == "-" else beat + " ago", f"${r['cost_usd']:.2f}", (r["reason"] or "")[:70]])
+    from .console import STATE_STYLE
+
+    bars = [(r["epoch"], r["epochs"]) if r["epochs"] else None for r in recs]
+    return _table(rows, ["job", "platform", "state", "try", "epoch", "val MAE m/s", "ETA", "beat", "cost", "note"],
+                  styles={"state": STATE_STYLE}, bars={"epoch": bars})
 
 
 def _platform_table(v, credentials: bool = False) -> str:
@@ -713,6 +713,7 @@ def cmd_status(a) -> int:
 
     from .scheduler import open_view
 
+    shown = False
     while True:
         v = open_view()  # afresh each time: a first dispatch may create the state meanwhile
         try:
@@ -722,7 +723,12 @@ def cmd_status(a) -> int:
         if not a.watch:
             print(out)
             return 0
-        print("\033[2J\033[H" + time.strftime("%H:%M:%S ") + "gwi status (Ctrl-C to stop)\n\n" + out, flush=True)
+        from .console import color_enabled
+
+        # a terminal gets a view redrawn in place; a pipe or file one snapshot after another
+        top = "\033[2J\033[H" if color_enabled() else "\n" if shown else ""
+        print(top + time.strftime("%H:%M:%S ") + "gwi status (Ctrl-C to stop)\n\n" + out, flush=True)
+        shown = True
         try:
             time.sleep(a.interval)
         except KeyboardInterrupt:

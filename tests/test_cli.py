@@ -161,3 +161,16 @@ def test_the_state_is_found_like_git_and_status_says_which(tmp_path):
     env["GWI_HOME"] = str(tmp_path / "chosen")
     r = gwi("status", cwd=deep)
     assert f"state: {tmp_path / 'chosen'} ($GWI_HOME)" in r.stdout
+
+
+def test_status_is_rich_on_a_terminal_plain_in_a_pipe_and_quiet_when_the_pipe_closes(tmp_path):
+    s, env = _dispatched_state(tmp_path)
+    s.close()
+    plain = run("status", env=env).stdout
+    assert "\033[" not in plain and plain.splitlines()[0].split()[:3] == ["job", "platform", "state"]
+    coloured = run("status", env={**env, "GWI_COLOR": "always"}).stdout
+    assert "\033[2mwaiting" in coloured and "p/d" in coloured  # waiting jobs are dim
+    # the reader goes away after one line while status --watch goes on printing: no traceback
+    r = subprocess.run(f"'{GWI}' status --watch --interval 0.2 | head -1", shell=True, capture_output=True, text=True,
+                       timeout=60, env={**os.environ, **env})
+    assert r.returncode == 0 and r.stdout.strip() and "Traceback" not in r.stderr and "Error" not in r.stderr, r.stderr
