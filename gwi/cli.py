@@ -621,6 +621,36 @@ def cmd_check(a) -> int:
     return 0 if store_ok and any(s.ok for s in sections[:-1]) else 1
 
 
+def cmd_exec(a) -> int:
+    """Run a command as a job (kind ``run``): beat for it, pass SIGTERM on, exit with its status."""
+    import signal
+    import subprocess
+
+    from . import progress
+
+    cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
+    if not cmd:
+        raise GwiError("exec: expected a command after --, e.g. gwi exec -- python script.py")
+    env = {**os.environ, **({"GWI_RUN": a.run} if a.run else {}), **({"GWI_STORE": a.store} if a.store else {})}
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env,
+                                errors="replace")
+    except OSError as e:
+        raise GwiError(f"exec: cannot run {cmd[0]!r}: {e.strerror or e}") from None
+    # a platform's stop reaches gwi: the command gets the same chance to save its work
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, _f: proc.send_signal(s))
+    progress.update(state="running", done=0, unit="lines")
+    lines = 0
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        lines += 1
+        progress.update(done=lines)
+    rc = proc.wait()
+    return rc if rc >= 0 else 128 - rc  # killed by a signal: the shell's convention
+
+
 def cmd_init(a) -> int:
     from .paths import HOME_DIR, find_home
 
@@ -1156,6 +1186,12 @@ def _dispatch_parsers(sub) -> None:
     q.add_argument("--deadline", type=float, default=10.0, metavar="S", help="seconds each live call may take")
     q.add_argument("--json", action="store_true")
     q.set_defaults(fn=cmd_check)
+
+    q = sub.add_parser("exec", help="run any command as a job: heartbeats for it, SIGTERM passed on (kind: run)")
+    q.add_argument("--run", metavar="URL", help="the job's run folder, given to the command as $GWI_RUN")
+    q.add_argument("--store", metavar="URL", help="the plan's store, given to the command as $GWI_STORE")
+    q.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    q.set_defaults(fn=cmd_exec)
 
     q = sub.add_parser("init", help="make a .gwi/ folder here: gwi's state for this folder and those below (like git init)")
     q.add_argument("folder", nargs="?", default=".", help="where (default: the current folder)")

@@ -129,7 +129,7 @@ def test_missing_required_field(error):
 def test_unknown_kind(error):
     p, msg = error(TRAIN.replace("kind: train", "kind: trian"))
     assert msg == (f"{p}:5: job 'egnn': field 'kind': unknown value 'trian' (did you mean 'train'?); "
-                   "expected one of: augment, ensemble, evaluate, predict, refine, sweep, synth, train")
+                   "expected one of: augment, ensemble, evaluate, predict, refine, run, sweep, synth, train")
 
 
 def test_unknown_model_and_preset(error):
