@@ -112,7 +112,7 @@ from pathlib import Path
 from typing import Any
 
 from . import kinds
-from .errors import StoreError
+from .errors import GwiError, StoreError
 from .kinds.base import JobKind, Plan, Ref
 from .yamlfile import (
     NAME,
@@ -302,6 +302,7 @@ class _Loader:
             from .adapters.base import load_profiles
 
             profiles = load_profiles()
+        self.profiles = profiles
         self.platforms = sorted(profiles)
         self.seen: dict[str, int] = {}  # job name -> line, to report duplicates
 
@@ -382,6 +383,25 @@ class _Loader:
         c.unique("platforms", names)
         return list(names)
 
+    def _fits(self, c: Fields, platforms: list[str], res: Resources) -> None:
+        """At least one of the job's platforms has the machine its ``resources`` ask for; else nothing
+        could ever run it, which is the plan's error, not a wait."""
+        if res == Resources():
+            return
+        from .adapters.base import get_adapter
+
+        why = {}
+        for name in platforms:
+            try:
+                lacks = get_adapter(self.profiles[name]).offers().lacks(res)
+            except GwiError:
+                return  # a profile that cannot say: not held against the plan here
+            if lacks is None:
+                return
+            why[name] = lacks
+        raise c.error("resources", "no platform of this job has what it asks for: "
+                      + "; ".join(f"{n}: {w}" for n, w in why.items()))
+
     # -- one job -----------------------------------------------------------------------------------
 
     def _job(self, top: Fields, i: int, raw: Any) -> list[_Draft]:
@@ -399,8 +419,10 @@ class _Loader:
         after = list(c.get("after", "str-list", []))
         heartbeat_s = c.positive("heartbeat_s", DEFAULT_HEARTBEAT_S)
         priority = c.get("priority", "int", 0)
+        resources = self._resources(c.sub("resources"))
+        self._fits(c, platforms, resources)
         base = dict(kind=kind, line=raw.line, c=c, platforms=platforms, after=after, priority=priority,
-                    resources=self._resources(c.sub("resources")), limits=self._limits(c.sub("limits"), heartbeat_s),
+                    resources=resources, limits=self._limits(c.sub("limits"), heartbeat_s),
                     heartbeat_s=heartbeat_s, group=name)
         drafts = [_Draft(name=name + suffix, params=params, **base)
                   for suffix, params in kind.check(c, own, self.plan, name)]

@@ -36,10 +36,14 @@ def bucket(moto_server, monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in JOBS.glob("*.yaml")))
-def test_every_plan_dry_runs(name, bucket, capsys, monkeypatch):
-    # a team with its Kaggle account set up (day 7 runs on Kaggle only); Lambda is skipped
+def test_every_plan_dry_runs(name, bucket, capsys, monkeypatch, tmp_path):
+    # a team with its Kaggle and Lambda accounts set up (day 7 runs on Kaggle only, day 2's EGNN asks
+    # for an A100, which only Lambda has)
     monkeypatch.setenv("KAGGLE_USERNAME", "alice")
     monkeypatch.setenv("KAGGLE_KEY", "k")
+    monkeypatch.setenv("LAMBDA_API_KEY", "l")
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "id_ed25519").write_text("a key\n")
     assert main(["dispatch", str(JOBS / f"{name}.yaml"), "--dry-run"]) == 0, capsys.readouterr().out[-3000:]
     out = capsys.readouterr().out
     plan_name = yaml.safe_load((JOBS / f"{name}.yaml").read_text())["name"]
@@ -47,16 +51,18 @@ def test_every_plan_dry_runs(name, bucket, capsys, monkeypatch):
 
 
 def test_day2_plan_says_where_each_job_goes_and_why(bucket, capsys, monkeypatch):
-    assert main(["dispatch", str(JOBS / "day2.yaml"), "--dry-run"]) == 0
+    # no Lambda key: the EGNN, which asks for an A100, has nowhere to run (a problem: exit 1)
+    assert main(["dispatch", str(JOBS / "day2.yaml"), "--dry-run"]) == 1
     rows = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines() if ln.split() and ln.split()[0] in
             ("specproj-unet", "heat-kernel", "se3-transformer", "egnn")}
     # no Kaggle or Lambda credentials here: the free Colab notebook goes first, the others say why not
     assert "  colab  " in rows["specproj-unet"] and "kaggle (skip: credentials not set: KAGGLE_USERNAME, KAGGLE_KEY " \
         "(nor in " in rows["specproj-unet"]
     assert "lambda (skip: credentials not set: LAMBDA_API_KEY (nor api_key in ~/.lambda_cloud/lambda_keys))" in rows["egnn"]
+    assert "kaggle (skip: needs GPU type A100, has 1x P100)" in rows["egnn"] and "  NONE  " in rows["egnn"]
     monkeypatch.setenv("KAGGLE_USERNAME", "alice")
     monkeypatch.setenv("KAGGLE_KEY", "k")
-    assert main(["dispatch", str(JOBS / "day2.yaml"), "--dry-run"]) == 0
+    assert main(["dispatch", str(JOBS / "day2.yaml"), "--dry-run"]) == 1
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("specproj-unet"))
     assert "  kaggle  " in line and "30.0 h quota left" in line and "colab > local" in line

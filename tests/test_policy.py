@@ -251,3 +251,21 @@ def test_dozens_of_jobs_on_several_platforms_meet_the_deadline_by_priority():
     assert min(w.priority for w in kept) >= max(by[v].priority for v in victims)
     for w in kept:
         assert d.placed[w.name].platform is None or d.placed[w.name].end_h <= full.end_h * 0.5 + 1e-9
+
+
+def test_resources_are_matched_against_what_a_platform_has():
+    from gwi.adapters.base import Offer
+    from gwi.spec import Resources
+
+    t4x2 = Offer(gpus=2, gpu="T4", cpus=4, memory_gb=29)
+    assert t4x2.lacks(Resources(gpus=2, gpu="t4")) is None  # the type, case-insensitively
+    assert t4x2.lacks(Resources(gpus=4)) == "needs 4 GPUs, has 2x T4, 4 CPUs, 29 GB"
+    assert t4x2.lacks(Resources(gpus=1, gpu="A100")) == "needs GPU type A100, has 2x T4, 4 CPUs, 29 GB"
+    assert t4x2.lacks(Resources(memory_gb=40)) == "needs 40 GB of memory, has 2x T4, 4 CPUs, 29 GB"
+    assert t4x2.lacks(Resources(cpus=8)) == "needs 8 CPUs, has 2x T4, 4 CPUs, 29 GB"
+    assert Offer(gpus=1, gpu="NVIDIA A100-SXM4-80GB").lacks(Resources(gpu="A100")) is None
+    assert Offer().lacks(Resources(gpus=1)) == "needs 1 GPU, has no GPU"
+    assert Offer(gpus=1).lacks(Resources(memory_gb=500, cpus=64)) is None  # not said: not held against the job
+    # a platform whose machines cannot run the job is skipped for good, before anything else is asked
+    c = one(Platform("a", prof(), unfit="needs 1 GPU, has no GPU", unavailable="credentials not set: A_KEY"))
+    assert c == Choice("a", False, False, "needs 1 GPU, has no GPU")

@@ -18,15 +18,15 @@ from gwi.models import registry
 from gwi.spec import Job, Limits, Resources, load_spec
 from gwi.yamlfile import ConfigError
 
-PLATFORMS = ("colab", "kaggle", "lambda", "local")
+PLATFORMS = {"colab": "T4", "kaggle": "P100", "lambda": "A100", "local": None}  # and the GPU each has
 
 
 @pytest.fixture
 def profiles(tmp_path):
     d = tmp_path / "platforms"
     d.mkdir()
-    for name in PLATFORMS:
-        (d / f"{name}.yaml").write_text(f"adapter: {name}\ngpus: 1\n")
+    for name, gpu in PLATFORMS.items():
+        (d / f"{name}.yaml").write_text(f"adapter: {name}\ngpus: 1\n" + (f"gpu: {gpu}\n" if gpu else ""))
     return load_profiles([d])
 
 
@@ -619,3 +619,25 @@ def test_augment_shards_become_jobs_and_a_merge_that_training_waits_for(spec, er
                    "expected one of: affine, blend, crop, flip")
     p, msg = error(AUGMENT.replace("dataset: base-aug\n        factor", "dataset: base\n        factor"))
     assert msg == f"{p}:11: job 'more': field 'dataset': expected a new dataset, got the source 'base' itself"
+
+
+def test_a_job_no_platform_can_run_is_a_plan_error_and_one_that_fits_is_placed_there(tmp_path):
+    from gwi.adapters.base import parse_profile
+
+    plat = tmp_path / "platforms"
+    plat.mkdir()
+    # colab's adapter: what the profile says (the local one would add what this machine has)
+    (plat / "t4.yaml").write_text("adapter: colab\ngpu: T4\ngpus: 2\nmemory_gb: 29\n")
+    (plat / "cpu.yaml").write_text("adapter: colab\ngpus: 0\ncpus: 2\nmemory_gb: 8\n")
+    profiles = {p.stem: parse_profile(p) for p in plat.glob("*.yaml")}
+    plan = tmp_path / "p.yaml"
+    plan.write_text(f"name: p\nstore: file://{tmp_path}/s\njobs:\n"
+                    "  - {name: big, kind: synth, dataset: d, families: [FlatVel_A], samples: 1, platforms: [cpu, t4],\n"
+                    "     resources: {gpus: 4}}\n")
+    with pytest.raises(ConfigError) as e:
+        load_spec(plan, profiles=profiles)
+    assert str(e.value) == (f"{plan}:5: job 'big': field 'resources': no platform of this job has what it asks for: "
+                            "cpu: needs 4 GPUs, has no GPU, 2 CPUs, 8 GB; t4: needs 4 GPUs, has 2x T4, 29 GB")
+    plan.write_text(plan.read_text().replace("gpus: 4", "gpus: 1, memory_gb: 16"))
+    job = load_spec(plan, profiles=profiles).jobs[0]
+    assert job.resources.gpus == 1 and job.resources.memory_gb == 16

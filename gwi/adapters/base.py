@@ -211,6 +211,8 @@ class Profile:
     description: str = ""
     gpu: str | None = None  # e.g. "P100", "A100"; None: none or whatever the machine has
     gpus: int = 0
+    cpus: int | None = None  # None: not said (not checked against a job's resources)
+    memory_gb: float | None = None  # the machine's memory; None: not said
     quota_hours_per_week: float | None = None  # GPU-hours; None: unlimited
     session_hours: float | None = None  # the platform's cap on one run; becomes the attempt's hour limit
     usd_per_hour: float = 0.0
@@ -224,7 +226,7 @@ class Profile:
         return [v for v in self.credentials if not os.environ.get(v)]
 
 
-PROFILE_FIELDS = ("adapter", "description", "gpu", "gpus", "quota_hours_per_week", "session_hours", "usd_per_hour",
+PROFILE_FIELDS = ("adapter", "description", "gpu", "gpus", "cpus", "memory_gb", "quota_hours_per_week", "session_hours", "usd_per_hour",
                   "capacity", "credentials", "start_timeout_s", "options")
 
 
@@ -246,6 +248,9 @@ def parse_profile(path: str | Path) -> Profile:
         description=c.get("description", "str", ""),
         gpu=gpu,
         gpus=c.get("gpus", "int", 0, minimum=0),
+        cpus=c.get("cpus", "int", None, minimum=1),
+        memory_gb=None if c.node.get("memory_gb") is None else float(c.get("memory_gb", "number", minimum=0,
+                                                                           exclusive_min=True)),
         quota_hours_per_week=None if quota is None else float(quota),
         session_hours=None if session is None else float(session),
         usd_per_hour=float(c.get("usd_per_hour", "number", 0.0, minimum=0)),
@@ -460,6 +465,39 @@ def trust_profile(path: str | Path) -> dict:
 
 
 @dataclass(frozen=True)
+class Offer:
+    """What a platform's machines have, as placement matches a job's ``resources`` against it (None:
+    not known, so not held against a job)."""
+
+    gpus: int = 0
+    gpu: str | None = None
+    cpus: int | None = None
+    memory_gb: float | None = None
+
+    def lacks(self, res) -> str | None:
+        """Why a machine with this offer cannot run a job asking for ``res`` (a spec's ``Resources``),
+        None when it can. What the platform does not say (None) is not held against the job."""
+        def need(what: str) -> str:
+            return f"needs {what}, has {self.text()}"
+
+        if res.gpus and self.gpus < res.gpus:
+            return need(f"{res.gpus} GPU{'s' if res.gpus > 1 else ''}")
+        if res.gpu and not (self.gpu and res.gpu.lower() in self.gpu.lower()):
+            return need(f"GPU type {res.gpu}")
+        if res.cpus and self.cpus is not None and self.cpus < res.cpus:
+            return need(f"{res.cpus} CPUs")
+        if res.memory_gb and self.memory_gb is not None and self.memory_gb < res.memory_gb:
+            return need(f"{res.memory_gb:g} GB of memory")
+        return None
+
+    def text(self) -> str:
+        parts = [f"{self.gpus}x {self.gpu or 'GPU'}" if self.gpus else "no GPU"]
+        parts += [f"{self.cpus} CPUs"] if self.cpus else []
+        parts += [f"{self.memory_gb:g} GB"] if self.memory_gb else []
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
 class Finding:
     """One line of ``gwi check``: what was found and, when it is a problem, the exact fix. Never a
     secret's value: names of variables and files only."""
@@ -502,6 +540,11 @@ class Adapter(ABC):
         if missing:
             return f"credentials not set: {', '.join(missing)}"
         return None
+
+    def offers(self) -> Offer:
+        """What a machine of this platform has: the profile says so."""
+        p = self.profile
+        return Offer(p.gpus, p.gpu, p.cpus, p.memory_gb)
 
     def credentials_found(self) -> list[Finding]:
         """Each credential the platform needs: where it was found (never its value), or how to set it."""

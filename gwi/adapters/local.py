@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import kit
-from .base import Adapter, Finding, LaunchRequest, PlatformError, PlatformOptions, State, Status, bounds
+from .base import Adapter, Finding, LaunchRequest, Offer, PlatformError, PlatformOptions, State, Status, bounds
 
 # docker's container states -> ours (exited is decided by the exit code)
 DOCKER_STATES = {"created": State.PENDING, "restarting": State.RUNNING, "running": State.RUNNING,
@@ -63,6 +63,25 @@ def _proc_start_time(pid: int) -> str | None:
     return rest[19]
 
 
+def local_gpus(timeout_s: float = 10.0) -> list[str]:
+    """The GPUs ``nvidia-smi`` lists here, by name (none without the tool or a driver)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=timeout_s).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [g.strip() for g in out.splitlines() if g.strip()]
+
+
+def local_memory_gb() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return round(kb / 2**20, 1)
+
+
 class LocalAdapter(Adapter):
     """Dispatches to the runtime a launch used (its handle says which): :class:`_Process` or :class:`_Docker`."""
 
@@ -72,6 +91,7 @@ class LocalAdapter(Adapter):
         super().__init__(profile)
         self.process = _Process(self.name, self.options.grace_s)
         self._docker: _Docker | None = None
+        self._offer: Offer | None = None
 
     @property
     def docker(self) -> _Docker:
@@ -98,21 +118,22 @@ class LocalAdapter(Adapter):
                 return str(e)
         return super().available()
 
+    def offers(self) -> Offer:
+        """This machine as it is, where the profile does not say: its GPUs (``nvidia-smi``), CPUs and memory."""
+        p = self.profile
+        if self._offer is None:
+            gpus = local_gpus()
+            self._offer = Offer(p.gpus or len(gpus), p.gpu or (gpus[0] if gpus else None), p.cpus or os.cpu_count(),
+                                p.memory_gb or local_memory_gb())
+        return self._offer
+
     def probe(self, deadline_s: float) -> list[Finding]:
-        """How jobs would run here: the runtime, the CPUs and the GPUs ``nvidia-smi`` lists."""
+        """How jobs would run here: the runtime, the CPUs, memory and GPUs."""
         why = self.available()
         if why:
             return [Finding(False, why, f"docker build -t {self.options.image} ." if "image" in why else
                             "start the docker engine, or set options.runtime: process")]
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                                 text=True, timeout=deadline_s).stdout.split("\n")
-            gpus = [g.strip() for g in out if g.strip()]
-        except (OSError, subprocess.TimeoutExpired):
-            gpus = []
-        where = ", ".join(f"{gpus.count(g)}x {g}" for g in dict.fromkeys(gpus)) or "no GPU (CPU only)"
-        return [Finding(True, f"runtime {self.runtime()}: {os.cpu_count()} CPUs, {where}, "
-                              f"{self.profile.capacity} job(s) at a time")]
+        return [Finding(True, f"runtime {self.runtime()}: {self.offers().text()}, {self.profile.capacity} job(s) at a time")]
 
     def _of(self, handle: dict):
         return self.docker if handle["runtime"] == "docker" else self.process

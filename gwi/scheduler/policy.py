@@ -46,6 +46,7 @@ class Platform:
     hours_week: float = 0.0  # hours used in the quota window, every job's
     active: int = 0  # attempts running there now, every job's
     transient: bool = False  # ``unavailable`` will pass (its API did not answer): wait, do not move on for good
+    unfit: str | None = None  # why its machines cannot run the job (its resources), None when they can
 
 
 # -- accounting -------------------------------------------------------------------------------------
@@ -95,6 +96,8 @@ def choice(p: Platform, limits: Limits, hours_used: float, dollars_used: float) 
     prof = p.profile
     if prof is None:
         return Choice(p.name, False, False, "no profile")
+    if p.unfit:
+        return Choice(p.name, False, False, p.unfit)
     if not has_tries(p.tries, limits.retries):
         return Choice(p.name, False, False, f"used: {p.tries} attempt(s), retries {limits.retries}")
     if p.unavailable:

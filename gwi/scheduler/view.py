@@ -192,14 +192,21 @@ class View:
         hours_used, dollars_used = self.job_cost(job_id) if job_id else (0.0, 0.0)
         store = self.state.spec_store(job_id.split("/")[0]) or spec_store
         generation = self.state.generation(job_id)
-        facts = [self._platform(name, job_id, generation, job.limits.retries, store) for name in job.platforms]
+        facts = [self._platform(name, job, job_id, generation, store) for name in job.platforms]
         return policy.choose(facts, job.limits, hours_used, dollars_used)
 
-    def _platform(self, name: str, job_id: str, generation: int, retries: int, store: str | None) -> policy.Platform:
+    def _platform(self, name: str, job: Job, job_id: str, generation: int, store: str | None) -> policy.Platform:
         """What placement needs to know of one platform; its adapter is asked only while it has tries left."""
         prof = self.profiles.get(name)
         if prof is None:
             return policy.Platform(name, None)
+        retries = job.limits.retries
+        try:
+            unfit = self.adapter(name).offers().lacks(job.resources)
+        except GwiError as e:
+            unfit = str(e)
+        if unfit:
+            return policy.Platform(name, prof, unfit=unfit)
         tries = self.state.tries(job_id, name, generation)
         if not policy.has_tries(tries, retries):
             return policy.Platform(name, prof, tries)
