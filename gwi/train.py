@@ -28,7 +28,9 @@ import json
 import math
 import os
 import random
+import signal
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -536,6 +538,7 @@ def train(cfg: TrainConfig, log=print, started: float | None = None) -> dict:
     s: State | None = None
     t_start = time.time()
     started = t_start if started is None else started
+    old_handler = stop_on_sigterm()
     try:
         data = load_data(cfg, d, device)
         progress.phase("pulled")
@@ -568,6 +571,8 @@ def train(cfg: TrainConfig, log=print, started: float | None = None) -> dict:
             record_failure(run, s.hb if s else None, cfg, e)
         raise
     finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
         if s is not None and s.hb is not None:
             s.hb.stop()
         if d.enabled and dist.is_initialized():
@@ -579,6 +584,34 @@ def train(cfg: TrainConfig, log=print, started: float | None = None) -> dict:
             s = None
             gc.collect()
             dist.destroy_process_group()
+
+
+class Stopped(GwiError):
+    """Asked to stop (SIGTERM: a platform's preemption, ``docker stop``, a session's end) and stopped
+    at a checkpoint: the next attempt resumes from it. Exit status 143, as a process ended by SIGTERM."""
+
+    exit_code = 143
+
+
+_STOP = threading.Event()  # set by SIGTERM; the loop checkpoints at the next step and stops
+
+
+def stop_on_sigterm():
+    """Route SIGTERM to :data:`_STOP` for the training loop (main thread only); returns the old handler
+    to restore, or None when it could not be set."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    _STOP.clear()
+    return signal.signal(signal.SIGTERM, lambda *_: _STOP.set())
+
+
+def stop_requested(s: State) -> bool:
+    """Whether SIGTERM came; every rank agrees (checked at log intervals there, where ranks meet anyway)."""
+    if not s.d.enabled:
+        return _STOP.is_set()
+    if s.step % s.cfg.log_every:
+        return False
+    return bool(decide(s, _STOP.is_set))
 
 
 def pulled(done: int, total: int) -> None:
@@ -789,6 +822,10 @@ def run_epochs(s: State) -> dict:
                 paused += time.perf_counter() - tp
                 if cfg.fault_at_step and s.step == cfg.fault_at_step:
                     raise RuntimeError(f"injected fault at step {s.step} (fault_at_step)")
+                if stop_requested(s):
+                    read_loss(s)
+                    publish(s)
+                    raise Stopped(f"stopped by SIGTERM at step {s.step}: checkpoint saved, a resume continues from it")
                 if s.step >= s.total:
                     break
             read_loss(s)  # waits for the device: the epoch's time below is its compute, not its queueing

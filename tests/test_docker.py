@@ -123,3 +123,47 @@ jobs:
     assert r.stdout.strip() == "exited"
     subprocess.run(["docker", "rm", "-f", "gwi-dk-data-1", "gwi-dk-long-1"], capture_output=True)
     s.close()
+
+
+@pytest.mark.slow
+def test_docker_stop_reaches_training_which_checkpoints_before_it_exits(image, tmp_path):
+    """``docker run --init`` (what the local platform does): the stop's SIGTERM reaches gwi, not a PID 1
+    that ignores it, and training saves a checkpoint at the step it was on, well inside the grace."""
+    import json
+    import time
+
+    data = tmp_path / "work"
+    data.mkdir()
+    synthesize(["FlatVel_A"], 12, f"file://{data}/store", "d", seed=4, batch_size=12, progress=False, backend="deepwave")
+    name = f"gwi-stop-test-{os.getpid()}"
+    r = subprocess.run(["docker", "run", "-d", "--init", "--name", name, "--network", "none",
+                        "--user", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp", "-e", "GWI_CACHE=/tmp/cache",
+                        "-v", f"{data}:{data}", image, "train", "--model", "inversionnet", "--preset", "tiny",
+                        "--dataset", f"file://{data}/store/datasets/d", "--run", f"file://{data}/store/runs/r",
+                        "--epochs", "400", "--batch-size", "4", "--device", "cpu", "--heartbeat-s", "0.5",
+                        "--set", "checkpoint_every=100000"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    try:
+        progress = data / "store" / "runs" / "r" / "progress.json"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if progress.exists() and json.loads(progress.read_text() or "{}").get("step", 0) >= 3:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("training did not start:\n" + subprocess.run(["docker", "logs", name],
+                                                                             capture_output=True, text=True).stderr)
+        t0 = time.monotonic()
+        subprocess.run(["docker", "stop", "-t", "30", name], capture_output=True, text=True, timeout=60)
+        took = time.monotonic() - t0
+        code = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", name], capture_output=True,
+                              text=True).stdout.strip()
+        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    out = logs.stdout + logs.stderr
+    assert code == "143" and took < 25, (code, took, out[-2000:])
+    assert "stopped by SIGTERM at step" in out, out[-2000:]
+    step = int(out.split("stopped by SIGTERM at step ")[1].split(":")[0])
+    ptr = json.loads((data / "store" / "runs" / "r" / "checkpoints" / "latest.json").read_text())
+    assert ptr["latest"]["path"] == f"checkpoints/step-{step}.pt" and step >= 3

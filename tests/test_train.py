@@ -270,3 +270,34 @@ def test_a_resume_that_cannot_reach_the_store_exits_75_and_says_retryable(datase
     end = json.loads(beats.read_text())
     assert (end["state"], end["final"], end["retryable"]) == ("failed", True, True), end
     assert "store was unreachable" in end["error"] and "StoreUnavailable" in end["error"]
+
+
+def test_sigterm_saves_a_checkpoint_and_a_resume_continues_from_it(dataset, tmp_path):
+    """A platform's stop (preemption, docker stop, a session's end) is SIGTERM: training checkpoints
+    at the next step, exits 143 and says so; the next attempt resumes from that step."""
+    import signal
+
+    run = tmp_path / "runs" / "term"
+    proc = gwi_train(dataset, f"file://{run}", "--epochs", "400", "--set", "checkpoint_every=1000", env={})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # training has started: its progress file counts steps
+            p = run / "progress.json"
+            if p.exists() and json.loads(p.read_text() or "{}").get("step", 0) >= 5:
+                break
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, out[-3000:]
+    assert "stopped by SIGTERM at step" in out and "checkpoint saved" in out
+    step = int(out.split("stopped by SIGTERM at step ")[1].split(":")[0])
+    assert step >= 5 and weights(run)["step"] == step  # no periodic checkpoint was due: this one is SIGTERM's
+    again = subprocess.run([sys.executable, "-m", "gwi", "train", "--model", "inversionnet", "--preset", "tiny",
+                            "--dataset", dataset, "--run", f"file://{run}", "--epochs", "400", "--batch-size", "4",
+                            "--device", "cpu", "--set", f"max_steps={step + 2}"], capture_output=True, text=True,
+                           timeout=120)
+    assert f"resumed from checkpoints/step-{step}.pt at step {step}" in again.stdout + again.stderr

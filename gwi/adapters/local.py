@@ -357,8 +357,9 @@ class _Docker:
         entrypoint = None if secs is None else [
             "timeout", "--signal=TERM", f"--kill-after={kit.KILL_AFTER_S}", str(secs), "gwi"]
         try:
+            # init: docker's tini is PID 1, so a docker stop's SIGTERM reaches gwi, which checkpoints
             self.client.containers.run(self.options.image, command=req.argv[1:], name=name, detach=True,
-                                       entrypoint=entrypoint, environment=env, volumes=volumes,
+                                       entrypoint=entrypoint, environment=env, volumes=volumes, init=True,
                                        user=f"{os.getuid()}:{os.getgid()}",
                                        network_mode="host", device_requests=gpus, working_dir="/tmp",
                                        labels={"gwi.attempt": req.attempt_id, "gwi.job": req.job,
