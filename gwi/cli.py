@@ -651,6 +651,39 @@ def cmd_exec(a) -> int:
     return rc if rc >= 0 else 128 - rc  # killed by a signal: the shell's convention
 
 
+def cmd_runs_list(a) -> int:
+    from .store import default_store_url
+    from .tracking import RUN_COLUMNS, find_runs, run_metrics, summary_row
+
+    urls = find_runs(a.store or default_store_url())
+    rows = [summary_row(u, run_metrics(u)) for u in urls]
+    if a.json:
+        print(json.dumps([dict(zip(RUN_COLUMNS, r)) for r in rows], indent=1))
+    elif not rows:
+        print(f"no runs in {a.store or default_store_url()}")
+    else:
+        print(_table(rows, RUN_COLUMNS))
+    return 0
+
+
+def cmd_runs_compare(a) -> int:
+    from .store import staged_output
+    from .tracking import RUN_COLUMNS, plot_curves, run_metrics, summary_row
+
+    metrics = {u: run_metrics(u) for u in a.runs}
+    missing = [u for u, m in metrics.items() if m is None]
+    if missing:
+        raise GwiError("runs compare: no metrics.json (unfinished or not a run): " + ", ".join(missing))
+    print(_table([summary_row(u, m) for u, m in metrics.items()], RUN_COLUMNS))
+    if a.plot:
+        names = [u.rstrip("/").rsplit("/", 1)[-1] for u in a.runs]
+        labels = names if len(set(names)) == len(names) else a.runs
+        with staged_output(a.plot) as out:
+            plot_curves({lab: metrics[u]["history"] for lab, u in zip(labels, a.runs)}, Path(out))
+        print(f"curves of {len(a.runs)} runs in {a.plot}")
+    return 0
+
+
 def cmd_init(a) -> int:
     from .paths import HOME_DIR, find_home
 
@@ -1192,6 +1225,18 @@ def _dispatch_parsers(sub) -> None:
     q.add_argument("--store", metavar="URL", help="the plan's store, given to the command as $GWI_STORE")
     q.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     q.set_defaults(fn=cmd_exec)
+
+    q = sub.add_parser("runs", help="training runs in a store: list them, compare them (table and curves)")
+    rsub = q.add_subparsers(dest="runs_cmd", metavar="SUBCOMMAND")
+    rsub.required = True
+    q = rsub.add_parser("list", help="every run in a store: model, data, steps, validation MAE per family, time")
+    q.add_argument("store", nargs="?", help="store URL (default: the embedded store)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(fn=cmd_runs_list)
+    q = rsub.add_parser("compare", help="runs side by side, and their curves drawn together (--plot)")
+    q.add_argument("runs", nargs="+", metavar="RUN_URL")
+    q.add_argument("--plot", metavar="PNG", help="draw their loss and validation MAE against step into this file")
+    q.set_defaults(fn=cmd_runs_compare)
 
     q = sub.add_parser("init", help="make a .gwi/ folder here: gwi's state for this folder and those below (like git init)")
     q.add_argument("folder", nargs="?", default=".", help="where (default: the current folder)")

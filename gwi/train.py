@@ -53,6 +53,7 @@ from .inference import Normalizer, flip_seismic, flip_velocity  # Normalizer als
 from .models import registry
 from .progress import Heartbeat
 from .runs import METRICS, PROGRESS, Run
+from .tracking import Tracker
 
 # ------------------------------------------------------------------------------------------------
 # distributed
@@ -476,6 +477,7 @@ class State:
     total: int  # the steps this run takes in all
     net: nn.Module | None = None  # what the loop calls: the model, or its DDP wrapper
     hb: Heartbeat | None = None  # rank 0's
+    tracker: "Tracker | None" = None  # rank 0's: TensorBoard (and MLflow) scalars, curves.png
     step: int = 0
     epoch: int = 0
     best: float = math.inf
@@ -560,6 +562,7 @@ def train(cfg: TrainConfig, log=print, started: float | None = None) -> dict:
             s.net = torch.compile(s.net)
         if d.master:
             s.hb = start_heartbeat(s)
+            s.tracker = Tracker(run, f"{cfg.model}:{cfg.preset}", asdict(cfg), s.step)
         say(f"training {cfg.model} ({cfg.preset}, {s.n_params:,} params) on {s.device_text} in {precision}: "
             f"{len(data.train_idx)} train / {len(data.val_idx)} val samples, {s.steps_per_epoch} steps/epoch, "
             + (f"steps sized to the time budget ({budget.format_duration(s.clock.budget_s)}) after "
@@ -811,6 +814,10 @@ def run_epochs(s: State) -> dict:
                 s.loop_samples += x.shape[0] * s.d.world
                 if s.step % cfg.log_every == 0:
                     read_loss(s)
+                    if s.tracker is not None:
+                        el = time.time() - s.t_loop
+                        s.tracker.log(s.step, {"train/loss": s.last_loss, "train/lr": s.optim.lr,
+                                               "train/samples_per_s": s.loop_samples / el if el > 0 else None})
                 beat_step(s)
                 tp = time.perf_counter()
                 if s.clock is not None:
@@ -1007,6 +1014,8 @@ def validate(s: State) -> dict:
     if val["val_mae"] is not None:
         s.best = min(s.best, val["val_mae"])
     s.history.append({"epoch": s.epoch, "step": s.step, "train_loss": s.last_loss, **val})
+    if s.tracker is not None:
+        s.tracker.log(s.step, {"val/mae": val["val_mae"], **{f"val/mae_{f}": v for f, v in val["val_mae_per_family"].items()}})
     s.beat(state="running", epoch=s.epoch, val_mae=val["val_mae"], val_mae_per_family=val["val_mae_per_family"],
            baseline_mae=val["baseline_mae"], best_val_mae=s.best_or_none,
            validations=len(s.history))  # a sweep's pruner counts its rungs in validations
@@ -1055,6 +1064,8 @@ def publish(s: State) -> None:
         "budget": s.clock.record() if s.clock else s.budget_record,
     }
     entry = s.run.publish_checkpoint(ckpt, s.step, cfg.keep_checkpoints)
+    if s.tracker is not None:
+        s.tracker.publish()
     s.hb.update(state="running", last_checkpoint=entry["path"])
 
 
@@ -1084,6 +1095,8 @@ def finish(s: State, val: dict, t_start: float) -> dict:
     if s.d.enabled:
         dist.barrier()  # no collective work left in flight when the group is torn down
     if s.d.master:
+        if s.tracker is not None:
+            s.tracker.close(s.history)
         s.run.write_json(METRICS, metrics)
         s.hb.finish("succeeded", step=s.step, epoch=s.epoch, eta_s=0, val_mae=metrics["val_mae"])
     return metrics
