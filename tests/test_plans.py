@@ -59,7 +59,7 @@ def test_day2_plan_says_where_each_job_goes_and_why(bucket, capsys, monkeypatch)
     assert "  colab  " in rows["specproj-unet"] and "kaggle (skip: credentials not set: KAGGLE_USERNAME, KAGGLE_KEY " \
         "(nor in " in rows["specproj-unet"]
     assert "lambda (skip: credentials not set: LAMBDA_API_KEY (nor api_key in ~/.lambda_cloud/lambda_keys))" in rows["egnn"]
-    assert "kaggle (skip: needs GPU type A100, has 1x P100)" in rows["egnn"] and "  NONE  " in rows["egnn"]
+    assert "kaggle (skip: needs GPU type A100, has 2x T4)" in rows["egnn"] and "  NONE  " in rows["egnn"]
     monkeypatch.setenv("KAGGLE_USERNAME", "alice")
     monkeypatch.setenv("KAGGLE_KEY", "k")
     assert main(["dispatch", str(JOBS / "day2.yaml"), "--dry-run"]) == 1

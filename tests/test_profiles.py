@@ -147,3 +147,20 @@ def test_the_cli_refuses_with_one_line(repo):
                        text=True, timeout=60)
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert "refusing this platform profile" in r.stderr and "attacker.example" in r.stderr
+
+
+def test_kaggle_accelerators_are_a_setting_and_a_retired_one_is_refused(tmp_path):
+    from gwi.adapters.base import parse_profile
+    from gwi.yamlfile import ConfigError
+
+    shipped = parse_profile(PACKAGE_PLATFORMS / "kaggle.yaml")
+    assert (shipped.gpu, shipped.gpus, shipped.options.machine_shape) == ("T4", 2, "NvidiaTeslaT4")
+    p = tmp_path / "old.yaml"
+    p.write_text("adapter: kaggle\ngpu: P100\ngpus: 1\noptions:\n  machine_shape: NvidiaTeslaP100\n")
+    with pytest.raises(ConfigError) as e:
+        parse_profile(p)
+    assert str(e.value) == (f"{p}:5: options.machine_shape: expected one of the accelerators Kaggle offers "
+                            "(NvidiaTeslaT4), got 'NvidiaTeslaP100'; Kaggle retired the P100")
+    # when Kaggle offers another, the profile says so; no code changes
+    p.write_text("adapter: kaggle\noptions:\n  machine_shape: NvidiaL4\n  accelerators: [NvidiaTeslaT4, NvidiaL4]\n")
+    assert parse_profile(p).options.machine_shape == "NvidiaL4"

@@ -5,7 +5,8 @@ Profile options (``platforms/kaggle.yaml``)::
     options:
       owner: null                 # Kaggle user owning the kernels (default: $KAGGLE_USERNAME)
       slug_prefix: gwi            # kernel slug: <prefix>-<spec>-<job>-<attempt n>
-      machine_shape: NvidiaTeslaP100   # or NvidiaTeslaT4 (2x T4); null: Kaggle's default GPU
+      machine_shape: NvidiaTeslaT4     # one of accelerators; null: Kaggle's default GPU
+      accelerators: [NvidiaTeslaT4]    # the shapes Kaggle offers now (2x T4; the P100 is retired)
       internet: true              # false: an offline kernel (competition submissions)
       wheel_dataset: you/gwi-wheels    # dataset with the gwi wheel (+ its dependencies for offline use)
       datasets: []                # more dataset sources (e.g. you/gwi-checkpoints made by `gwi kaggle package`)
@@ -68,7 +69,10 @@ WORKING = "/kaggle/working"  # its output folder (Kaggle takes submission.csv fr
 class KaggleOptions(PlatformOptions):
     owner: str | None = None  # Kaggle user owning the kernels (default: $KAGGLE_USERNAME)
     slug_prefix: str = "gwi"
-    machine_shape: str | None = None  # e.g. NvidiaTeslaP100, NvidiaTeslaT4; None: Kaggle's default GPU
+    machine_shape: str | None = None  # one of ``accelerators``; None: Kaggle's default GPU
+    # the machine shapes Kaggle offers now (a setting, not code: Kaggle changes them; it retired the
+    # P100, and its client now says "Sessions run on NvidiaTeslaT4", two T4s)
+    accelerators: tuple[str, ...] = ("NvidiaTeslaT4",)
     internet: bool = True
     wheel_dataset: str | None = None  # dataset with the gwi wheel (+ its dependencies for offline use)
     datasets: tuple[str, ...] = ()
@@ -80,6 +84,10 @@ class KaggleOptions(PlatformOptions):
     retry_deadline_s: float = bounds(60.0, minimum=0)  # retrying throttled/5xx/unanswered reads stops here
 
     def check(self) -> None:
+        if self.machine_shape is not None and self.machine_shape not in self.accelerators:
+            raise OptionError("machine_shape", f"expected one of the accelerators Kaggle offers "
+                                               f"({', '.join(self.accelerators)}), got {self.machine_shape!r}"
+                              + ("; Kaggle retired the P100" if "P100" in self.machine_shape else ""))
         if not self.internet and not self.offline_store:
             raise OptionError("offline_store", "an offline kernel (internet: false) needs the dataset that mirrors "
                                                "the store (see `gwi kaggle package`)")
