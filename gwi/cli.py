@@ -969,10 +969,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _store_args(q, out_help: str) -> None:
-    q.add_argument("--out", metavar="STORE_URL", help=out_help + " (default: the embedded file:// store under $GWI_HOME, ./.gwi)")
+    q.add_argument("--out", metavar="STORE_URL", help=out_help + " (default: the embedded store in gwi's home; gwi status names it)")
     q.add_argument("--name", required=True, help="dataset name: written to STORE_URL/datasets/NAME/")
     q.add_argument("--shard-size", type=int, default=500, help="samples per shard (default 500)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+
+
+def _simulation_args(q, exists: str) -> None:
+    """What the commands that forward-model maps into a dataset share."""
+    q.add_argument("--batch-size", type=int, default=16, help="velocity maps per forward-model call")
+    q.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    q.add_argument("--exist-ok", action="store_true", dest="exist_ok", help=f"succeed without work if {exists}")
+    _store_args(q, "store to write to")
 
 
 def _data_parsers(sub) -> None:
@@ -997,11 +1005,7 @@ def _data_parsers(sub) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
                    help="forward model: openfwi (the organisers' scheme, default) or deepwave (faster on CPU)")
-    q.add_argument("--batch-size", type=int, default=16, help="velocity maps per forward-model call")
-    q.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    q.add_argument("--exist-ok", action="store_true", dest="exist_ok",
-                   help="succeed without work if the dataset exists with the same families, samples and seed")
-    _store_args(q, "store to write to")
+    _simulation_args(q, "the dataset exists with the same families, samples and seed")
     q.set_defaults(fn=cmd_data_synth)
 
     q = dsub.add_parser("augment", help="new maps from a dataset's maps (flip, crop, affine, blend), re-simulated")
@@ -1013,11 +1017,7 @@ def _data_parsers(sub) -> None:
     q.add_argument("--backend", choices=BACKENDS, help="forward model (default: the one that made the source)")
     q.add_argument("--shard", metavar="i/N", help="only the i-th of N interleaved shares of the source maps, "
                                                    "written as part i of N (gwi data merge joins them)")
-    q.add_argument("--batch-size", type=int, default=16, help="velocity maps per forward-model call")
-    q.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    q.add_argument("--exist-ok", action="store_true", dest="exist_ok",
-                   help="succeed without work if the dataset (or part) exists from the same command")
-    _store_args(q, "store to write to")
+    _simulation_args(q, "the dataset (or part) exists from the same command")
     q.set_defaults(fn=cmd_data_augment)
 
     q = dsub.add_parser("merge", help="join the parts written by 'gwi data augment --shard i/N' into the dataset")
