@@ -189,6 +189,11 @@ def cmd_models(a) -> int:
         print(json.dumps({**card.__dict__, "parameters": {p: _params(a.name, p) for p in card.presets}}, indent=1,
                          default=list))
         return 0
+    if a.json:
+        print(json.dumps([{**registry.model_card(n).__dict__, "name": n,
+                           "parameters": {p: _params(n, p) for p in registry.model_card(n).presets}}
+                          for n in registry.list_models()], indent=1, default=list))
+        return 0
     rows = []
     for name in registry.list_models():
         c = registry.model_card(name)
@@ -808,6 +813,17 @@ def cmd_platforms(a) -> int:
               f"{', '.join(t['variables']) or 'no secret'} to {', '.join(t['destinations']) or 'nowhere'}")
     v = open_view()
     try:
+        if a.json:
+            out = []
+            for name, p in sorted(v.profiles.items()):
+                d = {k: getattr(p, k) for k in ("adapter", "path", "description", "gpu", "gpus", "cpus", "memory_gb",
+                                                "quota_hours_per_week", "session_hours", "usd_per_hour", "capacity",
+                                                "credentials", "start_timeout_s")}
+                out.append({"name": name, **d, "usage": v.usage(name), "missing_credentials": p.missing_credentials(),
+                            "secrets": [{"variable": var, "sent_to": dest} for plat, var, dest, _ in
+                                        secret_routes({name: p})]})
+            print(json.dumps(out, indent=1, default=list))
+            return 0
         if not v.profiles:
             print("no platform profiles found")
             return 0
@@ -859,12 +875,22 @@ def cmd_history(a) -> int:
     from .scheduler import open_view
 
     v = open_view()
-    jid = v.resolve(a.job)
-    print(_history_table(v, jid))
-    print()
-    for e in v.events(jid):
-        print(f"{_clock(e['time'])}  {e['kind']:<10} {e['message']}")
-    v.close()
+    try:
+        jid = v.resolve(a.job)
+        if a.json:
+            attempts = [{k: a_[k] for k in a_.keys() if k not in ("handle", "cleanup")} | {"hours": v.attempt_hours(a_)}
+                        for a_ in v.attempts(jid)]
+            for a_ in attempts:
+                a_["progress"] = json.loads(a_["progress"]) if a_.get("progress") else None
+            print(json.dumps({"job": jid, "attempts": attempts, "events": [dict(e) for e in v.events(jid)]},
+                             indent=1, default=str))
+            return 0
+        print(_history_table(v, jid))
+        print()
+        for e in v.events(jid):
+            print(f"{_clock(e['time'])}  {e['kind']:<10} {e['message']}")
+    finally:
+        v.close()
     return 0
 
 
@@ -1063,6 +1089,7 @@ def _training_parsers(sub) -> None:
 
     q = sub.add_parser("models", help="list the model registry")
     q.add_argument("name", nargs="?", help="show one model's card")
+    q.add_argument("--json", action="store_true", help="every model's card, with its parameter counts")
     q.set_defaults(fn=cmd_models)
 
     q = sub.add_parser("train", help="train (or resume) a model on a dataset; writes to a run folder in a store")
@@ -1261,6 +1288,7 @@ def _dispatch_parsers(sub) -> None:
     q.add_argument("--trust", action="append", default=[], metavar="FILE",
                    help="trust a project's profile that sends secrets somewhere the package's profiles do not "
                         "(recorded with its sha256: an edit needs trusting again)")
+    q.add_argument("--json", action="store_true")
     q.set_defaults(fn=cmd_platforms)
 
 
@@ -1307,6 +1335,7 @@ def _job_parsers(sub) -> None:
 
     q = sub.add_parser("history", help="every attempt of a job and why it ended")
     q.add_argument("job")
+    q.add_argument("--json", action="store_true")
     q.set_defaults(fn=cmd_history)
 
 

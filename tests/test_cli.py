@@ -174,3 +174,16 @@ def test_status_is_rich_on_a_terminal_plain_in_a_pipe_and_quiet_when_the_pipe_cl
     r = subprocess.run(f"'{GWI}' status --watch --interval 0.2 | head -1", shell=True, capture_output=True, text=True,
                        timeout=60, env={**os.environ, **env})
     assert r.returncode == 0 and r.stdout.strip() and "Traceback" not in r.stderr and "Error" not in r.stderr, r.stderr
+
+
+def test_json_from_every_reading_command(tmp_path):
+    s, env = _dispatched_state(tmp_path)
+    s.close()
+    assert [j["job"] for j in json.loads(run("status", "--json", env=env).stdout)] == ["p/d"]
+    h = json.loads(run("history", "d", "--json", env=env).stdout)
+    assert h["job"] == "p/d" and h["attempts"] == [] and h["events"][0]["kind"] == "dispatched"
+    plats = {p["name"]: p for p in json.loads(run("platforms", "--json", env=env).stdout)}
+    assert plats["box"]["adapter"] == "local" and plats["box"]["usage"]["active"] == 0
+    assert "LAMBDA_API_KEY" in plats["lambda"]["credentials"] and "lambda" in plats  # the package's profiles too
+    models = {m["name"]: m for m in json.loads(run("models", "--json", env=env).stdout)}
+    assert {"inversionnet", "vit_fwi", "egnn"} <= set(models) and models["inversionnet"]["parameters"]["tiny"] > 0
