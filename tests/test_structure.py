@@ -177,3 +177,24 @@ def test_model_cards_read_from_source_equal_the_imported_ones():
     for name in registry.list_models():
         registry.create_model(name, "tiny")  # imports the module, whose decorator registers the card
         assert registry._REGISTRY[name][1] == registry.model_card(name), name
+
+
+def test_compose_is_pinned_local_and_has_no_default_password():
+    """docker-compose.yml: images pinned (no :latest), ports on 127.0.0.1 only, credentials only from
+    .env (no default), no GPU reservation (docker-compose.gpu.yml adds it), gwi under an init."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docker-compose.yml").read_text()
+    compose = yaml.safe_load(text)
+    for name, svc in compose["services"].items():
+        image = svc.get("image", "")
+        assert not image.endswith(":latest") or "build" in svc, f"{name}: {image} is not pinned"
+        for port in svc.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name}: port {port} is published on every interface"
+        assert "deploy" not in svc, f"{name}: a GPU reservation makes compose fail on a CPU host"
+    assert "MINIO_ROOT_PASSWORD:?" in text and "change-me" not in text and ":-gwi-secret" not in text
+    assert compose["services"]["gwi"]["init"] is True
+    gpu = yaml.safe_load((root / "docker-compose.gpu.yml").read_text())
+    assert gpu["services"]["gwi"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert ".env" in (root / ".gitignore").read_text().split()
