@@ -689,6 +689,24 @@ def cmd_runs_compare(a) -> int:
     return 0
 
 
+def _jobs(prefix: str, **_) -> list[str]:
+    """Completions for a job argument: the jobs this state knows, as SPEC/JOB."""
+    from .scheduler import open_view
+
+    v = open_view()
+    try:
+        return [j["id"] for j in v.jobs() if j["id"].startswith(prefix)]
+    finally:
+        v.close()
+
+
+def cmd_completion(a) -> int:
+    import argcomplete
+
+    print(argcomplete.shellcode(["gwi"], shell=a.shell))
+    return 0
+
+
 def cmd_init(a) -> int:
     from .paths import HOME_DIR, find_home
 
@@ -1265,6 +1283,10 @@ def _dispatch_parsers(sub) -> None:
     q.add_argument("--plot", metavar="PNG", help="draw their loss and validation MAE against step into this file")
     q.set_defaults(fn=cmd_runs_compare)
 
+    q = sub.add_parser("completion", help="print the shell's completion hook: eval \"$(gwi completion bash)\"")
+    q.add_argument("shell", nargs="?", default="bash", choices=["bash", "zsh", "fish", "tcsh", "powershell"])
+    q.set_defaults(fn=cmd_completion)
+
     q = sub.add_parser("init", help="make a .gwi/ folder here: gwi's state for this folder and those below (like git init)")
     q.add_argument("folder", nargs="?", default=".", help="where (default: the current folder)")
     q.set_defaults(fn=cmd_init)
@@ -1277,7 +1299,7 @@ def _dispatch_parsers(sub) -> None:
     q.set_defaults(fn=cmd_dispatch)
 
     q = sub.add_parser("status", help="which platform runs what: state, epoch, val MAE, ETA, heartbeat, cost")
-    q.add_argument("job", nargs="?", help="one job (SPEC/JOB or JOB): its attempts and outputs")
+    q.add_argument("job", nargs="?", help="one job (SPEC/JOB or JOB): its attempts and outputs").completer = _jobs
     q.add_argument("--json", action="store_true")
     q.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     q.add_argument("--interval", type=float, default=2.0)
@@ -1323,18 +1345,18 @@ def _job_parsers(sub) -> None:
     q.set_defaults(fn=cmd_sweep_show)
 
     q = sub.add_parser("cancel", help="stop a job on its platform (and release the machine)")
-    q.add_argument("job")
+    q.add_argument("job").completer = _jobs
     q.set_defaults(fn=cmd_cancel)
 
     q = sub.add_parser("logs", help="a job's output (latest attempt unless --attempt)")
-    q.add_argument("job")
+    q.add_argument("job").completer = _jobs
     q.add_argument("--attempt", type=int)
     q.add_argument("--tail", type=int, help="last N lines")
     q.add_argument("--follow", "-f", action="store_true")
     q.set_defaults(fn=cmd_logs)
 
     q = sub.add_parser("history", help="every attempt of a job and why it ended")
-    q.add_argument("job")
+    q.add_argument("job").completer = _jobs
     q.add_argument("--json", action="store_true")
     q.set_defaults(fn=cmd_history)
 
@@ -1357,7 +1379,12 @@ def _kaggle_parsers(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     from . import progress
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (gwi completion installs the hook)
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     if args.platforms:  # through the environment, so the scheduler and the jobs it starts see the same profiles
         os.environ["GWI_PLATFORMS"] = os.pathsep.join(
             [str(Path(d).resolve()) for d in args.platforms] + [p for p in [os.environ.get("GWI_PLATFORMS")] if p])

@@ -187,3 +187,20 @@ def test_json_from_every_reading_command(tmp_path):
     assert "LAMBDA_API_KEY" in plats["lambda"]["credentials"] and "lambda" in plats  # the package's profiles too
     models = {m["name"]: m for m in json.loads(run("models", "--json", env=env).stdout)}
     assert {"inversionnet", "vit_fwi", "egnn"} <= set(models) and models["inversionnet"]["parameters"]["tiny"] > 0
+
+
+def test_shell_completion_of_commands_and_job_names(tmp_path):
+    s, env = _dispatched_state(tmp_path)
+    s.close()
+    out = tmp_path / "completions"
+
+    def complete(line: str) -> list[str]:
+        r = run(env={**env, "_ARGCOMPLETE": "1", "COMP_LINE": line, "COMP_POINT": str(len(line)),
+                     "_ARGCOMPLETE_STDOUT_FILENAME": str(out)})
+        assert r.returncode == 0, r.stderr
+        return [c.strip() for c in out.read_text().split("\v")]
+
+    assert complete("gwi sta") == ["status"]
+    assert complete("gwi history p/") == ["p/d"]  # the state's jobs
+    r = run("completion", "bash")
+    assert r.returncode == 0 and "complete" in r.stdout and "gwi" in r.stdout
