@@ -20,8 +20,9 @@ RUN if ls /tmp/wheels/*.whl >/dev/null 2>&1; then pip install /tmp/wheels/*.whl;
 
 # dependencies first, so a code change does not reinstall them
 COPY pyproject.toml README.md /src/
+# (the stub's build folder goes too: setuptools would keep its __init__.py, newer than the real one)
 RUN mkdir -p /src/gwi && echo '__version__ = "0"' > /src/gwi/__init__.py \
-    && pip install /src && pip uninstall -y gwi
+    && pip install /src && pip uninstall -y gwi && rm -rf /src/build /src/*.egg-info
 COPY gwi /src/gwi
 RUN pip install --no-deps /src && rm -rf /src \
     && python3 -c "from gwi.models.registry import create_model, list_models; [create_model(m, 'tiny') for m in list_models()]"

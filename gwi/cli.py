@@ -672,13 +672,14 @@ def cmd_runs_list(a) -> int:
 
 
 def cmd_runs_compare(a) -> int:
+    from .runs import METRICS
     from .store import staged_output
     from .tracking import RUN_COLUMNS, plot_curves, run_metrics, summary_row
 
     metrics = {u: run_metrics(u) for u in a.runs}
     missing = [u for u, m in metrics.items() if m is None]
     if missing:
-        raise GwiError("runs compare: no metrics.json (unfinished or not a run): " + ", ".join(missing))
+        raise GwiError(f"runs compare: no {METRICS} (unfinished or not a run): " + ", ".join(missing))
     print(_table([summary_row(u, m) for u, m in metrics.items()], RUN_COLUMNS))
     if a.plot:
         names = [u.rstrip("/").rsplit("/", 1)[-1] for u in a.runs]

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import StoreError
-from .runs import METRICS, Run
+from .runs import LATEST, METRICS, Run
 
 TB_DIR = "tensorboard"
 CURVES = "curves.png"
@@ -122,7 +122,7 @@ def find_runs(store_url: str) -> list[str]:
     for key in store.list("runs"):
         head, sep, _ = key.rpartition(f"/{METRICS}")
         if not sep:
-            head, sep, _ = key.rpartition("/checkpoints/latest.json")
+            head, sep, _ = key.rpartition(f"/{LATEST}")
         if sep and head:
             found.add(f"{store.url.rstrip('/')}/{head}")
     return sorted(found)
@@ -131,7 +131,7 @@ def find_runs(store_url: str) -> list[str]:
 def summary_row(url: str, m: dict | None) -> list[str]:
     """One line of ``gwi runs``: run, model, data, steps, val MAE, best per family, time."""
     if m is None:
-        return [url, "-", "-", "-", "-", "unfinished (no metrics.json)", "-"]
+        return [url, "-", "-", "-", "-", f"unfinished (no {METRICS})", "-"]
     fams = m.get("val_mae_per_family") or {}
     best = "  ".join(f"{f} {v:.0f}" for f, v in sorted(fams.items()))
     mae = m.get("val_mae")
