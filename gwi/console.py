@@ -36,8 +36,7 @@ def plain_table(rows: list[list], header: list[str]) -> str:
     """Aligned columns: numbers right-aligned, text left-aligned."""
     cells = [header] + [[str(c) for c in r] for r in rows]
     w = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    num = [bool(rows) and all(_NUMERIC.match(r[i]) for r in cells[1:]) and any(r[i] != "-" for r in cells[1:])
-           for i in range(len(header))]
+    num = [_is_numeric_column(rows, i) for i in range(len(header))]
     line = lambda r: "  ".join(c.rjust(w[i]) if num[i] else c.ljust(w[i]) for i, c in enumerate(r))  # noqa: E731
     return "\n".join([line(cells[0]), "  ".join("-" * x for x in w)] + [line(r) for r in cells[1:]])
 

@@ -20,6 +20,7 @@ network, and a ``file://`` store mounted at the same path.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -63,14 +64,16 @@ def _proc_start_time(pid: int) -> str | None:
     return rest[19]
 
 
-def local_gpus(timeout_s: float = 10.0) -> list[str]:
-    """The GPUs ``nvidia-smi`` lists here, by name (none without the tool or a driver)."""
+@functools.cache
+def local_gpus() -> tuple[str, ...]:
+    """The GPUs ``nvidia-smi`` lists here, by name (none without the tool or a driver). Asked once per
+    process: a plan's check and every placement pass would otherwise run it per job."""
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=timeout_s).stdout
+                             text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [g.strip() for g in out.splitlines() if g.strip()]
+        return ()
+    return tuple(g.strip() for g in out.splitlines() if g.strip())
 
 
 def local_memory_gb() -> float | None:
