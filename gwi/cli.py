@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .console import duration
 from .errors import EXIT_STORE_UNAVAILABLE, GwiError
 from .physics import AUGMENT_OPS, BACKENDS, DEFAULT_BACKEND
 from .physics import OPTIMIZERS as REFINE_OPTIMIZERS
@@ -372,49 +373,10 @@ def cmd_submission_check(a) -> int:
 # dispatch, status and the scheduler
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
 def _clock(t: float | None) -> str:
     import time
 
     return "-" if t is None else time.strftime("%H:%M:%S", time.localtime(t))
-
-
-def _status_records(v, spec: str | None = None) -> list[dict]:
-    import time
-
-    from .scheduler import ACTIVE
-
-    now = time.time()
-    latest = v.latest_attempts()
-    costs = v.costs()
-    out = []
-    for j in v.jobs(spec):
-        a = latest.get(j["id"])
-        prog = json.loads(a["progress"]) if a is not None and a["progress"] else {}
-        hours, cost = costs.get(j["id"], (0.0, 0.0))
-        active = a is not None and a["state"] in ACTIVE
-        out.append({
-            "job": j["id"], "kind": j["kind"], "state": j["state"], "reason": j["reason"],
-            "platform": a["platform"] if a is not None else None, "attempt": a["n"] if a is not None else 0,
-            "attempt_state": a["state"] if a is not None else None,
-            "epoch": prog.get("epoch"), "epochs": prog.get("epochs"), "step": prog.get("step"),
-            "total_steps": prog.get("total_steps"), "val_mae": prog.get("val_mae"),
-            "best_val_mae": prog.get("best_val_mae"),
-            "eta_s": prog.get("eta_s") if active else None,
-            "heartbeat_age_s": (now - a["beat_seen_at"]) if active and a["beat_seen_at"] else None,
-            "hours": hours, "cost_usd": cost, "progress_state": prog.get("state"),
-        })
-    return out
 
 
 def _status_table(recs: list[dict]) -> str:
@@ -425,8 +387,8 @@ def _status_table(recs: list[dict]) -> str:
         state = r["state"]
         if state == "running" and r["attempt_state"] == "pending":
             state = "starting"
-        beat = _age(r["heartbeat_age_s"])
-        rows.append([r["job"], r["platform"] or "-", state, r["attempt"] or "-", ep, mae, _age(r["eta_s"]),
+        beat = duration(r["heartbeat_age_s"])
+        rows.append([r["job"], r["platform"] or "-", state, r["attempt"] or "-", ep, mae, duration(r["eta_s"]),
                      beat if beat == "-" else beat + " ago", f"${r['cost_usd']:.2f}", (r["reason"] or "")[:70]])
     from .console import STATE_STYLE
 
@@ -461,7 +423,7 @@ def _scheduler_note(v, stale_s: float = 60.0) -> str:
     last = v.last_reconcile()
     if last is not None and time.time() - last <= stale_s:
         return ""
-    when = "yet" if last is None else f"for {_age(time.time() - last)}"
+    when = "yet" if last is None else f"for {duration(time.time() - last)}"
     return f"\n\nno scheduler pass {when}: jobs move on while gwi watch (or gwi dispatch --follow) runs"
 
 
@@ -493,7 +455,7 @@ def _follow(s, spec: str | None, interval: float, forever: bool = False) -> int:
     except KeyboardInterrupt:
         print("\nstopped following; jobs keep running (gwi watch resumes, gwi status shows them)")
         return 130
-    recs = _status_records(s, spec)
+    recs = s.status_records(spec)
     print()
     print(_status_table(recs))
     outputs = [(j["id"], k, v) for j in s.jobs(spec) if j["state"] == "succeeded"
@@ -626,6 +588,14 @@ def cmd_check(a) -> int:
     return 0 if store_ok and any(s.ok for s in sections[:-1]) else 1
 
 
+def cmd_dashboard(a) -> int:
+    from .dashboard import serve
+
+    if a.refresh <= 0:
+        raise GwiError(f"dashboard: --refresh: expected seconds > 0, got {a.refresh:g}")
+    return serve(a.host, a.port, a.refresh)
+
+
 def cmd_exec(a) -> int:
     """Run a command as a job (kind ``run``): beat for it, pass SIGTERM on, exit with its status."""
     import signal
@@ -738,7 +708,7 @@ def cmd_dispatch(a) -> int:
         return _follow(s, spec.name, a.interval)
     s.reconcile()
     print()
-    print(_status_table(_status_records(s, spec.name)))
+    print(_status_table(s.status_records(spec.name)))
     print("\nfollow with: gwi watch   (gwi status --watch shows progress; logs: gwi logs JOB)")
     return 0
 
@@ -782,7 +752,7 @@ def cmd_instances(a) -> int:
 def _status_text(v, a) -> str:
     if a.job:
         return _job_detail(v, v.resolve(a.job), a.json)
-    recs = _status_records(v)
+    recs = v.status_records()
     if a.json:
         return json.dumps(recs, indent=1)
     from .paths import gwi_home, home_origin
@@ -866,13 +836,13 @@ def _job_detail(v, jid: str, as_json: bool) -> str:
             a["handle"] = json.loads(a["handle"]) if a["handle"] else None
         return json.dumps({"job": jid, "state": j["state"], "reason": j["reason"], "definition": job.to_dict(),
                            "attempts": atts}, indent=1)
-    rec = next(r for r in _status_records(v, j["spec"]) if r["job"] == jid)
+    rec = next(r for r in v.status_records(j["spec"]) if r["job"] == jid)
     lines = [f"{jid}: {j['kind']} {j['state']}" + (f" ({j['reason']})" if j["reason"] else ""),
              f"  command: {' '.join(job.argv)}", f"  platforms: {' > '.join(job.platforms)}"]
     lines += [f"  {k}: {url}" for k, url in job.outputs.items()]
     if rec["epochs"]:
         lines.append(f"  progress: epoch {rec['epoch']}/{rec['epochs']}, step {rec['step']}/{rec['total_steps']}, "
-                     f"val MAE {rec['val_mae'] if rec['val_mae'] is not None else '-'} m/s, ETA {_age(rec['eta_s'])}")
+                     f"val MAE {rec['val_mae'] if rec['val_mae'] is not None else '-'} m/s, ETA {duration(rec['eta_s'])}")
     lines += ["", _history_table(v, jid)]
     return "\n".join(lines)
 
@@ -882,7 +852,7 @@ def _history_table(v, jid: str) -> str:
     for a in v.attempts(jid):
         hours = v.attempt_hours(a)
         rows.append([a["n"], a["platform"], a["state"], _clock(a["launched_at"]), _clock(a["ended_at"]),
-                     _age(hours * 3600), a["resumed_from_step"] if a["resumed_from_step"] is not None else "-",
+                     duration(hours * 3600), a["resumed_from_step"] if a["resumed_from_step"] is not None else "-",
                      "-" if a["exit_code"] is None else a["exit_code"], f"${hours * a['usd_per_hour']:.2f}",
                      (a["end_reason"] or a["last_error"] or "")[:90]])
     return _table(rows, ["try", "platform", "state", "launched", "ended", "ran", "from step", "exit", "cost", "why it ended"]) \
@@ -989,6 +959,78 @@ def cmd_kaggle_package(a) -> int:
     for f in r["mirrored"]:
         print(f"  {f}")
     print(f"\nupload: kaggle datasets create -p {r['folder']}   (later: kaggle datasets version -p {r['folder']} -m NOTE)")
+    return 0
+
+
+def _kaggle_adapter(platform: str):
+    from .adapters.base import get_adapter, load_profiles
+
+    profiles = load_profiles()
+    p = profiles.get(platform)
+    if p is None or p.adapter != "kaggle":
+        kaggle = sorted(n for n, q in profiles.items() if q.adapter == "kaggle")
+        raise GwiError(f"--platform: expected a Kaggle profile ({', '.join(kaggle) or 'none found'}), got {platform!r}")
+    ad = get_adapter(p)
+    why = ad.available()
+    if why:
+        raise GwiError(f"{platform}: {why}; gwi check says what it found")
+    return ad
+
+
+def cmd_kaggle_download(a) -> int:
+    from .adapters.kaggle_competition import download
+    from .data.prep import prep_test, prep_train
+    from .data.shards import existing_dataset
+    from .store import default_store_url
+
+    root = download(_kaggle_adapter(a.platform), a.competition, a.dir, force=a.force, keep_zip=a.keep_zip,
+                    log=lambda m: print(m, flush=True))
+    if a.no_prep:
+        return 0
+    out = a.out or default_store_url()
+    work = [(a.name, "kaggle-train", prep_train, root)]
+    if (root / "test").is_dir():
+        work.append((a.test_name, "kaggle-test", prep_test, root / "test"))
+    else:
+        print(f"no test/ folder in {root}: only the training data is prepared")
+    for name, kind, prep, src in work:
+        if not a.overwrite:
+            try:
+                if existing_dataset(out, name, {"kind": kind, "path": str(src.resolve())}):
+                    print(f"{out.rstrip('/')}/datasets/{name}: already prepared from {src} (--overwrite redoes it)")
+                    continue
+            except ValueError as e:
+                raise GwiError(str(e)) from None
+        m = prep(src, out, name, overwrite=a.overwrite)
+        print(_summary(m, out.rstrip("/") + f"/datasets/{name}"))
+    return 0
+
+
+def cmd_kaggle_submit(a) -> int:
+    from .adapters.kaggle_competition import submit
+    from .predict import check_submission
+
+    summary, problems = check_submission(a.file, a.test)
+    if problems:
+        raise GwiError(f"{a.file}: not submitted, not a valid submission:\n  " + "\n  ".join(problems))
+    ad = _kaggle_adapter(a.platform)
+    print(f"{a.file}: valid ({summary['oids']} maps, {summary['rows']} rows); submitting to {a.competition}")
+    print(submit(ad, a.competition, a.file, a.message))
+    print("scores: gwi kaggle submissions")
+    return 0
+
+
+def cmd_kaggle_submissions(a) -> int:
+    from .adapters.kaggle_competition import SUBMISSION_FIELDS, submissions
+
+    rows = submissions(_kaggle_adapter(a.platform), a.competition, a.limit)
+    if a.json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        print(f"no submissions to {a.competition} yet")
+    else:
+        print(_table([[r[k] if r[k] is not None else "-" for k in SUBMISSION_FIELDS[:-1]] for r in rows],
+                     ["date", "description", "status", "public MAE", "private MAE", "file"]))
     return 0
 
 
@@ -1266,6 +1308,13 @@ def _dispatch_parsers(sub) -> None:
     q.add_argument("--json", action="store_true")
     q.set_defaults(fn=cmd_check)
 
+    q = sub.add_parser("dashboard", help="the state as a local web page (plans, jobs, attempts, platforms, curves), "
+                                         "refreshing itself")
+    q.add_argument("--port", type=int, default=8765, help="port (0: a free one; default 8765)")
+    q.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    q.add_argument("--refresh", type=float, default=5.0, metavar="S", help="seconds between the page's refreshes")
+    q.set_defaults(fn=cmd_dashboard)
+
     q = sub.add_parser("exec", help="run any command as a job: heartbeats for it, SIGTERM passed on (kind: run)")
     q.add_argument("--run", metavar="URL", help="the job's run folder, given to the command as $GWI_RUN")
     q.add_argument("--store", metavar="URL", help="the plan's store, given to the command as $GWI_STORE")
@@ -1375,6 +1424,37 @@ def _kaggle_parsers(sub) -> None:
     q.add_argument("--with-deps", action="store_true", help="also the dependencies' wheels, for kernels without internet")
     q.add_argument("--title")
     q.set_defaults(fn=cmd_kaggle_package)
+
+    def competition_args(q):
+        from .adapters.kaggle_competition import COMPETITION
+
+        q.add_argument("--competition", default=COMPETITION, help=f"the competition's slug (default {COMPETITION})")
+        q.add_argument("--platform", default="kaggle", help="the Kaggle profile whose credentials and endpoint to use")
+
+    q = ksub.add_parser("download", help="the competition's data, resumable, then gwi data prep of train and test")
+    competition_args(q)
+    q.add_argument("--dir", default="~/kaggle", help="where to unzip it: DIR/<competition> (default ~/kaggle)")
+    q.add_argument("--out", metavar="STORE_URL", help="store the prepared datasets go to (default: the embedded store)")
+    q.add_argument("--name", default="kaggle-train-f16", help="the prepared training set's name (default kaggle-train-f16)")
+    q.add_argument("--test-name", default="kaggle-test-f16", help="the prepared test set's name (default kaggle-test-f16)")
+    q.add_argument("--overwrite", action="store_true", help="prepare again over datasets of those names")
+    q.add_argument("--no-prep", action="store_true", help="download and unzip only")
+    q.add_argument("--force", action="store_true", help="download again even if a whole copy is there")
+    q.add_argument("--keep-zip", action="store_true", help="keep the archive after unzipping")
+    q.set_defaults(fn=cmd_kaggle_download)
+
+    q = ksub.add_parser("submit", help="validate a submission.csv and submit it")
+    competition_args(q)
+    q.add_argument("file", metavar="FILE")
+    q.add_argument("-m", "--message", required=True, help="the submission's description")
+    q.add_argument("--test", metavar="DIR", help="the test folder: also check that every oid is there")
+    q.set_defaults(fn=cmd_kaggle_submit)
+
+    q = ksub.add_parser("submissions", help="your submissions and their scores")
+    competition_args(q)
+    q.add_argument("--limit", type=int, default=20)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(fn=cmd_kaggle_submissions)
 
 
 def main(argv: list[str] | None = None) -> int:

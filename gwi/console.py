@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 
 _NUMERIC = re.compile(r"^[-+]?[\d.,]+(e[-+]?\d+)?[A-Za-z%/]*$|^-$")
 
@@ -30,6 +31,18 @@ def color_enabled(stream=None) -> bool:
         return False
     stream = stream or sys.stdout
     return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def duration(seconds: float | None) -> str:
+    """``42s``, ``7m``, ``2.5h`` (``-`` when unknown): ages, ETAs and run times, in tables and the dashboard."""
+    if seconds is None:
+        return "-"
+    seconds = max(0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
 
 
 def plain_table(rows: list[list], header: list[str]) -> str:
@@ -82,3 +95,46 @@ def table(rows: list[list], header: list[str], styles: dict[str, dict[str, str]]
 def _is_numeric_column(rows: list[list], i: int) -> bool:
     vals = [str(r[i]) for r in rows]
     return bool(vals) and all(_NUMERIC.match(v) for v in vals) and any(v != "-" for v in vals)
+
+
+class Bar:
+    """Progress of long work (prep, pull, push, verify, synth, augment, predict): a rich bar on a
+    terminal's stderr, nothing in a pipe or log (``enabled`` None: stderr is a terminal); it counts
+    either way, so ``n`` can feed a heartbeat. ``update`` may be called from worker threads."""
+
+    def __init__(self, total: float, desc: str, unit: str = "sample", enabled: bool | None = None,
+                 data: bool = False):
+        self.total, self.desc, self.unit, self.data = total, desc, unit, data
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.n = 0
+        self._lock = threading.Lock()
+        self._progress = self._task = None
+
+    def __enter__(self) -> "Bar":
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
+                                       TextColumn, TimeRemainingColumn, TransferSpeedColumn)
+
+            counts = [DownloadColumn(), TransferSpeedColumn()] if self.data else [
+                MofNCompleteColumn(), TextColumn(self.unit + "s")]
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), *counts,
+                                      TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task(self.desc, total=self.total)
+        return self
+
+    def update(self, k: float = 1) -> None:
+        with self._lock:
+            self.n += k
+        if self._progress is not None:
+            self._progress.advance(self._task, k)
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def progress(total: float, desc: str, unit: str = "sample", enabled: bool | None = None, data: bool = False) -> Bar:
+    """A :class:`Bar` for ``total`` units of work (``data``: bytes, shown as sizes and a rate)."""
+    return Bar(total, desc, unit, enabled, data)

@@ -216,7 +216,7 @@ def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float]
     ``uncertainty``: also write MC-dropout per-pixel std (m/s) as ``.npy`` (N, 70, 70) float16, with
     the oids beside it in ``<file>.oids.json``.
     """
-    from tqdm import tqdm
+    from .console import progress as console_progress
 
     checkpoints, weights, crf, family_weights = chosen_members(checkpoints, weights, ensemble)
     dev, precision = resolve_device_precision(device, precision)
@@ -238,7 +238,7 @@ def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float]
         fwd = backend(misfit_backend, device=dev)
     t0 = time.time()
     with _partial_outputs(out, uncertainty, src.oids) as (f, unc), _misfit_file(misfit) as mf, \
-            tqdm(total=len(src), unit="file", desc="predict", disable=None if progress is None else not progress) as bar:
+            console_progress(len(src), "predict", unit="file", enabled=progress) as bar:
         n, plot_keep = 0, []
         for oids, x, ok in src.batches(batch_size):
             v = members.velocity(x, None if fam_of is None else fam_of[n:n + len(oids)])

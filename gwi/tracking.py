@@ -10,10 +10,12 @@ resumed process purges the steps after its checkpoint, as a restarted one should
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from .errors import StoreError
@@ -21,6 +23,7 @@ from .runs import LATEST, METRICS, Run
 
 TB_DIR = "tensorboard"
 CURVES = "curves.png"
+CURVES_EVERY_S = 30.0  # while training: curves.png redrawn with a checkpoint at most this often
 
 
 class Tracker:
@@ -33,6 +36,7 @@ class Tracker:
         self.local = Path(tempfile.mkdtemp(prefix="gwi-tb-"))
         self.tb = SummaryWriter(str(self.local), purge_step=first_step or None, flush_secs=3600)
         self.mlflow = _mlflow(name, params)
+        self.drawn = -math.inf
 
     def log(self, step: int, values: dict) -> None:
         values = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and v == v}
@@ -41,23 +45,36 @@ class Tracker:
         if self.mlflow is not None:
             self.mlflow.log_metrics({k.replace("/", "."): v for k, v in values.items()}, step=step)
 
-    def publish(self) -> None:
-        """The event files so far into the run (with each checkpoint: what a dead attempt leaves)."""
+    def publish(self, history: list[dict], final: bool = False) -> None:
+        """The event files and curves so far into the run, with each checkpoint: what a dead attempt
+        leaves, and what ``gwi dashboard`` draws while the run goes on."""
         self.tb.flush()
         for f in self.local.rglob("*"):
             if f.is_file():
                 self.run.store.put_file(f, f"{TB_DIR}/{f.relative_to(self.local)}")
-
-    def close(self, history: list[dict]) -> None:
-        self.tb.close()
-        self.publish()
-        shutil.rmtree(self.local, ignore_errors=True)
-        if self.mlflow is not None:
-            self.mlflow.end_run()
-        if history:
+        # drawing takes a fraction of a second: not at every one of a short run's frequent checkpoints
+        if history and (final or time.monotonic() - self.drawn >= CURVES_EVERY_S):
+            self.drawn = time.monotonic()
             with tempfile.TemporaryDirectory() as d:
                 plot_curves({self.run.url.rsplit("/", 1)[-1]: history}, Path(d) / CURVES)
                 self.run.store.put_file(Path(d) / CURVES, CURVES)
+
+    def close(self, history: list[dict]) -> None:
+        self.tb.close()
+        self.publish(history, final=True)
+        self.end("FINISHED")
+
+    def end(self, status: str = "FAILED") -> None:
+        """Drop the local event folder and end the MLflow run; called again after close, it does
+        nothing. A failed or stopped process keeps in the run what its last checkpoint published:
+        where the next attempt resumes, purging the steps after it."""
+        if self.local is None:
+            return
+        self.tb.close()
+        shutil.rmtree(self.local, ignore_errors=True)
+        self.local = None
+        if self.mlflow is not None:
+            self.mlflow.end_run(status=status)
 
 
 def _mlflow(name: str, params: dict):

@@ -578,6 +578,8 @@ def train(cfg: TrainConfig, log=print, started: float | None = None) -> dict:
             signal.signal(signal.SIGTERM, old_handler)
         if s is not None and s.hb is not None:
             s.hb.stop()
+        if s is not None and s.tracker is not None:
+            s.tracker.end()
         if d.enabled and dist.is_initialized():
             # Free DDP's reducer while the process group is still registered: if the reducer held the
             # last reference, the group's destructor would join gloo's worker threads with the GIL
@@ -1065,7 +1067,7 @@ def publish(s: State) -> None:
     }
     entry = s.run.publish_checkpoint(ckpt, s.step, cfg.keep_checkpoints)
     if s.tracker is not None:
-        s.tracker.publish()
+        s.tracker.publish(s.history)
     s.hb.update(state="running", last_checkpoint=entry["path"])
 
 

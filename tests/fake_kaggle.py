@@ -1,5 +1,11 @@
 """A fake Kaggle API (kagglesdk's RPC paths) on 127.0.0.1 that really runs the kernels pushed to it.
 
+Competitions: ``competitions`` maps a slug to its data archive (zip bytes), served the way Kaggle
+serves it (a redirect to a file that honours ``Range`` and names an ``ETag``), ``bytes_per_s``
+slowing it so a test can kill a download halfway; ``rules_accepted`` lists the slugs whose rules
+the user accepted (others answer 403). Uploaded submissions are scored against ``truth``
+(oid -> (70, 70) map) as the competition does: MAE over the odd columns kept in the CSV.
+
 A pushed script runs as a local subprocess with what a Kaggle kernel has: a ``kaggle_secrets``
 module backed by this fake's secret store, and none of the caller's AWS settings in its
 environment. Its exit status becomes COMPLETE or ERROR; its output is the kernel log.
@@ -47,6 +53,13 @@ class KaggleState:
         self.next_id = 100
         self.faults: list = []  # what the next requests get instead of an answer (see the module's doc)
         self.release = threading.Event()  # ends every hang (set at shutdown)
+        self.competitions: dict[str, bytes] = {}
+        self.rules_accepted: set[str] = set()
+        self.bytes_per_s: float | None = None
+        self.ranges: list[str | None] = []  # the Range header of each file request
+        self.uploads: dict[str, bytes] = {}
+        self.submissions: list[dict] = []
+        self.truth: dict[str, object] = {}
 
     def status(self, ref: str) -> tuple[str, str]:
         k = self.kernels[ref]
@@ -87,6 +100,39 @@ def make_handler(st: KaggleState):
                 self._send(int(fault), {"code": int(fault), "message": f"scripted fault {fault}"})
             return True
 
+        def do_GET(self):  # noqa: N802 - a competition's data file, as Kaggle's storage serves it
+            name = self.path.split("?")[0].rsplit("/", 1)[-1]
+            data = st.competitions.get(name.removesuffix(".zip"))
+            if not self.path.startswith("/files/") or data is None:
+                return self._send(404, {"code": 404, "message": "no such file"})
+            st.ranges.append(self.headers.get("Range"))
+            start = 0
+            if self.headers.get("Range", "").startswith("bytes="):
+                start = int(self.headers["Range"][6:].split("-")[0])
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Type", "application/zip")
+            self.send_header("Content-Length", str(len(data) - start))
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("ETag", '"v1"')
+            self.send_header("Last-Modified", "Mon, 02 Jun 2025 10:00:00 GMT")
+            self.end_headers()
+            step = 16 * 1024
+            for i in range(start, len(data), step):
+                try:
+                    self.wfile.write(data[i:i + step])
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+                if st.bytes_per_s:
+                    time.sleep(step / st.bytes_per_s)
+
+        def do_PUT(self):  # noqa: N802 - the upload URL StartSubmissionUpload handed out
+            st.uploads[self.path.rsplit("/", 1)[-1]] = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self._send(200, {})
+
         def do_POST(self):  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
             if self._fault():
@@ -97,6 +143,8 @@ def make_handler(st: KaggleState):
             method = self.path.rsplit("/", 1)[-1]
             if method == "SaveKernel":
                 return self._save(body)
+            if method in COMPETITION_METHODS:
+                return self._competition(method, body)
             if method == "ListKernels":  # the caller's own kernels matching the search, newest first
                 mine = [{"id": k["id"], "ref": ref, "title": k["title"], "slug": ref.split("/", 1)[1],
                          "author": ref.split("/", 1)[0]}
@@ -123,6 +171,34 @@ def make_handler(st: KaggleState):
                 return self._send(200, {"errorMessage": "no such session"})
             self._send(404, {"code": 404, "message": f"unknown method {method}"})
 
+        def _competition(self, method: str, body: dict) -> None:
+            comp = body.get("competitionName")
+            if comp not in st.competitions:
+                return self._send(404, {"code": 404, "message": f"Competition {comp} not found"})
+            if comp not in st.rules_accepted:
+                return self._send(403, {"code": 403, "message": "You must accept this competition's rules "
+                                                                "before you'll be able to download files"})
+            if method == "DownloadDataFiles":
+                self.send_response(302)
+                self.send_header("Location", f"/files/{comp}.zip?X-Goog-Signature=abc")
+                self.send_header("Content-Length", "0")
+                return self.end_headers()
+            if method == "StartSubmissionUpload":
+                token = f"tok{len(st.uploads) + len(st.submissions) + 1}"
+                host = self.headers["Host"]
+                return self._send(200, {"token": token, "createUrl": f"http://{host}/upload/{token}"})
+            if method == "CreateSubmission":
+                data = st.uploads[body["blobFileTokens"]]
+                ref = 1000 + len(st.submissions)
+                st.submissions.insert(0, {"ref": ref, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                          "description": body.get("submissionDescription", ""),
+                                          "fileName": f"submission-{ref}.csv", "status": "COMPLETE",
+                                          "publicScore": f"{score(data, st.truth):.4f}", "privateScore": ""})
+                return self._send(200, {"message": "Successfully submitted to Yale/UNC-CH - Geophysical Waveform "
+                                                   "Inversion", "ref": ref})
+            if method == "ListSubmissions":
+                return self._send(200, {"submissions": st.submissions[:body.get("pageSize") or 20]})
+
         def _save(self, body: dict) -> None:
             ref = body["slug"]
             with st.lock:
@@ -145,6 +221,21 @@ def make_handler(st: KaggleState):
                              "kernelId": kid})
 
     return Handler
+
+
+COMPETITION_METHODS = ("DownloadDataFiles", "StartSubmissionUpload", "CreateSubmission", "ListSubmissions")
+
+
+def score(csv_bytes: bytes, truth: dict) -> float:
+    """The competition's metric: MAE (m/s) over the rows and columns of the submission."""
+    import numpy as np
+
+    errs = []
+    for line in csv_bytes.decode().splitlines()[1:]:
+        cells = line.split(",")
+        oid, r = cells[0].rsplit("_y_", 1)
+        errs.append(np.abs(np.asarray(cells[1:], float) - truth[oid][int(r), 1::2]))
+    return float(np.mean(errs))
 
 
 def serve(st: KaggleState) -> tuple[ThreadingHTTPServer, str]:

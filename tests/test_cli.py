@@ -204,3 +204,29 @@ def test_shell_completion_of_commands_and_job_names(tmp_path):
     assert complete("gwi history p/") == ["p/d"]  # the state's jobs
     r = run("completion", "bash")
     assert r.returncode == 0 and "complete" in r.stdout and "gwi" in r.stdout
+
+
+def test_long_work_draws_a_bar_on_a_terminal_and_nothing_in_a_pipe(tmp_path):
+    import pty
+
+    args = ["data", "synth", "--family", "FlatVel_A", "--samples", "4", "--batch-size", "1", "--backend", "deepwave",
+            "--device", "cpu", "--out", f"file://{tmp_path}/s"]
+    piped = run(*args, "--name", "a")
+    assert piped.returncode == 0 and "━" not in piped.stderr and "synth a" not in piped.stderr, piped.stderr
+    leader, follower = pty.openpty()  # stderr a terminal, as in a shell
+    proc = subprocess.Popen([GWI, *args, "--name", "b"], stdout=subprocess.PIPE, stderr=follower,
+                            env={**os.environ, "COLUMNS": "100"})
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0
+    text = seen.decode(errors="replace")
+    assert "synth b" in text and "━" in text and "4/4" in text and "samples" in text, text[-2000:]

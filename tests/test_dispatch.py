@@ -200,6 +200,10 @@ def test_the_demo_plan_completes_with_status_readable_throughout(tmp_path):
     ens = json.loads((home / "store/runs/demo/ensemble/ensemble.json").read_text())
     assert ens["val_mae"]["overall"] <= min(m["val_mae"]["overall"] for m in ens["members"]) + 1e-6
     assert "outputs:" in out and "submission.csv" in out
+    from gwi.dashboard import create_app  # the dashboard draws each training job's curves from its run
+
+    curves = create_app(home).test_client().get("/curves/demo/inversionnet.png")
+    assert curves.status_code == 200 and curves.data[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _cmdline(pid: int) -> bytes:

@@ -278,7 +278,10 @@ def test_sigterm_saves_a_checkpoint_and_a_resume_continues_from_it(dataset, tmp_
     import signal
 
     run = tmp_path / "runs" / "term"
-    proc = gwi_train(dataset, f"file://{run}", "--epochs", "400", "--set", "checkpoint_every=1000", env={})
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = gwi_train(dataset, f"file://{run}", "--epochs", "400", "--set", "checkpoint_every=1000",
+                     env={"TMPDIR": str(tmp)})
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # training has started: its progress file counts steps
@@ -296,6 +299,9 @@ def test_sigterm_saves_a_checkpoint_and_a_resume_continues_from_it(dataset, tmp_
     assert "stopped by SIGTERM at step" in out and "checkpoint saved" in out
     step = int(out.split("stopped by SIGTERM at step ")[1].split(":")[0])
     assert step >= 5 and weights(run)["step"] == step  # no periodic checkpoint was due: this one is SIGTERM's
+    # the tracker published with that checkpoint and left no local event folder behind
+    assert list((run / "tensorboard").glob("events.out.tfevents.*")) and (run / "curves.png").exists()
+    assert list(tmp.iterdir()) == []
     again = subprocess.run([sys.executable, "-m", "gwi", "train", "--model", "inversionnet", "--preset", "tiny",
                             "--dataset", dataset, "--run", f"file://{run}", "--epochs", "400", "--batch-size", "4",
                             "--device", "cpu", "--set", f"max_steps={step + 2}"], capture_output=True, text=True,

@@ -121,7 +121,7 @@ def augment(source: str, out: str, name: str, *, factor: int = 10, recipe: tuple
     ``backend`` (default: the one that made ``source``), written as dataset ``name`` in store ``out``;
     with ``keep_source`` the source samples too, as they are. With ``shard`` (i, N) only every N-th
     source sample from the i-th, written as part i of N (``gwi data merge`` joins the parts)."""
-    from tqdm import tqdm
+    from ..console import progress as console_progress
 
     from .. import physics
     from .shards import DatasetWriter, ShardedDataset, existing_dataset
@@ -153,8 +153,7 @@ def augment(source: str, out: str, name: str, *, factor: int = 10, recipe: tuple
     total = len(mine) * (factor + keep_source)
     with DatasetWriter(out, name, source={**settings, "shard": list(shard) if shard else None, **fm.describe()},
                        labelled=True, shard_size=shard_size, overwrite=overwrite, part=part) as w, \
-            tqdm(total=total, desc=f"augment {name}", unit="sample",
-                 disable=None if progress is None else not progress, dynamic_ncols=True, leave=False) as bar:
+            console_progress(total, f"augment {name}", enabled=progress) as bar:
         for fam, members in by_family.items():
             todo = [i for i in mine if src.families[i] == fam]
             if keep_source and todo:

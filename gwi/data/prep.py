@@ -18,10 +18,9 @@ CHUNK = 32  # samples per conversion step: ~45 MB of float32 seismic
 
 
 def _progress(total: int, desc: str, enabled: bool | None):
-    from tqdm import tqdm
+    from ..console import progress
 
-    return tqdm(total=total, desc=desc, unit="sample", disable=None if enabled is None else not enabled,
-                dynamic_ncols=True, leave=False)
+    return progress(total, desc, enabled=enabled)
 
 
 def _load(path: Path) -> np.ndarray:

@@ -65,10 +65,9 @@ def cache_dir_for(url: str) -> Path:
 
 
 def _progress(total_bytes: int, desc: str, enabled: bool | None):
-    from tqdm import tqdm
+    from ..console import progress
 
-    return tqdm(total=total_bytes, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                disable=None if enabled is None else not enabled, dynamic_ncols=True, leave=False)
+    return progress(total_bytes, desc, enabled=enabled, data=True)
 
 
 class _Verified:

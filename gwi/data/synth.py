@@ -175,7 +175,7 @@ def synthesize(families: list[str], samples: int, out: str, name: str, *, seed: 
 
     ``exist_ok``: when the dataset is already there from the same families, samples, seed and
     generator, return its manifest without work (a rerun job); made otherwise, it is an error."""
-    from tqdm import tqdm
+    from ..console import progress as console_progress
 
     from .. import physics
     from .shards import DatasetWriter, existing_dataset
@@ -206,8 +206,7 @@ def synthesize(families: list[str], samples: int, out: str, name: str, *, seed: 
     }
     with DatasetWriter(out, name, source=source, labelled=True, shard_size=shard_size,
                        overwrite=overwrite) as w, \
-            tqdm(total=samples * len(families), desc=f"synth {name}", unit="sample",
-                 disable=None if progress is None else not progress, dynamic_ncols=True, leave=False) as bar:
+            console_progress(samples * len(families), f"synth {name}", enabled=progress) as bar:
         for fam in families:
             for start in range(0, samples, batch_size):
                 n = min(batch_size, samples - start)

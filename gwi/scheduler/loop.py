@@ -39,7 +39,7 @@ from ..adapters.base import LaunchRequest, PlatformError, Profile, State
 from ..budget import ENV_LIMIT
 from ..errors import GwiError, StoreError
 from ..progress import ENV_ATTEMPT, ENV_INTERVAL, ENV_URL
-from ..runs import CANCEL, LATEST, Run, run_url
+from ..runs import CANCEL, LATEST, Run
 from ..spec import Job, Spec
 from ..store import split_url
 from . import judge, policy, sweeps
@@ -482,7 +482,7 @@ class Scheduler(View):
             hours_used, dollars_used = self.job_cost(row["id"])
             week = self.usage(pick.platform)["hours_week"] if prof.quota_hours_per_week is not None else 0.0
             st.insert_attempt(aid, job_id=row["id"], n=n, platform=pick.platform, state=State.PENDING.value,
-                              heartbeat_url=Run(self._run_url(row, job)).attempt_heartbeat_url(n),
+                              heartbeat_url=Run(self.run_url(row, job)).attempt_heartbeat_url(n),
                               launched_at=self.clock(), usd_per_hour=prof.usd_per_hour,
                               hours_limit=_cap(policy.hours_limit(prof, job.limits.max_hours, hours_used, week,
                                                                  job.limits.max_cost_usd, dollars_used),
@@ -491,9 +491,6 @@ class Scheduler(View):
             st.update_job(row["id"], state=RUNNING, reason=f"on {pick.platform}", updated_at=self.clock())
             st.event(row["id"], "assigned", f"attempt {n} -> {pick.platform} ({pick.why})", aid)
         return Attempt.of(self.state.attempt(aid))
-
-    def _run_url(self, row, job: Job) -> str:
-        return job.outputs.get("run") or run_url(self.state.spec_store(row["spec"]), row["spec"], row["name"])
 
     def _published_step(self, job: Job) -> tuple[int | None, str | None]:
         """(the step of the run's newest published checkpoint, or None: no run or no checkpoint yet;

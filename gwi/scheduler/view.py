@@ -16,9 +16,11 @@ from pathlib import Path
 
 from ..adapters.base import Adapter, PlatformError, Profile, get_adapter, load_profiles
 from ..errors import GwiError
+from ..runs import run_url
 from ..spec import Job
 from . import policy
 from .calls import Calls
+from .lifecycle import ACTIVE
 from .state import StateDB, gwi_home
 
 
@@ -121,6 +123,36 @@ class View:
             raise GwiError(f"job name {name!r} is in several specs: {', '.join(rows)}; give SPEC/JOB")
         known = self.state.first_job_ids(30)
         raise GwiError(f"no job {name!r}" + (f"; known: {', '.join(known)}" if known else "; nothing dispatched yet"))
+
+    def run_url(self, row, job: Job | None = None) -> str:
+        """The run folder of a job row: its ``outputs.run``, else the plan store's ``runs/<spec>/<job>``."""
+        job = job or self.job_def(row)
+        return job.outputs.get("run") or run_url(self.state.spec_store(row["spec"]), row["spec"], row["name"])
+
+    def status_records(self, spec: str | None = None) -> list[dict]:
+        """One dict per job (its latest attempt, progress, hours and dollars): what ``gwi status``,
+        its ``--json`` and the dashboard show."""
+        now = time.time()
+        latest = self.latest_attempts()
+        costs = self.costs()
+        out = []
+        for j in self.jobs(spec):
+            a = latest.get(j["id"])
+            prog = json.loads(a["progress"]) if a is not None and a["progress"] else {}
+            hours, cost = costs.get(j["id"], (0.0, 0.0))
+            active = a is not None and a["state"] in ACTIVE
+            out.append({
+                "job": j["id"], "spec": j["spec"], "kind": j["kind"], "state": j["state"], "reason": j["reason"],
+                "platform": a["platform"] if a is not None else None, "attempt": a["n"] if a is not None else 0,
+                "attempt_state": a["state"] if a is not None else None,
+                "epoch": prog.get("epoch"), "epochs": prog.get("epochs"), "step": prog.get("step"),
+                "total_steps": prog.get("total_steps"), "val_mae": prog.get("val_mae"),
+                "best_val_mae": prog.get("best_val_mae"),
+                "eta_s": prog.get("eta_s") if active else None,
+                "heartbeat_age_s": (now - a["beat_seen_at"]) if active and a["beat_seen_at"] else None,
+                "hours": hours, "cost_usd": cost, "progress_state": prog.get("state"),
+            })
+        return out
 
     # -- accounting -------------------------------------------------------------------------------
 

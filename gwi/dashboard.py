@@ -1,0 +1,199 @@
+"""``gwi dashboard``: the state as a local web page, refreshing itself.
+
+A Flask app over the same read-only :class:`~gwi.scheduler.view.View` as ``gwi status``: every
+request opens the state afresh (no lock, so a dispatcher or watcher goes on beside it) and nothing
+here changes it. The page is a shell whose script swaps in ``/live`` (an HTML fragment rendered by
+the same template) every few seconds while the tab is visible; ``/api/...`` serves the same records
+as ``gwi status --json``. Curves are each run's ``curves.png``, which training publishes with every
+checkpoint. It binds to 127.0.0.1 unless told otherwise: the page shows job names, reasons and
+store URLs (never a secret), which is still more than the network should see.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import json
+import socket
+import time
+from collections import Counter
+
+from .console import STATE_STYLE, duration
+from .errors import GwiError, StoreError
+
+DEFAULT_PORT = 8765
+EVENTS_SHOWN = 40
+
+# console colours -> the page's badge colours
+_BADGE = {"green": "#1a7f37", "cyan": "#0969da", "yellow": "#9a6700", "red": "#cf222e", "bold red": "#cf222e",
+          "magenta": "#8250df", "dim": "#6e7781"}
+
+
+def create_app(home=None, refresh_s: float = 5.0):
+    """The dashboard's Flask app for the state at ``home`` (default: where ``gwi status`` looks)."""
+    from flask import Flask, Response, abort, jsonify, render_template, request
+
+    from .paths import gwi_home, home_origin
+    from .scheduler import open_view
+
+    app = Flask(__name__)
+    where = f"{home or gwi_home()}" + ("" if home else f" ({home_origin()})")
+
+    def view():
+        return open_view(home)
+
+    @app.get("/")
+    def page():
+        with _closing(view()) as v:
+            return render_template("dashboard.html", live=False, where=where, refresh_ms=int(refresh_s * 1000),
+                                   **_page_data(v))
+
+    @app.get("/live")
+    def live():
+        with _closing(view()) as v:
+            return render_template("dashboard.html", live=True, **_page_data(v))
+
+    @app.get("/job/<path:job_id>")
+    def job(job_id: str):
+        with _closing(view()) as v:
+            try:
+                data = _job_data(v, v.resolve(job_id))
+            except GwiError as e:
+                abort(404, str(e))
+        return render_template("job.html", live="fragment" in request.args, where=where,
+                               refresh_ms=int(refresh_s * 1000), **data)
+
+    @app.get("/curves/<path:job_id>.png")
+    def curves(job_id: str):
+        from .runs import Run
+        from .tracking import CURVES
+
+        with _closing(view()) as v:
+            row = v.job(job_id)
+            if row is None:
+                abort(404, f"no job {job_id!r}")
+            url = v.run_url(row)
+        try:
+            png = Run(url, patience=0).store.get_bytes(CURVES)
+        except StoreError:
+            abort(404, f"no {CURVES} in {url} yet")
+        return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/status")
+    def api_status():
+        with _closing(view()) as v:
+            return jsonify(v.status_records())
+
+    @app.get("/api/job/<path:job_id>")
+    def api_job(job_id: str):
+        with _closing(view()) as v:
+            try:
+                data = _job_data(v, v.resolve(job_id))
+            except GwiError as e:
+                abort(404, str(e))
+        return Response(json.dumps(data, default=str), mimetype="application/json")
+
+    app.jinja_env.filters["duration"] = duration
+    app.jinja_env.filters["clock"] = lambda t: "-" if t is None else time.strftime("%H:%M:%S", time.localtime(t))
+    app.jinja_env.globals["badge"] = lambda state: _BADGE.get(STATE_STYLE.get(state, "dim"), "#6e7781")
+    return app
+
+
+class _closing:
+    def __init__(self, v):
+        self.v = v
+
+    def __enter__(self):
+        return self.v
+
+    def __exit__(self, *exc):
+        self.v.close()
+
+
+def _progress(r: dict) -> tuple[float | None, str]:
+    """(fraction done or None, its text) of a status record: epochs, else steps."""
+    if r["epochs"]:
+        return min(1.0, (r["epoch"] or 0) / r["epochs"]), f"epoch {r['epoch'] or 0}/{r['epochs']}"
+    if r["total_steps"]:
+        return min(1.0, (r["step"] or 0) / r["total_steps"]), f"step {r['step'] or 0}/{r['total_steps']}"
+    return None, "-"
+
+
+def _page_data(v) -> dict:
+    recs = v.status_records()
+    plans: dict[str, dict] = {}
+    for r in recs:
+        r["fraction"], r["progress_text"] = _progress(r)
+        r["shown_state"] = "starting" if r["state"] == "running" and r["attempt_state"] == "pending" else r["state"]
+        p = plans.setdefault(r["spec"], {"name": r["spec"], "jobs": [], "store": v.state.spec_store(r["spec"])})
+        p["jobs"].append(r)
+    for p in plans.values():
+        p["counts"] = sorted(Counter(r["shown_state"] for r in p["jobs"]).items())
+        p["curves"] = [r for r in p["jobs"] if r["kind"] in ("train", "sweep") and r["attempt"]]
+    platforms = []
+    for name, prof in sorted(v.profiles.items()):
+        u = v.usage(name)
+        platforms.append({"name": name, "adapter": prof.adapter, "gpu": prof.gpu or "-", "active": u["active"],
+                          "capacity": prof.capacity, "hours_week": u["hours_week"],
+                          "quota": prof.quota_hours_per_week, "price": prof.usd_per_hour, "spent": u["cost_usd"],
+                          "missing": prof.missing_credentials()})
+    last = v.last_reconcile()
+    events = list(v.events(after_id=max(0, v.last_event_id() - EVENTS_SHOWN)))[::-1]
+    return {"plans": list(plans.values()), "platforms": platforms, "events": events, "now": time.time(),
+            "last_pass_age": None if last is None else time.time() - last, "unfinished": v.unfinished()}
+
+
+def _job_data(v, jid: str) -> dict:
+    row = v.job(jid)
+    rec = next(r for r in v.status_records(row["spec"]) if r["job"] == jid)
+    rec["fraction"], rec["progress_text"] = _progress(rec)
+    attempts = []
+    for a in v.attempts(jid):
+        attempts.append({"n": a["n"], "platform": a["platform"], "state": a["state"],
+                         "reason": a["end_reason"] or a["last_error"],
+                         "launched_at": a["launched_at"], "ended_at": a["ended_at"], "hours": v.attempt_hours(a),
+                         "resumed_from_step": a["resumed_from_step"],
+                         "progress": json.loads(a["progress"]) if a["progress"] else None})
+    return {"job": rec, "run": v.run_url(row), "definition": v.job_def(row).to_dict(), "attempts": attempts,
+            "events": [dict(e) for e in v.events(jid)]}
+
+
+def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, refresh_s: float = 5.0, log=print) -> int:
+    """Serve until Ctrl-C. Port 0 takes a free one; the URL printed says which."""
+    import logging
+
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # errors only, not a line per request
+    # bound here, not by werkzeug, whose own message for a busy port ends the process
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.create_server((host, port), family=family)
+    except OSError as e:
+        raise GwiError(f"dashboard: cannot listen on {host}:{port}: {e.strerror or e}"
+                       + (" (another dashboard? --port 0 takes a free port)" if e.errno == errno.EADDRINUSE else "")
+                       ) from None
+    port = sock.getsockname()[1]
+    server = make_server(host, port, create_app(refresh_s=refresh_s), threaded=True, fd=sock.fileno())
+    if not _loopback(host):
+        log(f"warning: serving on {host}: anyone who can reach it sees your jobs, platforms and store URLs")
+    log(f"gwi dashboard on http://{_url_host(host)}:{port}/ (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        sock.close()
+    return 0
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

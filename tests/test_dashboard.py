@@ -1,0 +1,157 @@
+"""gwi dashboard: the page as headless Chromium renders it after a real dispatch, and the app's
+routes (fragments, JSON, curves, errors) through Flask's test client."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gwi.dashboard import create_app
+from gwi.runs import run_url
+from gwi.scheduler import Scheduler
+from gwi.spec import load_spec
+from gwi.store import open_store
+from gwi.tracking import CURVES
+
+REPO = Path(__file__).resolve().parents[1]
+GWI = [sys.executable, "-m", "gwi"]
+CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.fixture
+def chromium():
+    if CHROMIUM is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the browser test: no chromium on PATH (.ci/run installs it)")
+        pytest.skip("no chromium on PATH (apt-get install chromium)")
+    return CHROMIUM
+
+
+def render(browser: str, url: str) -> str:
+    """The DOM after the page's scripts ran, as a real browser builds it."""
+    r = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                        f"--user-data-dir={Path(os.environ['GWI_HOME']).parent / 'chromium'}",
+                        "--virtual-time-budget=5000", "--dump-dom", url],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "<html" in r.stdout, r.stderr[-2000:]
+    return r.stdout
+
+
+def test_chromium_renders_the_demo_jobs_after_a_dispatch_without_follow(tmp_path, chromium):
+    cwd = tmp_path / "fresh"
+    cwd.mkdir()
+    shutil.copytree(REPO / "jobs", cwd / "jobs")
+    d = subprocess.run(GWI + ["dispatch", "jobs/demo.yaml"], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert d.returncode == 0, d.stdout[-2000:] + d.stderr[-2000:]
+    server = subprocess.Popen(GWI + ["dashboard", "--port", "0", "--refresh", "1"], cwd=cwd, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        line = server.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert url, line
+        dom = render(chromium, url.group(0))
+        # nothing reconciles without a watcher, so the states the browser shows are the state's now
+        st = subprocess.run(GWI + ["status", "--json"], cwd=cwd, capture_output=True, text=True, timeout=60)
+        want = {r["job"]: r["state"] for r in json.loads(st.stdout)}
+        shown = dict(re.findall(r'data-job="([^"]+)" data-state="([a-z]+)"', dom))
+        assert set(shown) == {f"demo/{n}" for n in ("data", "test-data", "inversionnet", "heat-kernel", "ensemble",
+                                                    "submission")}
+        assert {j: "running" if s == "starting" else s for j, s in shown.items()} == want
+        for name in ("inversionnet", "heat-kernel", "submission"):
+            assert f">{name}</a>" in dom
+        # the page's script fetched the live fragment and swapped it in: it refreshes itself
+        assert re.search(r'data-refreshes="[1-9]', dom) and re.search(r'id="updated"[^>]*>updated ', dom), dom[:3000]
+        assert ">local<" in dom and "plan demo" in dom
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        subprocess.run(GWI + ["cancel", "demo/data"], cwd=cwd, capture_output=True, timeout=120)
+
+
+PLAN = """
+name: p
+store: {store}
+defaults: {{platforms: [box]}}
+jobs:
+  - name: data
+    kind: synth
+    dataset: d
+    families: [FlatVel_A]
+    samples: 8
+  - name: fit
+    kind: train
+    model: inversionnet
+    preset: tiny
+    dataset: d
+"""
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    plat = tmp_path / "platforms"
+    plat.mkdir()
+    (plat / "box.yaml").write_text("adapter: local\ncapacity: 1\n")
+    monkeypatch.setenv("GWI_PLATFORMS", str(plat))
+    store = f"file://{tmp_path}/store"
+    spec = tmp_path / "p.yaml"
+    spec.write_text(textwrap.dedent(PLAN.format(store=store)).lstrip())
+    home = tmp_path / "home"
+    s = Scheduler(home)
+    s.submit(load_spec(spec))
+    s.close()
+    app = create_app(home)
+    app.testing = True
+    return app.test_client(), store
+
+
+def test_the_page_the_fragment_and_the_json_show_the_same_jobs(client):
+    c, _ = client
+    page = c.get("/").get_data(as_text=True)
+    assert "<script>" in page and 'data-job="p/data" data-state="waiting"' in page
+    assert 'data-job="p/fit" data-state="waiting"' in page and "No scheduler pass yet" in page
+    frag = c.get("/live").get_data(as_text=True)
+    assert "<script>" not in frag and "<html" not in frag and 'data-job="p/fit"' in frag
+    assert [(r["job"], r["state"]) for r in c.get("/api/status").get_json()] == [("p/data", "waiting"),
+                                                                                 ("p/fit", "waiting")]
+    job = c.get("/job/p/fit").get_data(as_text=True)
+    assert "p/fit" in job and "dispatched" in job
+    assert c.get("/job/p/fit?fragment=1").get_data(as_text=True).lstrip().startswith("<p>train")
+    assert c.get("/api/job/fit").get_json()["definition"]["params"]["model"] == "inversionnet"  # a bare name resolves
+
+
+def test_unknown_jobs_are_404_naming_the_known_ones(client):
+    c, _ = client
+    r = c.get("/job/p/nope")
+    assert r.status_code == 404 and "no job &#39;p/nope&#39;; known: p/data, p/fit" in r.get_data(as_text=True)
+    assert c.get("/api/job/nope").status_code == 404
+
+
+def test_curves_come_from_the_runs_curves_png_once_training_published_it(client):
+    c, store = client
+    r = c.get("/curves/p/fit.png")
+    assert r.status_code == 404 and CURVES in r.get_data(as_text=True)
+    png = b"\x89PNG\r\n\x1a\n" + b"x" * 32
+    open_store(run_url(store, "p", "fit")).put_bytes(CURVES, png)
+    r = c.get("/curves/p/fit.png")
+    assert (r.status_code, r.mimetype, r.data) == (200, "image/png", png)
+    assert r.headers["Cache-Control"] == "no-store"
+
+
+def test_a_busy_port_is_a_clear_error(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run(GWI + ["dashboard", "--port", str(port)], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in r.stderr and "--port 0" in r.stderr
+    assert "Traceback" not in r.stderr
