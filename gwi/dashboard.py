@@ -17,6 +17,7 @@ import json
 import socket
 import time
 from collections import Counter
+from contextlib import closing
 
 from .console import STATE_STYLE, duration
 from .errors import GwiError, StoreError
@@ -44,18 +45,18 @@ def create_app(home=None, refresh_s: float = 5.0):
 
     @app.get("/")
     def page():
-        with _closing(view()) as v:
+        with closing(view()) as v:
             return render_template("dashboard.html", live=False, where=where, refresh_ms=int(refresh_s * 1000),
                                    **_page_data(v))
 
     @app.get("/live")
     def live():
-        with _closing(view()) as v:
+        with closing(view()) as v:
             return render_template("dashboard.html", live=True, **_page_data(v))
 
     @app.get("/job/<path:job_id>")
     def job(job_id: str):
-        with _closing(view()) as v:
+        with closing(view()) as v:
             try:
                 data = _job_data(v, v.resolve(job_id))
             except GwiError as e:
@@ -68,7 +69,7 @@ def create_app(home=None, refresh_s: float = 5.0):
         from .runs import Run
         from .tracking import CURVES
 
-        with _closing(view()) as v:
+        with closing(view()) as v:
             row = v.job(job_id)
             if row is None:
                 abort(404, f"no job {job_id!r}")
@@ -81,12 +82,12 @@ def create_app(home=None, refresh_s: float = 5.0):
 
     @app.get("/api/status")
     def api_status():
-        with _closing(view()) as v:
+        with closing(view()) as v:
             return jsonify(v.status_records())
 
     @app.get("/api/job/<path:job_id>")
     def api_job(job_id: str):
-        with _closing(view()) as v:
+        with closing(view()) as v:
             try:
                 data = _job_data(v, v.resolve(job_id))
             except GwiError as e:
@@ -97,17 +98,6 @@ def create_app(home=None, refresh_s: float = 5.0):
     app.jinja_env.filters["clock"] = lambda t: "-" if t is None else time.strftime("%H:%M:%S", time.localtime(t))
     app.jinja_env.globals["badge"] = lambda state: _BADGE.get(STATE_STYLE.get(state, "dim"), "#6e7781")
     return app
-
-
-class _closing:
-    def __init__(self, v):
-        self.v = v
-
-    def __enter__(self):
-        return self.v
-
-    def __exit__(self, *exc):
-        self.v.close()
 
 
 def _progress(r: dict) -> tuple[float | None, str]:

@@ -9,6 +9,7 @@ resumed process purges the steps after its checkpoint, as a restarted one should
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -43,7 +44,16 @@ class Tracker:
         for k, v in values.items():
             self.tb.add_scalar(k, v, step)
         if self.mlflow is not None:
-            self.mlflow.log_metrics({k.replace("/", "."): v for k, v in values.items()}, step=step)
+            self._to_mlflow("log_metrics", {k.replace("/", "."): v for k, v in values.items()}, step=step)
+
+    def _to_mlflow(self, call: str, *args, **kw) -> None:
+        """A tracker that fails (a server down, a bad URI) costs its numbers, never the training: the
+        event files in the run have them all."""
+        try:
+            getattr(self.mlflow, call)(*args, **kw)
+        except Exception as e:  # noqa: BLE001 - whatever MLflow raises, training goes on
+            print(f"gwi: MLflow {call} failed, no more logging to MLflow in this process: {e}", file=sys.stderr)
+            self.mlflow = None
 
     def publish(self, history: list[dict], final: bool = False) -> None:
         """The event files and curves so far into the run, with each checkpoint: what a dead attempt
@@ -74,7 +84,7 @@ class Tracker:
         shutil.rmtree(self.local, ignore_errors=True)
         self.local = None
         if self.mlflow is not None:
-            self.mlflow.end_run(status=status)
+            self._to_mlflow("end_run", status=status)
 
 
 def _mlflow(name: str, params: dict):
@@ -87,8 +97,15 @@ def _mlflow(name: str, params: dict):
         print("gwi: MLFLOW_TRACKING_URI is set but mlflow is not installed (pip install mlflow-skinny); "
               "not logging to MLflow", file=sys.stderr)
         return None
-    mlflow.start_run(run_name=name)
-    mlflow.log_params({k: str(v)[:250] for k, v in params.items()})
+    try:
+        mlflow.start_run(run_name=name)
+        mlflow.log_params({k: str(v)[:250] for k, v in params.items()})
+    except Exception as e:  # noqa: BLE001 - as in Tracker._to_mlflow: training goes on without it
+        print(f"gwi: cannot log to MLflow at {os.environ['MLFLOW_TRACKING_URI']}: {e}; training goes on without it",
+              file=sys.stderr)
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status="FAILED")
+        return None
     return mlflow
 
 

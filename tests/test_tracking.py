@@ -67,3 +67,28 @@ def test_runs_list_and_compare(runs, tmp_path):
     assert r.returncode == 0 and "curves of 2 runs" in r.stdout and plot.stat().st_size > 10_000, r.stderr
     r = subprocess.run([*gwi, "compare", f"{runs['store']}/runs/none"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "no metrics.json" in r.stderr and "runs/none" in r.stderr
+
+
+def test_mlflow_gets_the_scalars_and_the_settings_when_its_uri_is_set(tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    store = f"file://{tmp_path}/store"
+    synthesize(["FlatVel_A"], 8, store, "d", seed=4, batch_size=8, progress=False, backend="deepwave")
+    # a URI MLflow refuses (its file store needs an opt-in since 3.x) costs the MLflow numbers, not the run
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    train(TrainConfig(model="inversionnet", preset="tiny", dataset=f"{store}/datasets/d", run=f"{store}/runs/refused",
+                      epochs=1, batch_size=4, heartbeat_s=30, split="kfold:4:0"), log=lambda *_: None)
+    assert "cannot log to MLflow" in capsys.readouterr().err
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    train(TrainConfig(model="inversionnet", preset="tiny", dataset=f"{store}/datasets/d", run=f"{store}/runs/m",
+                      epochs=2, batch_size=4, log_every=1, heartbeat_s=30, split="kfold:4:0"), log=lambda *_: None)
+    client = MlflowClient(uri)
+    found = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(found) == 1
+    r = found[0]
+    assert r.info.status == "FINISHED" and r.info.run_name == "inversionnet:tiny"
+    assert r.data.params["model"] == "inversionnet" and r.data.params["epochs"] == "2"
+    assert len(client.get_metric_history(r.info.run_id, "val.mae")) == 2
+    assert {"train.loss", "train.lr", "val.mae_FlatVel_A"} <= set(r.data.metrics)
