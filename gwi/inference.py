@@ -7,6 +7,7 @@ them, so they do not import each other for it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,17 +39,33 @@ class Normalizer:
                    n["velocity"].get("mean"))
 
     def seismic(self, x: torch.Tensor) -> torch.Tensor:
-        """log1p(|x|)·sign(x), scaled to [-1, 1]: two passes that allocate and two in place, not the
-        seven of the plain formula (on a CPU training step this was 27 ms of a 200 ms tiny step)."""
-        x = x.float()
-        scale = 2 / (self.seis_max - self.seis_min)
-        return torch.log1p(x.abs()).copysign_(x).mul_(scale).add_(-1 - self.seis_min * scale)
+        """log1p(|x|)·sign(x), scaled to [-1, 1]. A float16 batch (what shards hold) has only 65,536
+        possible values, so it is one lookup in a table of them all: two passes instead of a log per
+        element (on a CPU training step the formula was 27 ms of a 200 ms tiny step), same numbers."""
+        if x.dtype == torch.float16:
+            table = _seismic_table(self.seis_min, self.seis_max, str(x.device))
+            return table.index_select(0, x.reshape(-1).view(torch.uint16).to(torch.int32)).view(x.shape)
+        return _seismic_formula(x.float(), self.seis_min, self.seis_max)
 
     def velocity(self, v: torch.Tensor) -> torch.Tensor:
         return (v.float() - self.vel_min) / (self.vel_max - self.vel_min) * 2 - 1
 
     def denorm_velocity(self, v: torch.Tensor) -> torch.Tensor:
         return (v.float() + 1) / 2 * (self.vel_max - self.vel_min) + self.vel_min
+
+
+def _seismic_formula(x: torch.Tensor, seis_min: float, seis_max: float) -> torch.Tensor:
+    """Normalise float32 ``x`` in place after its first pass: two passes allocate, two do not (the
+    plain formula takes seven)."""
+    scale = 2 / (seis_max - seis_min)
+    return torch.log1p(x.abs()).copysign_(x).mul_(scale).add_(-1 - seis_min * scale)
+
+
+@functools.lru_cache(maxsize=16)
+def _seismic_table(seis_min: float, seis_max: float, device: str) -> torch.Tensor:
+    """The normalised float32 of every float16 bit pattern, indexed by the pattern (256 KiB)."""
+    every = torch.arange(1 << 16, dtype=torch.int32).to(torch.uint16).view(torch.float16).float()
+    return _seismic_formula(every, seis_min, seis_max).to(device)
 
 
 def resolve_device_precision(device: str | None, precision: str | None) -> tuple[torch.device, str]:

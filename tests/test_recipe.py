@@ -79,6 +79,23 @@ def test_flip_of_a_simulated_recording_is_the_recording_of_the_mirrored_map_but_
 
 # -- EMA, losses, schedules --------------------------------------------------------------------------
 
+def test_normalising_a_float16_batch_by_table_gives_the_formulas_numbers():
+    """The table of every float16 pattern (the loop's fast path) against OpenFWI's formula in float64,
+    for every one of the 65,536 values and a non-contiguous batch."""
+    from gwi.data.shards import log_transform
+    from gwi.inference import Normalizer
+
+    n = Normalizer(-7.25, 8.5)
+    every = torch.arange(1 << 16, dtype=torch.int32).to(torch.uint16).view(torch.float16)
+    got = n.seismic(every.reshape(256, 256)).reshape(-1)
+    want = (log_transform(every.double()) - n.seis_min) / (n.seis_max - n.seis_min) * 2 - 1
+    finite = torch.isfinite(every)
+    assert got.dtype == torch.float32 and torch.isnan(got[torch.isnan(every)]).all()
+    assert torch.allclose(got[finite].double(), want[finite], rtol=1e-6, atol=1e-6)
+    x = torch.randn(3, 5, 20, 7).mul(40).half()[:, :, ::2]
+    assert torch.equal(n.seismic(x), n.seismic(x.float()))
+
+
 def test_ema_decay_warms_up_then_holds():
     m = torch.nn.Linear(1, 1, bias=False)
     with torch.no_grad():
