@@ -21,6 +21,8 @@ from contextlib import closing
 
 from .console import STATE_STYLE, duration
 from .errors import GwiError, StoreError
+from .runs import EVALUATION, WORST, Run
+from .tracking import CURVES
 
 DEFAULT_PORT = 8765
 EVENTS_SHOWN = 40
@@ -64,20 +66,19 @@ def create_app(home=None, refresh_s: float = 5.0):
         return render_template("job.html", live="fragment" in request.args, where=where,
                                refresh_ms=int(refresh_s * 1000), **data)
 
-    @app.get("/curves/<path:job_id>.png")
-    def curves(job_id: str):
-        from .runs import Run
-        from .tracking import CURVES
-
+    @app.get("/<any(curves, worst):image>/<path:job_id>.png")
+    def run_image(image: str, job_id: str):
+        """A run's training curves (train jobs) or worst samples (evaluate jobs), from the store."""
         with closing(view()) as v:
             row = v.job(job_id)
             if row is None:
                 abort(404, f"no job {job_id!r}")
             url = v.run_url(row)
+        name = CURVES if image == "curves" else WORST
         try:
-            png = Run(url, patience=0).store.get_bytes(CURVES)
+            png = Run(url, patience=0).store.get_bytes(name)
         except StoreError:
-            abort(404, f"no {CURVES} in {url} yet")
+            abort(404, f"no {name} in {url} yet")
         return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})
 
     @app.get("/api/status")
@@ -144,8 +145,19 @@ def _job_data(v, jid: str) -> dict:
                          "launched_at": a["launched_at"], "ended_at": a["ended_at"], "hours": v.attempt_hours(a),
                          "resumed_from_step": a["resumed_from_step"],
                          "progress": json.loads(a["progress"]) if a["progress"] else None})
-    return {"job": rec, "run": v.run_url(row), "definition": v.job_def(row).to_dict(), "attempts": attempts,
-            "events": [dict(e) for e in v.events(jid)]}
+    url = v.run_url(row)
+    return {"job": rec, "run": url, "definition": v.job_def(row).to_dict(), "attempts": attempts,
+            "events": [dict(e) for e in v.events(jid)],
+            "evaluation": _evaluation(url) if row["kind"] == "evaluate" else None}
+
+
+def _evaluation(url: str) -> dict | None:
+    """An evaluate job's metrics ({family: {samples, mae, rmse, ssim}}, ``overall`` last), once written."""
+    try:
+        metrics = json.loads(Run(url, patience=0).store.get_bytes(EVALUATION))["metrics"]
+    except (StoreError, ValueError, KeyError):
+        return None
+    return {f: m for f, m in sorted(metrics.items(), key=lambda kv: kv[0] == "overall")}
 
 
 def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, refresh_s: float = 5.0, log=print) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gwi.dashboard import create_app
-from gwi.runs import run_url
+from gwi.runs import EVALUATION, WORST, run_url
 from gwi.scheduler import Scheduler
 from gwi.spec import load_spec
 from gwi.store import open_store
@@ -91,6 +91,10 @@ jobs:
     model: inversionnet
     preset: tiny
     dataset: d
+  - name: score
+    kind: evaluate
+    members: [fit]
+    dataset: d
 """
 
 
@@ -119,8 +123,8 @@ def test_the_page_the_fragment_and_the_json_show_the_same_jobs(client):
     assert 'data-job="p/fit" data-state="waiting"' in page and "No scheduler pass yet" in page
     frag = c.get("/live").get_data(as_text=True)
     assert "<script>" not in frag and "<html" not in frag and 'data-job="p/fit"' in frag
-    assert [(r["job"], r["state"]) for r in c.get("/api/status").get_json()] == [("p/data", "waiting"),
-                                                                                 ("p/fit", "waiting")]
+    assert [(r["job"], r["state"]) for r in c.get("/api/status").get_json()] == [
+        ("p/data", "waiting"), ("p/fit", "waiting"), ("p/score", "waiting")]
     job = c.get("/job/p/fit").get_data(as_text=True)
     assert "p/fit" in job and "dispatched" in job
     assert c.get("/job/p/fit?fragment=1").get_data(as_text=True).lstrip().startswith("<p>train")
@@ -130,7 +134,7 @@ def test_the_page_the_fragment_and_the_json_show_the_same_jobs(client):
 def test_unknown_jobs_are_404_naming_the_known_ones(client):
     c, _ = client
     r = c.get("/job/p/nope")
-    assert r.status_code == 404 and "no job &#39;p/nope&#39;; known: p/data, p/fit" in r.get_data(as_text=True)
+    assert r.status_code == 404 and "no job &#39;p/nope&#39;; known: p/data, p/fit, p/score" in r.get_data(as_text=True)
     assert c.get("/api/job/nope").status_code == 404
 
 
@@ -155,3 +159,17 @@ def test_a_busy_port_is_a_clear_error(tmp_path):
         r = subprocess.run(GWI + ["dashboard", "--port", str(port)], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in r.stderr and "--port 0" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_an_evaluate_jobs_page_shows_its_report_and_worst_samples(client):
+    c, store = client
+    assert "<h2>evaluation</h2>" not in c.get("/job/p/score").get_data(as_text=True)  # nothing written yet
+    run = open_store(run_url(store, "p", "score"))
+    run.put_bytes(EVALUATION, json.dumps({"metrics": {
+        "overall": {"samples": 8, "mae": 151.25, "rmse": 201.5, "ssim": 0.8123},
+        "FlatVel_A": {"samples": 8, "mae": 151.25, "rmse": 201.5, "ssim": 0.8123}}}).encode())
+    run.put_bytes(WORST, b"\x89PNG\r\n\x1a\nworst")
+    page = c.get("/job/p/score").get_data(as_text=True)
+    rows = re.findall(r'<tr class="evaluation"><td>(\w+)</td><td class="num">(\d+)</td><td class="num">([\d.]+)</td>', page)
+    assert rows == [("FlatVel_A", "8", "151.2"), ("overall", "8", "151.2")] and "0.812" in page  # overall last
+    assert c.get("/worst/p/score.png").data.endswith(b"worst") and 'src="../../worst/p/score.png"' in page
