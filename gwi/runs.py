@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -184,7 +185,12 @@ class Run:
         key = self.checkpoint_key(step)
         with scratch_dir() as tmp:
             local = tmp / Path(key).name
-            torch.save(ckpt, local)
+            try:
+                torch.save(ckpt, local)
+            except (RuntimeError, OSError) as e:  # a full disk: torch says "unexpected pos ..."
+                free = shutil.disk_usage(tmp).free
+                raise GwiError(f"cannot write checkpoint step {step} to {local} ({free / 2**20:.0f} MiB free there; "
+                               f"is the disk full? GWI_CACHE moves it): {e}") from None
             entry = {"path": key, "step": step, "epoch": ckpt["epoch"], "bytes": local.stat().st_size,
                      "sha256": sha256_file(local), "time": _now(), "rank": int(os.environ.get("RANK", "0"))}
             self.store.put_file(local, key, move=True)
