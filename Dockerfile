@@ -1,10 +1,14 @@
 # The one gwi image: every model's dependencies, entrypoint `gwi`.
 #   docker build -t gwi .
 #   docker run --rm --gpus all -v $PWD:/work gwi predict --checkpoint runs/x --test test --out submission.csv
-# BASE_IMAGE is a PyTorch CUDA runtime; its torch is kept (the venv sees the system site-packages and
-# gwi asks for torch>=2.3). Test builds pass a local base and put a torch wheel in docker/wheels/.
-ARG BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# The default base is a plain Python; torch comes pinned to the version the tests run (TORCH_VERSION,
+# the README's torch==...). On Linux PyPI's torch wheel is a CUDA build that brings its CUDA runtime
+# and cuDNN as wheels, so the image runs on any host with an NVIDIA driver (and the container
+# toolkit) and needs no CUDA base. Test builds pass a local base and put the CPU wheel of the same
+# version in docker/wheels/, which the pin then accepts as it is.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
+ARG TORCH_VERSION=2.13.0
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -12,11 +16,15 @@ ENV PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/gwi \
     PATH=/opt/gwi/bin:$PATH
 
-RUN python3 -m venv --system-site-packages /opt/gwi
+RUN python3 -m venv /opt/gwi
 
-# wheels shipped in the build context (none for the CUDA base; the CPU torch wheel for test builds)
+# the pin holds for every later install too: otherwise a dependency (torchvision, through timm) asks
+# for the newest torch and pip replaces the one the tests run
+ENV PIP_CONSTRAINT=/opt/gwi/constraints.txt
 COPY docker/wheels/ /tmp/wheels/
-RUN if ls /tmp/wheels/*.whl >/dev/null 2>&1; then pip install /tmp/wheels/*.whl; fi && rm -rf /tmp/wheels
+RUN echo "torch==${TORCH_VERSION}" > /opt/gwi/constraints.txt \
+    && if ls /tmp/wheels/*.whl >/dev/null 2>&1; then pip install /tmp/wheels/*.whl; fi && rm -rf /tmp/wheels \
+    && pip install "torch==${TORCH_VERSION}"
 
 # dependencies first, so a code change does not reinstall them
 COPY pyproject.toml README.md /src/

@@ -75,6 +75,12 @@ def test_offline_docker_predict_writes_a_valid_submission(image, tmp_path):
     assert r.returncode == 0 and all(m in r.stdout for m in ("egnn", "se3_transformer", "heat_kernel", "caformer_unet",
                                                            "convnext_unet", "vit_fwi"))
     assert Path(data / "submission.csv").stat().st_size > 0
+    # the image's torch is the one these tests run (the Dockerfile pins TORCH_VERSION)
+    import torch
+
+    r = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python3", image, "-c",
+                        "import torch; print(torch.__version__)"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.split("+")[0].strip() == torch.__version__.split("+")[0], r.stdout + r.stderr
 
 
 @pytest.mark.slow

@@ -198,3 +198,15 @@ def test_compose_is_pinned_local_and_has_no_default_password():
     gpu = yaml.safe_load((root / "docker-compose.gpu.yml").read_text())
     assert gpu["services"]["gwi"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert ".env" in (root / ".gitignore").read_text().split()
+
+
+def test_the_image_pins_the_torch_the_readme_installs():
+    """One torch version: the README's two commands, the Dockerfile's TORCH_VERSION and the test
+    image's CPU wheel (.ci/docker-image.sh)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    readme = set(re.findall(r"torch==([\d.]+)", (root / "README.md").read_text()))
+    docker = re.findall(r"^ARG TORCH_VERSION=([\d.]+)$", (root / "Dockerfile").read_text(), re.M)
+    ci = re.findall(r"torch==([\d.]+)", (root / ".ci" / "docker-image.sh").read_text())
+    assert len(readme) == 1 and docker == list(readme) and set(ci) == readme, (readme, docker, ci)
