@@ -384,9 +384,7 @@ def _status_table(recs: list[dict]) -> str:
     for r in recs:
         ep = f"{r['epoch']}/{r['epochs']}" if r["epochs"] else "-"
         mae = f"{r['val_mae']:.1f}" if isinstance(r["val_mae"], (int, float)) else "-"
-        state = r["state"]
-        if state == "running" and r["attempt_state"] == "pending":
-            state = "starting"
+        state = r["shown_state"]
         beat = duration(r["heartbeat_age_s"])
         rows.append([r["job"], r["platform"] or "-", state, r["attempt"] or "-", ep, mae, duration(r["eta_s"]),
                      beat if beat == "-" else beat + " ago", f"${r['cost_usd']:.2f}", (r["reason"] or "")[:70]])

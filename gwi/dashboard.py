@@ -56,15 +56,17 @@ def create_app(home=None, refresh_s: float = 5.0):
         with closing(view()) as v:
             return render_template("dashboard.html", live=True, **_page_data(v))
 
-    @app.get("/job/<path:job_id>")
-    def job(job_id: str):
+    def job_or_404(name: str) -> dict:
         with closing(view()) as v:
             try:
-                data = _job_data(v, v.resolve(job_id))
-            except GwiError as e:
+                return _job_data(v, v.resolve(name))
+            except GwiError as e:  # no such job: the message lists the known ones
                 abort(404, str(e))
+
+    @app.get("/job/<path:job_id>")
+    def job(job_id: str):
         return render_template("job.html", live="fragment" in request.args, where=where,
-                               refresh_ms=int(refresh_s * 1000), **data)
+                               refresh_ms=int(refresh_s * 1000), **job_or_404(job_id))
 
     @app.get("/<any(curves, worst):image>/<path:job_id>.png")
     def run_image(image: str, job_id: str):
@@ -88,12 +90,7 @@ def create_app(home=None, refresh_s: float = 5.0):
 
     @app.get("/api/job/<path:job_id>")
     def api_job(job_id: str):
-        with closing(view()) as v:
-            try:
-                data = _job_data(v, v.resolve(job_id))
-            except GwiError as e:
-                abort(404, str(e))
-        return Response(json.dumps(data, default=str), mimetype="application/json")
+        return Response(json.dumps(job_or_404(job_id), default=str), mimetype="application/json")
 
     app.jinja_env.filters["duration"] = duration
     app.jinja_env.filters["clock"] = lambda t: "-" if t is None else time.strftime("%H:%M:%S", time.localtime(t))
@@ -115,7 +112,6 @@ def _page_data(v) -> dict:
     plans: dict[str, dict] = {}
     for r in recs:
         r["fraction"], r["progress_text"] = _progress(r)
-        r["shown_state"] = "starting" if r["state"] == "running" and r["attempt_state"] == "pending" else r["state"]
         p = plans.setdefault(r["spec"], {"name": r["spec"], "jobs": [], "store": v.state.spec_store(r["spec"])})
         p["jobs"].append(r)
     for p in plans.values():

@@ -141,8 +141,10 @@ class View:
             prog = json.loads(a["progress"]) if a is not None and a["progress"] else {}
             hours, cost = costs.get(j["id"], (0.0, 0.0))
             active = a is not None and a["state"] in ACTIVE
+            starting = j["state"] == "running" and a is not None and a["state"] == "pending"
             out.append({
                 "job": j["id"], "spec": j["spec"], "kind": j["kind"], "state": j["state"], "reason": j["reason"],
+                "shown_state": "starting" if starting else j["state"],  # launched, no heartbeat yet
                 "platform": a["platform"] if a is not None else None, "attempt": a["n"] if a is not None else 0,
                 "attempt_state": a["state"] if a is not None else None,
                 "epoch": prog.get("epoch"), "epochs": prog.get("epochs"), "step": prog.get("step"),
