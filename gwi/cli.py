@@ -16,8 +16,6 @@ from .physics import AUGMENT_OPS, BACKENDS, DEFAULT_BACKEND
 from .physics import OPTIMIZERS as REFINE_OPTIMIZERS
 
 
-
-
 def _table(rows: list[list], header: list[str], **rich) -> str:
     """Aligned columns for a pipe; a rich table on a terminal (``gwi.console``)."""
     from .console import table
@@ -801,14 +799,8 @@ def cmd_platforms(a) -> int:
     v = open_view()
     try:
         if a.json:
-            out = []
-            for name, p in sorted(v.profiles.items()):
-                d = {k: getattr(p, k) for k in ("adapter", "path", "description", "gpu", "gpus", "cpus", "memory_gb",
-                                                "quota_hours_per_week", "session_hours", "usd_per_hour", "capacity",
-                                                "credentials", "start_timeout_s")}
-                out.append({"name": name, **d, "usage": v.usage(name), "missing_credentials": p.missing_credentials(),
-                            "secrets": [{"variable": var, "sent_to": dest} for plat, var, dest, _ in
-                                        secret_routes({name: p})]})
+            out = [{**r, "secrets": [{"variable": var, "sent_to": dest} for _, var, dest, _ in
+                                     secret_routes({r["name"]: v.profiles[r["name"]]})]} for r in v.platform_records()]
             print(json.dumps(out, indent=1, default=list))
             return 0
         if not v.profiles:

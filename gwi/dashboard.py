@@ -117,16 +117,9 @@ def _page_data(v) -> dict:
     for p in plans.values():
         p["counts"] = sorted(Counter(r["shown_state"] for r in p["jobs"]).items())
         p["curves"] = [r for r in p["jobs"] if r["kind"] in ("train", "sweep") and r["attempt"]]
-    platforms = []
-    for name, prof in sorted(v.profiles.items()):
-        u = v.usage(name)
-        platforms.append({"name": name, "adapter": prof.adapter, "gpu": prof.gpu or "-", "active": u["active"],
-                          "capacity": prof.capacity, "hours_week": u["hours_week"],
-                          "quota": prof.quota_hours_per_week, "price": prof.usd_per_hour, "spent": u["cost_usd"],
-                          "missing": prof.missing_credentials()})
     last = v.last_reconcile()
     events = list(v.events(after_id=max(0, v.last_event_id() - EVENTS_SHOWN)))[::-1]
-    return {"plans": list(plans.values()), "platforms": platforms, "events": events, "now": time.time(),
+    return {"plans": list(plans.values()), "platforms": v.platform_records(), "events": events, "now": time.time(),
             "last_pass_age": None if last is None else time.time() - last, "unfinished": v.unfinished()}
 
 

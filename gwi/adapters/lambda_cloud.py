@@ -233,13 +233,17 @@ class LambdaAdapter(Adapter):
     @property
     def api(self) -> LambdaAPI:
         if self._api is None:
-            key_var = self.profile.credentials[0] if self.profile.credentials else "LAMBDA_API_KEY"
-            key = os.environ.get(key_var) or file_key()
-            if not key:
-                raise PlatformError(f"{self.name}: {key_var} is not set (nor api_key in {KEY_FILE})", "auth")
-            self._api = LambdaAPI(self.options.api_url, key, timeout=self.options.request_timeout_s,
+            self._api = LambdaAPI(self.options.api_url, self._api_key(), timeout=self.options.request_timeout_s,
                                   deadline_s=self.options.retry_deadline_s, who=self.name)
         return self._api
+
+    def _api_key(self) -> str:
+        """The profile's key variable (LAMBDA_API_KEY), else the key file Lambda's tools write."""
+        key_var = self.profile.credentials[0] if self.profile.credentials else "LAMBDA_API_KEY"
+        key = os.environ.get(key_var) or file_key()
+        if not key:
+            raise PlatformError(f"{self.name}: {key_var} is not set (nor api_key in {KEY_FILE})", "auth")
+        return key
 
     def available(self) -> str | None:
         if not self.options.instance_types:
@@ -268,8 +272,7 @@ class LambdaAdapter(Adapter):
     def probe(self, deadline_s: float) -> list[Finding]:
         """The API answers; which of the profile's instance types have capacity now, and where."""
         try:
-            api = LambdaAPI(self.options.api_url, os.environ.get(self.profile.credentials[0] if self.profile.credentials
-                                                                 else "LAMBDA_API_KEY") or file_key() or "",
+            api = LambdaAPI(self.options.api_url, self._api_key(),
                             timeout=min(deadline_s, self.options.request_timeout_s), deadline_s=0, who=self.name)
             offered = api.instance_types()
         except PlatformError as e:

@@ -168,6 +168,14 @@ class View:
         _, cost = policy.spend(self.state.platform_attempts(platform, paid=True), now)
         return {"hours_week": hours, "cost_usd": cost, "active": self.state.active_count(platform)}
 
+    def platform_records(self) -> list[dict]:
+        """One dict per profile (its settings, its usage, the credentials it lacks): what
+        ``gwi platforms --json`` and the dashboard show."""
+        fields = ("adapter", "path", "description", "gpu", "gpus", "cpus", "memory_gb", "quota_hours_per_week",
+                  "session_hours", "usd_per_hour", "capacity", "credentials", "start_timeout_s")
+        return [{"name": name, **{k: getattr(p, k) for k in fields}, "usage": self.usage(name),
+                 "missing_credentials": p.missing_credentials()} for name, p in sorted(self.profiles.items())]
+
     def job_cost(self, job_id: str) -> tuple[float, float]:
         """(hours, dollars) over the attempts of a job since it was last dispatched."""
         rows = self.state.generation_attempts(job_id, self.state.generation(job_id))
