@@ -8,9 +8,11 @@ Data: a train set and a held-out set synthesised with ``gwi.data.synth.synthesiz
 deepwave), from distinct seeds, so no held-out map was ever trained on; ``--samples`` and ``--heldout``
 per family. Both are cached in ``--data`` and reused by later runs with the same settings.
 
-Entries: ``model[:preset][@recipe]``, e.g. ``inversionnet@openfwi``, ``vit_fwi:tiny@muon``; the preset
-defaults to ``--preset`` (``default``; ``tiny`` with ``--quick``), the recipe to ``gwi``. A recipe is
-a set of TrainConfig fields (:data:`RECIPES`); the rest keep TrainConfig's defaults.
+Entries: ``model[:preset][@recipe][+KEY=VALUE...]``, e.g. ``inversionnet@openfwi``, ``vit_fwi:tiny@muon``,
+``convnext_unet:small@gwi+precision=bf16+channels_last=true``; the preset defaults to ``--preset``
+(``default``; ``tiny`` with ``--quick``), the recipe to ``gwi``. A recipe is a set of TrainConfig fields
+(:data:`RECIPES`); the rest keep TrainConfig's defaults; each ``+KEY=VALUE`` then sets one more, as
+``gwi train --set`` does (``model.KEY`` for a model argument).
 
 Budget: every entry's ``train()`` call gets the same ``--budget-s`` seconds of wall time on this
 machine. Two probe runs turn it into a step count (``_common.plan_budget``, the technique of
@@ -105,6 +107,8 @@ class Entry:
     model: str
     preset: str
     recipe: str
+    sets: list[str] = field(default_factory=list)  # +KEY=VALUE overrides, as `gwi train --set`
+    flip: float = 0.0  # the flip probability it trains with (recipe or override): TTA where > 0
     params: int | None = None
     plan: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
@@ -116,7 +120,7 @@ class Entry:
 
     @property
     def tta(self) -> bool:
-        return RECIPES[self.recipe]["flip"] > 0
+        return self.flip > 0
 
     @property
     def reported(self) -> float | None:
@@ -124,13 +128,28 @@ class Entry:
         return m["overall"] if m else None
 
 
-ENTRY_RE = re.compile(r"^(?P<model>[A-Za-z0-9_]+)(?::(?P<preset>[A-Za-z0-9_]+))?(?:@(?P<recipe>[A-Za-z0-9_]+))?$")
+ENTRY_RE = re.compile(r"^(?P<model>[A-Za-z0-9_]+)(?::(?P<preset>[A-Za-z0-9_]+))?(?:@(?P<recipe>[A-Za-z0-9_]+))?"
+                      r"(?P<sets>(?:\+[^+]+)*)$")
+
+
+def split_entries(text: str) -> list[str]:
+    """``--entries`` on the commas outside brackets (``+model.dims=[16,32,64,96]`` stays whole)."""
+    return [t.strip() for t in re.split(r",(?![^\[]*\])", text) if t.strip()]
+
+
+def entry_config(e: Entry, **kw):
+    """The entry's TrainConfig: its recipe, then its ``+KEY=VALUE`` overrides."""
+    from gwi.config import TrainConfig, apply_sets
+
+    cfg = TrainConfig(model=e.model, preset=e.preset, **{"dataset": "", "run": "", **kw}, **RECIPES[e.recipe])
+    return apply_sets(cfg, e.sets)
 
 
 def parse_entry(text: str, preset: str) -> Entry:
     m = ENTRY_RE.match(text.strip())
     if not m:
-        raise ValueError(f"entry: expected model[:preset][@recipe] like 'vit_fwi:tiny@muon', got {text!r}")
+        raise ValueError(f"entry: expected model[:preset][@recipe][+KEY=VALUE...] like 'vit_fwi:tiny@muon' or "
+                         f"'convnext_unet@gwi+lr=3e-3', got {text!r}")
     model, p, recipe = m["model"], m["preset"] or preset, m["recipe"] or "gwi"
     known = registry.list_models()
     if model not in known:
@@ -140,7 +159,14 @@ def parse_entry(text: str, preset: str) -> Entry:
         raise ValueError(f"entry {text!r}: {model} has no preset {p!r}; expected one of {', '.join(presets)}")
     if recipe not in RECIPES:
         raise ValueError(f"entry {text!r}: recipe {recipe!r}; expected one of {', '.join(RECIPES)}")
-    return Entry(text.strip(), model, p, recipe)
+    e = Entry(text.strip(), model, p, recipe, sets=m["sets"].split("+")[1:])
+    try:
+        cfg = entry_config(e)
+        cfg.validate()
+    except ValueError as ex:
+        raise ValueError(f"entry {text!r}: {ex}") from None
+    e.flip = cfg.flip
+    return e
 
 
 def dataset_names(families: list[str], samples: int, heldout: int) -> tuple[str, str]:
@@ -205,12 +231,10 @@ def evaluate(entry: Entry, run: str, held: Path, device: torch.device) -> None:
 
 def run_entry(entry: Entry, i: int, base: dict, train_url: str, held: Path, work: Path, budget_s: float,
               spe: int, device: torch.device, wait_s: float) -> None:
-    from gwi.config import TrainConfig
     from gwi.runs import run_url
     from gwi.train import resolve_precision, train
 
-    recipe = RECIPES[entry.recipe]
-    cfg0 = TrainConfig(model=entry.model, dataset=train_url, run="", preset=entry.preset, **base, **recipe)
+    cfg0 = entry_config(entry, dataset=train_url, **base)
     cfg0.validate()
     runs: list[str] = []
 
@@ -254,9 +278,10 @@ def fmt(v: float | None, spec: str = ".1f") -> str:
 
 
 def baseline(entries: list[Entry]) -> Entry | None:
-    """The first finished inversionnet@openfwi entry, whatever its preset."""
+    """The first finished inversionnet@openfwi entry without overrides, whatever its preset."""
     model, recipe = BASELINE.split("@")
-    return next((e for e in entries if (e.model, e.recipe) == (model, recipe) and e.reported is not None), None)
+    return next((e for e in entries if (e.model, e.recipe) == (model, recipe) and not e.sets
+                 and e.reported is not None), None)
 
 
 def result_table(entries: list[Entry], families: list[str], batch: int) -> str:
@@ -384,7 +409,7 @@ def main(argv: list[str]) -> int:
     if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
         ap.error(f"--device: expected cpu, or cuda on a machine torch sees a GPU on; got {args.device!r}")
     known = registry.list_models()
-    texts = [t for t in args.entries.split(",") if t.strip()]
+    texts = split_entries(args.entries)
     skipped = []
     if not texts:  # the defaults: those whose model is registered here
         texts = [t for t in DEFAULT_ENTRIES if t.split("@")[0] in known]
@@ -451,7 +476,7 @@ def main(argv: list[str]) -> int:
             "families": families, "samples_per_family": samples, "heldout_per_family": heldout,
             "seeds": {"train_set": TRAIN_SEED, "heldout_set": HELDOUT_SEED, "training": SEED},
             "recipes": RECIPES, "baseline": BASELINE, "verdict": verdict(entries), "mean_map_mae": ref,
-            "entries": [{"entry": e.text, "model": e.model, "preset": e.preset, "recipe": e.recipe,
+            "entries": [{"entry": e.text, "model": e.model, "preset": e.preset, "recipe": e.recipe, "sets": e.sets,
                          "params": e.params, "plan": e.plan, "wall_s": e.wall_s, "others_cpu": e.others,
                          "steps": e.metrics.get("steps"), "loop_samples": e.metrics.get("loop_samples"),
                          "loop_s": e.metrics.get("loop_s"), "mae": e.mae, "reported_mae": e.reported,

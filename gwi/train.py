@@ -49,7 +49,7 @@ from .data import folds
 from .data.shards import MANIFEST, ShardedDataset
 from .data.sync import pull
 from .errors import GwiError, StoreUnavailable
-from .inference import Normalizer, flip_seismic, flip_velocity  # Normalizer also re-exported
+from .inference import Normalizer  # also re-exported
 from .models import registry
 from .progress import Heartbeat
 from .runs import METRICS, PROGRESS, Run
@@ -95,8 +95,9 @@ def epoch_order(train_idx: np.ndarray, seed: int, epoch: int, rank: int, world: 
 
 
 class BatchReader(torch.utils.data.Dataset):
-    """Batch ``b`` (an array of sample indices) read from the memory-mapped shards, kept float16: half
-    the bytes to copy, pin and move to a GPU; the normalisation runs on the device.
+    """A batch, ``(indices, flips)`` from :func:`epoch_batches`, read from the memory-mapped shards with
+    the flipped samples mirrored in the same copy (in the workers, off the training thread), kept
+    float16: half the bytes to copy, pin and move to a GPU; the normalisation runs on the device.
 
     A worker process reopens the shards itself (:meth:`__getstate__`): pickled, a ``np.memmap`` would
     travel as a full copy of the data."""
@@ -107,10 +108,11 @@ class BatchReader(torch.utils.data.Dataset):
     def __getstate__(self) -> dict:
         return {"root": self.root, "_ds": None}
 
-    def __getitem__(self, b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         if self._ds is None:
             self._ds = ShardedDataset(self.root)
-        x, y = self._ds.batch(np.sort(b), dtype=np.float16)  # sorted reads walk the memory map forwards
+        b, flips = key
+        x, y = self._ds.batch(b, dtype=np.float16, flip=flips)
         return torch.from_numpy(x), torch.from_numpy(y)  # (B, 5, 1000, 70), (B, 1, 70, 70)
 
 
@@ -119,7 +121,7 @@ class EpochBatches(torch.utils.data.Sampler):
     DataLoader reads the sampler in the main process, so this works with persistent workers."""
 
     def __init__(self):
-        self.batches: list[np.ndarray] = []
+        self.batches: list[tuple[np.ndarray, np.ndarray]] = []
 
     def __iter__(self):
         return iter(self.batches)
@@ -150,19 +152,12 @@ def close_loader(loader) -> None:
         it._shutdown_workers()
 
 
-def flip_some(x: torch.Tensor, y: torch.Tensor, p: float, step: int, seed: int):
-    """Flip each sample with probability ``p`` (:func:`gwi.inference.flip_seismic` and its map), in place
-    on the batch (the loader's fresh tensors), before normalisation: float16, half the bytes to move.
-
-    The choice is a pure function of (seed, step), like the data order, so a resumed run flips what the
-    crashed one would have; drawn on the host, so no device sync."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    idx = (torch.rand(x.shape[0], generator=g) < p).nonzero().squeeze(1)
-    if len(idx):
-        idx = idx.to(x.device, non_blocking=True)
-        x[idx] = flip_seismic(x[idx])
-        y[idx] = flip_velocity(y[idx])
-    return x, y
+def flip_mask(n: int, p: float, step: int, seed: int) -> np.ndarray:
+    """Which of a step's ``n`` samples are flipped (probability ``p`` each): a pure function of (seed,
+    step), like the data order, so a resumed run flips what the crashed one would have."""
+    if p <= 0:
+        return np.zeros(n, bool)
+    return np.random.default_rng((seed, step)).random(n) < p
 
 
 # ------------------------------------------------------------------------------------------------
@@ -955,19 +950,20 @@ def size_to_budget(s: State, step_s: float, probe: int) -> None:
     c.planned_step_s = step_s
 
 
-def epoch_batches(s: State) -> list[np.ndarray]:
-    """This rank's batches left in the current epoch (all of them, unless resuming inside it)."""
+def epoch_batches(s: State) -> list[tuple[np.ndarray, np.ndarray]]:
+    """This rank's batches left in the current epoch (all of them, unless resuming inside it): each its
+    sample indices, sorted so the reads walk the memory map forwards, and which of them to flip."""
     order = epoch_order(s.data.train_idx, s.cfg.seed, s.epoch, s.d.rank, s.d.world)
     in_epoch = s.step - s.epoch * s.steps_per_epoch
     bs = min(s.cfg.batch_size, len(order))
-    return [order[i:i + bs] for i in range(in_epoch * bs, s.steps_per_epoch * bs, bs)]
+    seed = s.cfg.seed * 1_000_003 + s.d.rank  # ranks flip independently, as they read different samples
+    return [(np.sort(order[i:i + bs]), flip_mask(bs, s.cfg.flip, s.step + k, seed))
+            for k, i in enumerate(range(in_epoch * bs, s.steps_per_epoch * bs, bs))]
 
 
 def train_step(s: State, x: torch.Tensor, y: torch.Tensor, loss_fn) -> torch.Tensor:
     """One optimiser step on a batch; returns its loss, left on the device (reading it waits for the device)."""
-    x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
-    if s.cfg.flip > 0:
-        x, y = flip_some(x, y, s.cfg.flip, s.step, s.cfg.seed)
+    x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)  # flipped by the reader
     x = s.data.norm.seismic(x)  # (B, 5, 1000, 70) float16 -> float32 in [-1, 1]
     y = s.data.norm.velocity(y)  # (B, 1, 70, 70)
     if s.cfg.channels_last:

@@ -2,11 +2,14 @@
 
 Needs a docker engine and the test image (``.ci/docker-image.sh`` builds ``gwi:test``; CI runs it).
 Without an engine the test skips and says why; in CI (``CI=true``) a missing engine is a failure.
+CI builds the image in the background while the other tests run (``.ci/run``): the test waits for
+that build, whose folder ``GWI_TEST_IMAGE_STATUS`` names (its ``log``, and ``rc`` once it ends).
 """
 
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,25 @@ from gwi.train import TrainConfig, train
 IMAGE = os.environ.get("GWI_TEST_IMAGE", "gwi:test")
 
 
+def build_problem(status: str, timeout_s: float = 1800) -> str | None:
+    """Wait for CI's background image build; what went wrong with it, or None."""
+    rc, log = Path(status, "rc"), Path(status, "log")
+    deadline = time.monotonic() + timeout_s
+    while not rc.exists():
+        if time.monotonic() > deadline:
+            return f"the image build ({log}) did not finish in {timeout_s:.0f} s"
+        time.sleep(2)
+    code = rc.read_text().strip()
+    if code != "0":
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+        return f"the image build failed (exit {code}); the end of {log}:\n{tail}"
+    return None
+
+
 def engine_problem() -> str | None:
+    status = os.environ.get("GWI_TEST_IMAGE_STATUS")
+    if status and (why := build_problem(status)):
+        return why
     if not shutil.which("docker"):
         return "no docker client on PATH"
     r = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from gwi.data.shards import ShardedDataset
 from gwi.data.synth import synthesize
 from gwi.errors import GwiError
-from gwi.inference import flip_seismic
-from gwi.train import EMA, LOSS_FNS, Schedule, TrainConfig, flip_some, train
+from gwi.inference import flip_seismic, flip_velocity
+from gwi.train import EMA, LOSS_FNS, Schedule, TrainConfig, flip_mask, train
 
 
 @pytest.fixture(scope="module")
@@ -42,23 +43,28 @@ def last_checkpoint(run_dir) -> dict:
 
 # -- flip augmentation -------------------------------------------------------------------------------
 
-def test_flip_mirrors_the_map_and_reverses_receivers_and_sources():
-    x = torch.arange(4 * 5 * 3 * 70, dtype=torch.float32).reshape(4, 5, 3, 70)  # (B, sources, time, receivers)
-    y = torch.arange(4 * 70 * 70, dtype=torch.float32).reshape(4, 1, 70, 70)
-    fx, fy = flip_some(x.clone(), y.clone(), 1.0, step=0, seed=0)
-    assert torch.equal(fx[:, 0, :, 0], x[:, 4, :, 69]) and torch.equal(fx[:, 2, :, 10], x[:, 2, :, 59])
-    assert torch.equal(fy[..., 0], y[..., 69]) and torch.equal(fy[:, :, 5], y[:, :, 5].flip(-1))  # depth kept
-    assert torch.equal(fx, flip_seismic(x))
-    same = flip_some(x.clone(), y.clone(), 0.0, step=0, seed=0)
-    assert torch.equal(same[0], x) and torch.equal(same[1], y)
-    # p=0.5: some flipped, some not; x and y flipped together; a pure function of (seed, step)
-    xs, ys = x.repeat(8, 1, 1, 1), y.repeat(8, 1, 1, 1)
-    hx, hy = flip_some(xs.clone(), ys.clone(), 0.5, step=3, seed=1)
-    flipped = torch.tensor([torch.equal(hy[i], ys[i].flip(-1)) for i in range(32)])
-    assert 4 < int(flipped.sum()) < 28
-    assert all(torch.equal(hx[i], flip_seismic(xs[i:i + 1])[0] if flipped[i] else xs[i]) for i in range(32))
-    again = flip_some(xs.clone(), ys.clone(), 0.5, step=3, seed=1)
-    assert torch.equal(again[1], hy) and not torch.equal(flip_some(xs.clone(), ys.clone(), 0.5, step=4, seed=1)[1], hy)
+def test_flip_mirrors_the_map_and_reverses_receivers_and_sources(dataset):
+    """The reader flips in its copy (ShardedDataset.batch(flip=...)): what it reads is flip_seismic's
+    recording and flip_velocity's map; which samples flip is a pure function of (seed, step)."""
+    ds = ShardedDataset(dataset.removeprefix("file://"))
+    x, y = ds.batch(np.arange(len(ds)), np.float16)  # (24, 5, 1000, 70), (24, 1, 70, 70)
+    idx = np.array([0, 3, 9, 11])
+    flips = np.array([True, False, True, False])
+    fx, fy = ds.batch(idx, np.float16, flip=flips)
+    px, py = ds.batch(idx, np.float16)
+    assert np.array_equal(px, x[idx]) and np.array_equal(py, y[idx])
+    assert np.array_equal(fx[0, 0, :, 0], x[0, 4, :, 69]) and np.array_equal(fx[2, 2, :, 10], x[9, 2, :, 59])
+    assert np.array_equal(fy[0, ..., 0], y[0, ..., 69]) and np.array_equal(fy[0, :, 5], y[0, :, 5, ::-1])  # depth kept
+    assert torch.equal(torch.from_numpy(fx[flips]), flip_seismic(torch.from_numpy(px[flips])))
+    assert torch.equal(torch.from_numpy(fy[flips]), flip_velocity(torch.from_numpy(py[flips])))
+    assert np.array_equal(fx[~flips], px[~flips]) and np.array_equal(fy[~flips], py[~flips])
+    with pytest.raises(ValueError, match=r"flip: expected one flag per sample, shape \(4,\), got shape \(3,\)"):
+        ds.batch(idx, flip=flips[:3])
+    # p=0.5: some flipped, some not; a pure function of (seed, step); p=0 and p=1 flip none and all
+    m = flip_mask(64, 0.5, step=3, seed=1)
+    assert 16 < int(m.sum()) < 48 and np.array_equal(flip_mask(64, 0.5, 3, 1), m)
+    assert not np.array_equal(flip_mask(64, 0.5, 4, 1), m) and not np.array_equal(flip_mask(64, 0.5, 3, 2), m)
+    assert not flip_mask(8, 0.0, 0, 0).any() and flip_mask(8, 1.0, 0, 0).all()
 
 
 def test_flip_of_a_simulated_recording_is_the_recording_of_the_mirrored_map_but_for_the_middle_shot():
