@@ -82,7 +82,9 @@ RECIPES["muon"] = {**RECIPES["gwi"], "optimizer": "muon"}  # Muon for the 2-D ma
 
 BASELINE = "inversionnet@openfwi"
 DEFAULT_ENTRIES = [BASELINE, "inversionnet@gwi", "convnext_unet@gwi", "caformer_unet@gwi", "vit_fwi@gwi",
-                   "vit_fwi@muon"]
+                   "vit_fwi@muon",
+                   # what reached 0.50x at 15 min on 2 CPU cores (docs/benchmarks.md, 2026-12-03)
+                   "convnext_unet:tiny@gwi+lr=3e-3+precision=bf16+channels_last=true"]
 FAMILIES = ["FlatVel_A", "CurveVel_A", "FlatFault_A", "CurveFault_A", "Style_A"]
 TRAIN_SEED, HELDOUT_SEED = 0, 1  # synthesis seeds: every sample's map is drawn from (seed, family, index)
 SEED = 0  # training seed (init, data order, flips)
@@ -412,7 +414,7 @@ def main(argv: list[str]) -> int:
     texts = split_entries(args.entries)
     skipped = []
     if not texts:  # the defaults: those whose model is registered here
-        texts = [t for t in DEFAULT_ENTRIES if t.split("@")[0] in known]
+        texts = [t for t in DEFAULT_ENTRIES if ENTRY_RE.match(t)["model"] in known]
         skipped = [t for t in DEFAULT_ENTRIES if t not in texts]
     try:
         entries = [parse_entry(t, preset) for t in texts]
