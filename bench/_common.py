@@ -249,7 +249,7 @@ def bare_train_steps(cfg, device, precision: str, n: int, warmup: int, seed: int
     import torch
 
     from gwi.models import registry
-    from gwi.train import amp_context
+    from gwi.training.precision import amp_context
 
     def sync() -> None:
         if device.type == "cuda":

@@ -195,7 +195,7 @@ def mean_map_mae(train_dir: Path, held: Path) -> dict:
     """Held-out MAE (m/s) of predicting the training set's per-pixel mean map: the floor any model that
     learnt something must beat."""
     from gwi.data.shards import ShardedDataset
-    from gwi.train import train_mean_map
+    from gwi.training.data import train_mean_map
 
     train_ds, ds = ShardedDataset(train_dir), ShardedDataset(held)
     mean = train_mean_map(train_ds, np.arange(len(train_ds))).numpy()[0]  # (70, 70) m/s
@@ -234,7 +234,8 @@ def evaluate(entry: Entry, run: str, held: Path, device: torch.device) -> None:
 def run_entry(entry: Entry, i: int, base: dict, train_url: str, held: Path, work: Path, budget_s: float,
               spe: int, device: torch.device, wait_s: float) -> None:
     from gwi.runs import run_url
-    from gwi.train import resolve_precision, train
+    from gwi.training import train
+    from gwi.training.precision import resolve_precision
 
     cfg0 = entry_config(entry, dataset=train_url, **base)
     cfg0.validate()

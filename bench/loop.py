@@ -7,12 +7,12 @@
 Per registered model (``--models`` to choose), at one preset and batch:
 
 * bare step: forward + L1 loss + backward + AdamW step on a batch already on the device (normalised
-  random tensors), in the precision gwi's loop resolves to (``gwi.train.resolve_precision``), with a
+  random tensors), in the precision gwi's loop resolves to (``gwi.training.precision.resolve_precision``), with a
   GradScaler for fp16, ``torch.compile`` / channels-last when the loop is asked for them (``--set
   compile=true``); the median of the timed steps, each between ``torch.cuda.synchronize()`` calls on a
   GPU. Half the timed steps run before the loop runs and half after, so a drift of the machine's speed
   shows in both figures.
-* gwi's loop: ``gwi.train.train`` on a dataset of random float16 shards (written with DatasetWriter,
+* gwi's loop: ``gwi.training.train`` on a dataset of random float16 shards (written with DatasetWriter,
   an epoch longer than the runs up to 4,096 samples, a few validation samples), same model, preset, batch, device and
   precision, TrainConfig's defaults otherwise (EMA, flip, clipping, ...; ``--set`` changes them). The
   steady rate is the difference of two runs of N1 and N2 steps, (loop_samples2 - loop_samples1) /
@@ -125,7 +125,7 @@ def write_random_dataset(store: Path, samples: int) -> str:
 
 def loop_run(base, dataset: str, run: str, steps: int, samples: int):
     """One ``train()`` of ``steps`` steps: (metrics, wall seconds)."""
-    from gwi.train import train
+    from gwi.training import train
 
     # a validation part of ~VAL_SAMPLES: kfold over the one family with parts of that size
     k = max(2, samples // VAL_SAMPLES)
@@ -204,7 +204,7 @@ def main(argv: list[str]) -> int:
     from gwi.config import TrainConfig, apply_sets
     from gwi.data.sync import pull
     from gwi.runs import run_url
-    from gwi.train import resolve_precision
+    from gwi.training.precision import resolve_precision
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",

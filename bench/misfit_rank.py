@@ -45,11 +45,12 @@ def main(argv: list[str]) -> int:
     import scipy.stats
     import torch
 
+    from gwi.config import TrainConfig
     from gwi.data.shards import ShardedDataset
     from gwi.data.synth import synthesize
     from gwi.physics.misfit import RANK_BAND_HZ
     from gwi.predict import predict, read_submission
-    from gwi.train import TrainConfig, train
+    from gwi.training import train
 
     print("\n".join(machine_lines(["bench/misfit_rank.py", *argv], f"torch {torch.__version__}")))
     work = Path(tempfile.mkdtemp(prefix="gwi-misfit-rank-"))

@@ -9,7 +9,7 @@
    inference samples/s of the default preset in fp32 at batch 2. Every figure is the median of its
    repeats after a warm-up.
 2. Quality at a fixed budget: one small synthetic dataset is made once; every model's ``tiny`` preset
-   then trains with ``gwi.train.train`` for the same wall-clock budget, and the table gives the
+   then trains with ``gwi.training.train`` for the same wall-clock budget, and the table gives the
    validation MAE in m/s (de-normalised velocity), overall and per family, beside the
    predict-the-training-mean-map baseline on the same validation samples. inversionnet, the OpenFWI
    baseline, is always in this table for comparison.
@@ -275,10 +275,11 @@ def quiet(*_a, **_k) -> None:
 
 def bench_quality(names: list[str], cfg: Config, lr: float, work: Path, wait_s: float,
                   step_floor: dict[str, float]) -> tuple[list[Quality], str]:
+    from gwi.config import TrainConfig
     from gwi.data import folds
     from gwi.data.synth import synthesize
     from gwi.runs import run_url
-    from gwi.train import TrainConfig, train
+    from gwi.training import train
 
     # the dataset, once
     store, name = work / "store", "bench-models"
@@ -298,7 +299,7 @@ def bench_quality(names: list[str], cfg: Config, lr: float, work: Path, wait_s: 
                  f"= {n} samples, made in {t_synth:.0f} s\n"
                  f"split   : {SPLIT} (family-stratified, seed {SEED}): {len(train_idx)} train / {len(val_idx)} val "
                  f"({', '.join(f'{f} {c}' for f, c in val_counts.items())}); {spe} steps/epoch at batch {BATCH}\n"
-                 f"training: tiny preset, gwi.train.train, batch {BATCH}, AdamW lr {lr:g} (5% warm-up, cosine to 0 over "
+                 f"training: tiny preset, gwi.training.train, batch {BATCH}, AdamW lr {lr:g} (5% warm-up, cosine to 0 over "
                  f"the run), L1, fp32 on CPU, budget {cfg.budget_s:.0f} s wall per model (the whole train() call)")
     runs = 0
 

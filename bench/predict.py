@@ -23,12 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gwi.config import TrainConfig  # noqa: E402
 from gwi.data.synth import synthesize  # noqa: E402
 from gwi.models.registry import list_models  # noqa: E402
 from gwi.inference import predict_batch  # noqa: E402
 from gwi.predict import predict  # noqa: E402
 from gwi.runs import load_model, run_url  # noqa: E402
-from gwi.train import TrainConfig, train  # noqa: E402
+from gwi.training import train  # noqa: E402
 
 N_TEST = 65_818
 

@@ -151,7 +151,7 @@ jobs:
     jid = f"r/tr{heartbeat_s:g}"
 
     def att(n):
-        rows = s.attempts(jid)
+        rows = s.state.attempts(jid)
         return rows[n - 1] if len(rows) >= n else None
 
     def wait(cond, timeout):
@@ -182,7 +182,7 @@ jobs:
             time.sleep(interval)
         resumed = att(2)["resumed_from_step"] if att(2) else None
     finally:
-        for a in s.attempts(jid):
+        for a in s.state.attempts(jid):
             if a["state"] in ("pending", "running") and a["handle"]:
                 s.adapter(a["platform"]).cancel(json.loads(a["handle"]))
         s.close()

@@ -138,3 +138,75 @@ class Bar:
 def progress(total: float, desc: str, unit: str = "sample", enabled: bool | None = None, data: bool = False) -> Bar:
     """A :class:`Bar` for ``total`` units of work (``data``: bytes, shown as sizes and a rate)."""
     return Bar(total, desc, unit, enabled, data)
+
+
+# -- what several commands draw ---------------------------------------------------------------------
+
+def print_problems(headline: str, problems: list) -> int:
+    """A failure and each of its problems on stderr; the exit status for it."""
+    print(headline, file=sys.stderr)
+    for p in problems:
+        print(f"  {p}", file=sys.stderr)
+    return 1
+
+
+def clock(t: float | None) -> str:
+    """An event's time of day (``-`` when it has none)."""
+    import time
+
+    return "-" if t is None else time.strftime("%H:%M:%S", time.localtime(t))
+
+
+def dataset_summary(m: dict, where: str) -> str:
+    """A dataset's manifest as a person reads it: size, shapes, float16 error, a row per family."""
+    rows = []
+    for fam, d in m["families"].items():
+        norm = m["normalisation"]["seismic"]["per_family"].get(fam, {})
+        rows.append([fam, d["samples"], f"{norm.get('min', float('nan')):.3f}", f"{norm.get('max', float('nan')):.3f}",
+                     f"{d['velocity_mean']:.0f}" if "velocity_mean" in d else "-"])
+    size = sum(s.get("bytes", 0) for s in m["shards"])
+    err = m.get("float16_error", {}).get("x", {})
+    out = [f"dataset {m['name']} at {where}",
+           f"  {m['num_samples']} samples, {len(m['shards'])} shards, {size / 1e6:,.1f} MB, seismic "
+           f"{tuple(m['seismic_shape'])} float16 (round-trip max abs {err.get('max_abs', 0):.3g}, max rel "
+           f"{err.get('max_rel', 0):.3g})",
+           ""]
+    out.append(table(rows, ["family", "samples", "log-min", "log-max", "mean v m/s"]))
+    dec = m.get("time_decimation")
+    if dec:
+        out.append(f"\n  time decimated ×{dec['factor']}: {100 * dec['energy_above_new_nyquist_fraction']:.2f}% of the "
+                   f"energy was above the new Nyquist ({dec['nyquist_hz']:.0f} Hz), "
+                   f"{100 * dec['energy_removed_by_filter_fraction']:.2f}% removed by the anti-alias filter")
+    return "\n".join(out)
+
+
+def status_table(recs: list[dict]) -> str:
+    """The jobs of ``gwi status`` (records from ``View.status_records``), an epoch bar beside each."""
+    rows = []
+    for r in recs:
+        ep = f"{r['epoch']}/{r['epochs']}" if r["epochs"] else "-"
+        mae = f"{r['val_mae']:.1f}" if isinstance(r["val_mae"], (int, float)) else "-"
+        beat = duration(r["heartbeat_age_s"])
+        rows.append([r["job"], r["platform"] or "-", r["shown_state"], r["attempt"] or "-", ep, mae,
+                     duration(r["eta_s"]), beat if beat == "-" else beat + " ago", f"${r['cost_usd']:.2f}",
+                     (r["reason"] or "")[:70]])
+    bars = [(r["epoch"], r["epochs"]) if r["epochs"] else None for r in recs]
+    return table(rows, ["job", "platform", "state", "try", "epoch", "val MAE m/s", "ETA", "beat", "cost", "note"],
+                 styles={"state": STATE_STYLE}, bars={"epoch": bars})
+
+
+def platform_table(v, credentials: bool = False) -> str:
+    """The platforms of a scheduler ``View``: slots in use, quota used, price, spent (and credentials)."""
+    rows = []
+    for name, p in sorted(v.profiles.items()):
+        u = v.usage(name)
+        quota = f"{u['hours_week']:.1f}/{p.quota_hours_per_week:g} h" if p.quota_hours_per_week is not None \
+            else f"{u['hours_week']:.1f} h"
+        row = [name, p.adapter, p.gpu or "-", f"{u['active']}/{p.capacity}", quota, f"${p.usd_per_hour:g}/h",
+               f"${u['cost_usd']:.2f}"]
+        if credentials:
+            missing = p.missing_credentials()
+            row.append("missing " + ", ".join(missing) if missing else "set" if p.credentials else "-")
+        rows.append(row)
+    head = ["platform", "adapter", "gpu", "running", "used (7 days)", "price", "spent"]
+    return table(rows, head + (["credentials"] if credentials else []))

@@ -72,7 +72,7 @@ def create_app(home=None, refresh_s: float = 5.0):
     def run_image(image: str, job_id: str):
         """A run's training curves (train jobs) or worst samples (evaluate jobs), from the store."""
         with closing(view()) as v:
-            row = v.job(job_id)
+            row = v.state.job(job_id)
             if row is None:
                 abort(404, f"no job {job_id!r}")
             url = v.run_url(row)
@@ -117,18 +117,18 @@ def _page_data(v) -> dict:
     for p in plans.values():
         p["counts"] = sorted(Counter(r["shown_state"] for r in p["jobs"]).items())
         p["curves"] = [r for r in p["jobs"] if r["kind"] in ("train", "sweep") and r["attempt"]]
-    last = v.last_reconcile()
-    events = list(v.events(after_id=max(0, v.last_event_id() - EVENTS_SHOWN)))[::-1]
+    last = v.state.last_reconcile()
+    events = list(v.state.events(after_id=max(0, v.state.last_event_id() - EVENTS_SHOWN)))[::-1]
     return {"plans": list(plans.values()), "platforms": v.platform_records(), "events": events, "now": time.time(),
-            "last_pass_age": None if last is None else time.time() - last, "unfinished": v.unfinished()}
+            "last_pass_age": None if last is None else time.time() - last, "unfinished": v.state.unfinished()}
 
 
 def _job_data(v, jid: str) -> dict:
-    row = v.job(jid)
+    row = v.state.job(jid)
     rec = next(r for r in v.status_records(row["spec"]) if r["job"] == jid)
     rec["fraction"], rec["progress_text"] = _progress(rec)
     attempts = []
-    for a in v.attempts(jid):
+    for a in v.state.attempts(jid):
         attempts.append({"n": a["n"], "platform": a["platform"], "state": a["state"],
                          "reason": a["end_reason"] or a["last_error"],
                          "launched_at": a["launched_at"], "ended_at": a["ended_at"], "hours": v.attempt_hours(a),
@@ -136,7 +136,7 @@ def _job_data(v, jid: str) -> dict:
                          "progress": json.loads(a["progress"]) if a["progress"] else None})
     url = v.run_url(row)
     return {"job": rec, "run": url, "definition": v.job_def(row).to_dict(), "attempts": attempts,
-            "events": [dict(e) for e in v.events(jid)],
+            "events": [dict(e) for e in v.state.events(jid)],
             "evaluation": _evaluation(url) if row["kind"] == "evaluate" else None}
 
 

@@ -582,13 +582,13 @@ def run_round(world: World, driver: Driver, sampler: StepSampler, name: str, *, 
         longest = max(longest, took)
         if took > 10:
             slow.append(f"a scheduler pass took {took:.1f} s (from {p0 - driver.t0:.1f} s)")
-        if all(j["state"] in ("succeeded", "failed", "cancelled") for j in s.jobs(name)):
+        if all(j["state"] in ("succeeded", "failed", "cancelled") for j in s.state.jobs(name)):
             break
         time.sleep(0.3)
     driver.active.clear()
     wall = time.monotonic() - t0
-    jobs = {j["name"]: j["state"] for j in s.jobs(name)}
-    n_att = sum(len(s.attempts(f"{name}/{j}")) for j in jobs)
+    jobs = {j["name"]: j["state"] for j in s.state.jobs(name)}
+    n_att = sum(len(s.state.attempts(f"{name}/{j}")) for j in jobs)
     return RoundResult(name, round(wall, 1), jobs, n_att, round(longest, 2), notes=slow)
 
 
@@ -596,7 +596,7 @@ def run_round(world: World, driver: Driver, sampler: StepSampler, name: str, *, 
 
 def _events(s, job_id: str, last: int = 25, until: float | None = None) -> str:
     """The job's events (up to ``until``, a time), newest ``last``, with their clock time and attempt."""
-    evs = [e for e in s.events(job_id) if until is None or e["time"] <= until]
+    evs = [e for e in s.state.events(job_id) if until is None or e["time"] <= until]
     return "\n".join(f"    {time.strftime('%X', time.localtime(e['time']))} {e['attempt_id'] or '-'} {e['kind']} "
                      f"{e['message'][:300]}" for e in evs[-last:])
 
@@ -612,7 +612,7 @@ def check_round(world: World, sampler: StepSampler, r: RoundResult) -> None:
     for job in TRAIN_JOBS:
         url = run_url(world.store, r.name, job)
         _check_monotonic(r, url, sampler.runs.get(url, []))
-        for a in s.attempts(f"{r.name}/{job}"):
+        for a in s.state.attempts(f"{r.name}/{job}"):
             _check_resume(world, sampler, r, url, a)
     _wind_down(world, r)
 

@@ -16,7 +16,7 @@ import torch
 from gwi import budget
 from gwi.budget import Costs, format_duration, parse_duration
 from gwi.data.synth import synthesize
-from gwi.train import Schedule
+from gwi.training.optim import Schedule
 
 
 @pytest.mark.parametrize("text,secs", [("90s", 90), ("45m", 2700), ("1.5h", 5400), ("2h30m", 9000),

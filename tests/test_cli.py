@@ -111,7 +111,7 @@ def test_status_and_history_only_read_and_never_wait_for_the_lock(tmp_path):
         r = run("history", "d", env=env)
         assert r.returncode == 0 and "dispatched" in r.stdout and "uncommitted" not in r.stdout
     # nothing was reconciled: the job was not even queued
-    assert s.job("p/d")["state"] == "waiting" and s.last_reconcile() is None
+    assert s.state.job("p/d")["state"] == "waiting" and s.state.last_reconcile() is None
     s.close()
 
 

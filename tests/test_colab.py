@@ -132,12 +132,12 @@ def test_uploaded_to_drive_followed_by_heartbeat_and_cancelled_by_flag(tmp_path,
                     "  - {name: long, kind: synth, backend: deepwave, dataset: big, families: [CurveVel_B], samples: 4000}\n")
     s.submit(load_spec(spec, profiles=s.profiles))
     s.reconcile()
-    launched = [e["message"] for e in s.events() if e["kind"] == "launched"]
+    launched = [e["message"] for e in s.state.events() if e["kind"] == "launched"]
     assert launched[0] == "attempt 1 on colab: open https://colab.research.google.com/drive/file1 and run all"
     assert drive.files["file1"]["meta"] == {"name": "gwi-c.data.1.ipynb", "mimeType": "application/vnd.google.colaboratory",
                                             "parents": ["F1"]}
     nb = nbformat.reads(drive.files["file1"]["content"].decode(), as_version=4)
-    assert s.attempts("c/data")[0]["state"] == "pending"  # nobody has opened it yet
+    assert s.state.attempts("c/data")[0]["state"] == "pending"  # nobody has opened it yet
     # a person opens the notebook and runs it; its credentials come from Colab's Secrets
     env = fake_colab(tmp_path, {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                                 "AWS_ENDPOINT_URL": moto_server, "AWS_DEFAULT_REGION": "us-east-1"})
@@ -150,10 +150,10 @@ def test_uploaded_to_drive_followed_by_heartbeat_and_cancelled_by_flag(tmp_path,
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             s.reconcile()
-            if s.jobs()[0]["state"] == "succeeded" and s.attempts("c/long")[0]["state"] == "running":
+            if s.state.jobs()[0]["state"] == "succeeded" and s.state.attempts("c/long")[0]["state"] == "running":
                 break
             time.sleep(0.5)
-        a = s.attempts("c/data")[0]
+        a = s.state.attempts("c/data")[0]
         assert (a["state"], a["end_reason"]) == ("succeeded", "finished (by its heartbeat)")
         assert run1.wait(timeout=30) == 0
         assert s.cancel("c/long") == "c/long cancelled; attempt 1 on colab stopped"

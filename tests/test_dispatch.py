@@ -83,7 +83,7 @@ def latest_step(store):
 
 
 def attempt_counts(s):
-    return {j["id"]: len(s.attempts(j["id"])) for j in s.jobs() if s.attempts(j["id"])}
+    return {j["id"]: len(s.state.attempts(j["id"])) for j in s.state.jobs() if s.state.attempts(j["id"])}
 
 
 def test_killed_training_moves_to_the_next_platform_and_resumes(sched, world, tmp_path):
@@ -92,8 +92,8 @@ def test_killed_training_moves_to_the_next_platform_and_resumes(sched, world, tm
     s.submit(load_spec(write_spec(tmp_path, store, TRAIN.format(stall=30)), profiles=s.profiles))
     run_until(s, lambda: (latest_step(store) or 0) >= 10 and progress(s, "e2e.tr.1").get("step", 0) >= 12, 120)
     os.kill(progress(s, "e2e.tr.1")["pid"], signal.SIGKILL)  # the training process dies mid-run
-    run_until(s, lambda: s.jobs()[0]["state"] == "succeeded", 180)
-    a1, a2 = s.attempts("e2e/tr")
+    run_until(s, lambda: s.state.jobs()[0]["state"] == "succeeded", 180)
+    a1, a2 = s.state.attempts("e2e/tr")
     assert (a1["platform"], a1["state"], a1["exit_code"]) == ("local-a", "failed", 137)
     assert a1["end_reason"].startswith("killed by SIGKILL")
     assert (a2["platform"], a2["state"]) == ("local-b", "succeeded")
@@ -103,7 +103,7 @@ def test_killed_training_moves_to_the_next_platform_and_resumes(sched, world, tm
     assert metrics["resumed_from"] == f"checkpoints/step-{a2['resumed_from_step']}.pt"
     assert metrics["steps"] == 90 and metrics["epochs"] == 30
     assert "resumed from checkpoints/step-" in Path(s.home, "attempts", "e2e.tr.2", "log").read_text()
-    kinds = [e["kind"] for e in s.events("e2e/tr")]
+    kinds = [e["kind"] for e in s.state.events("e2e/tr")]
     assert kinds.count("launched") == 2 and "failed" in kinds and kinds[-1] == "succeeded"
 
 
@@ -115,13 +115,13 @@ def test_stalled_attempt_is_declared_lost_stopped_and_moved(sched, world, tmp_pa
     run_until(s, lambda: progress(s, "stall.tr.1").get("step", 0) >= 3, 120)
     pid = progress(s, "stall.tr.1")["pid"]
     os.kill(pid, signal.SIGSTOP)  # alive but silent: no heartbeat
-    run_until(s, lambda: len(s.attempts("stall/tr")) == 2, 60)
-    a1 = s.attempts("stall/tr")[0]
+    run_until(s, lambda: len(s.state.attempts("stall/tr")) == 2, 60)
+    a1 = s.state.attempts("stall/tr")[0]
     assert a1["state"] == "lost" and a1["end_reason"].startswith("heartbeat stalled: none for ")
     time.sleep(0.5)
     assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
-    run_until(s, lambda: s.jobs()[0]["state"] == "succeeded", 180)
-    assert s.attempts("stall/tr")[1]["platform"] == "local-b"
+    run_until(s, lambda: s.state.jobs()[0]["state"] == "succeeded", 180)
+    assert s.state.attempts("stall/tr")[1]["platform"] == "local-b"
 
 
 def test_killed_scheduler_restarts_and_completes_without_double_launch(world, tmp_path, monkeypatch):
@@ -154,10 +154,10 @@ jobs:
     for w in watchers:
         w.wait(timeout=240)
     assert [w.returncode for w in watchers] == [0, 0], watchers[0].stdout.read()
-    assert attempt_counts(s) == {"restart/d2": 1, "restart/tr": 1, "restart/ens": 1}, [f"{e['job_id']} {e['message']}" for e in s.events()]
-    assert {j["name"]: j["state"] for j in s.jobs()} == {"d2": "succeeded", "tr": "succeeded", "ens": "succeeded"}
+    assert attempt_counts(s) == {"restart/d2": 1, "restart/tr": 1, "restart/ens": 1}, [f"{e['job_id']} {e['message']}" for e in s.state.events()]
+    assert {j["name"]: j["state"] for j in s.state.jobs()} == {"d2": "succeeded", "tr": "succeeded", "ens": "succeeded"}
     assert sorted(p.name for p in (home / "attempts").iterdir()) == ["restart.d2.1", "restart.ens.1", "restart.tr.1"]
-    launched = [e for e in s.events() if e["kind"] == "launched"]
+    launched = [e for e in s.state.events() if e["kind"] == "launched"]
     assert len(launched) == 3
     ens = json.loads(open_store(run_url(store, "restart", "ens")).get_bytes("ensemble.json"))
     assert ens["format"] == "gwi-ensemble"
@@ -279,13 +279,13 @@ jobs:
         st.faults = ["hang"] * 1000  # from now on every request is accepted and never answered
         os.killpg(json.loads(s.state.attempt("hang.work.1")["handle"])["pid"], signal.SIGKILL)
         slowest, deadline = 0.0, time.monotonic() + 180
-        while s.job("hang/work")["state"] != "succeeded" and time.monotonic() < deadline:
+        while s.state.job("hang/work")["state"] != "succeeded" and time.monotonic() < deadline:
             t0 = time.monotonic()
             s.reconcile()
             slowest = max(slowest, time.monotonic() - t0)
             time.sleep(0.2)
-        assert s.job("hang/work")["state"] == "succeeded", [e["message"] for e in s.events()]
-        assert [(a["platform"], a["state"]) for a in s.attempts("hang/work")] == [("local-a", "lost"),
+        assert s.state.job("hang/work")["state"] == "succeeded", [e["message"] for e in s.state.events()]
+        assert [(a["platform"], a["state"]) for a in s.state.attempts("hang/work")] == [("local-a", "lost"),
                                                                                   ("local-b", "succeeded")]
         assert slowest < 2 + 2  # one call timeout (the hung query), plus the pass's own work
         cloud = s.state.attempt("hang.cloud.1")

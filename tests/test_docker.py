@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gwi.config import TrainConfig
 from gwi.data.synth import synthesize, velocity_batch
 from gwi.physics import simulate
 from gwi.predict import check_submission
-from gwi.train import TrainConfig, train
+from gwi.training import train
 
 IMAGE = os.environ.get("GWI_TEST_IMAGE", "gwi:test")
 
@@ -135,11 +136,11 @@ jobs:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         s.reconcile()
-        states = {j["name"]: j["state"] for j in s.jobs()}
-        if states["data"] in ("succeeded", "failed") and s.attempts("dk/long")[0]["state"] == "running":
+        states = {j["name"]: j["state"] for j in s.state.jobs()}
+        if states["data"] in ("succeeded", "failed") and s.state.attempts("dk/long")[0]["state"] == "running":
             break
         time.sleep(0.5)
-    a = s.attempts("dk/data")[0]
+    a = s.state.attempts("dk/data")[0]
     assert states["data"] == "succeeded", (a["end_reason"], s.logs("dk/data")[1][-2000:])
     assert json.loads(a["handle"])["container"] == "gwi-dk-data-1"
     assert json.loads(open_store(store + "/datasets/d").get_bytes("manifest.json"))["num_samples"] == 2

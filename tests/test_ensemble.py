@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from gwi.config import TrainConfig
 from gwi.data.synth import synthesize, velocity_batch
 from gwi.physics import simulate
 from gwi.models.ensemble import crf_smooth, fit, fit_crf, fit_weights, load_ensemble
 from gwi.predict import predict
-from gwi.train import TrainConfig, train
+from gwi.training import train
 
 
 def layered(n=4, seed=0):

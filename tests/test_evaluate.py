@@ -9,13 +9,14 @@ import torch
 from scipy import ndimage
 
 from gwi.cli import main
+from gwi.config import TrainConfig
 from gwi.data.shards import ShardedDataset
 from gwi.data.synth import synthesize
 from gwi.data.sync import pull
 from gwi.evaluate import evaluate, ssim
 from gwi.inference import predict_batch
 from gwi.runs import load_model
-from gwi.train import TrainConfig, train
+from gwi.training import train
 
 
 def ssim_by_hand(a: np.ndarray, b: np.ndarray) -> float:

@@ -55,8 +55,8 @@ def submit(kg, body, name="kg"):
 def test_a_job_runs_as_a_kaggle_kernel_with_secrets_from_the_secret_store(kg):
     s, st = kg["s"], kg["st"]
     submit(kg, "  - {name: data, kind: synth, backend: deepwave, dataset: d, families: [FlatVel_A], samples: 2}\n")
-    run_until(s, lambda: s.jobs()[0]["state"] in ("succeeded", "failed"), 180)
-    a = s.attempts("kg/data")[0]
+    run_until(s, lambda: s.state.jobs()[0]["state"] in ("succeeded", "failed"), 180)
+    a = s.state.attempts("kg/data")[0]
     assert (a["state"], a["platform"]) == ("succeeded", "kaggle"), (a["end_reason"], s.logs("kg/data")[1][-3000:])
     assert a["hours_limit"] == 12  # the session cap
     push = st.pushes[0]
@@ -83,9 +83,9 @@ def test_failed_and_cancelled_kernels(kg):
     submit(kg, "  - {name: bad, kind: synth, backend: deepwave, dataset: x, families: [FlatVel_A], samples: 2}\n"
                "  - {name: long, kind: synth, backend: deepwave, dataset: big, families: [CurveVel_B], samples: 4000}\n")
     open_store(kg["store"] + "/datasets/x").put_bytes("manifest.json", b"{not json")  # makes 'bad' fail in the kernel
-    run_until(s, lambda: s.jobs()[0]["state"] == "failed" and s.attempts("kg/long")
-              and s.attempts("kg/long")[0]["state"] == "running", 180)
-    a = s.attempts("kg/bad")[0]
+    run_until(s, lambda: s.state.jobs()[0]["state"] == "failed" and s.state.attempts("kg/long")
+              and s.state.attempts("kg/long")[0]["state"] == "running", 180)
+    a = s.state.attempts("kg/bad")[0]
     assert a["state"] == "failed" and "script exited with 1" in a["end_reason"]
     assert "manifest" in s.logs("kg/bad")[1]
     assert s.cancel("kg/long") == "kg/long cancelled; attempt 1 on kaggle stopped"
@@ -142,10 +142,11 @@ def test_slugs_fit_kaggle_limits():
 def test_package_mirrors_runs_and_an_offline_predict_reads_the_mirror(tmp_path, monkeypatch):
     """`gwi kaggle package` then, as in an offline kernel, predict with store URLs mapped onto it."""
     from gwi.cli import main
+    from gwi.config import TrainConfig
     from gwi.data.synth import synthesize
     from gwi.models.ensemble import fit
     from gwi.predict import check_submission
-    from gwi.train import TrainConfig, train
+    from gwi.training import train
 
     store = f"file://{tmp_path}/store"
     synthesize(["FlatVel_A"], 8, store, "d", seed=2, batch_size=8, progress=False, backend="deepwave")

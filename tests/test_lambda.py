@@ -53,7 +53,7 @@ def cloud(tmp_path, monkeypatch):
     yield {"st": st, "sshd": sshd, "s": s, "store": store, "tmp": tmp_path, "remote": remote, "plat": plat}
     st.release.set()  # end any scripted hang
     stop_remote_jobs(remote)  # never leave a job, or its watchdog, behind
-    for a in s.db.execute("SELECT * FROM attempts WHERE state IN ('pending','running')").fetchall():
+    for a in s.state.db.execute("SELECT * FROM attempts WHERE state IN ('pending','running')").fetchall():
         if a["handle"]:
             try:
                 s.adapter(a["platform"]).cancel(json.loads(a["handle"]))
@@ -78,8 +78,8 @@ LONG = ("jobs:\n  - {name: long, kind: synth, backend: deepwave, dataset: big, f
 def test_job_runs_on_an_instance_over_ssh_and_the_instance_is_terminated(cloud):
     c, s, st = cloud, cloud["s"], cloud["st"]
     s.submit(spec(c, SYNTH))
-    run_until(s, lambda: s.jobs()[0]["state"] in ("succeeded", "failed"), 120)
-    a = s.attempts("lc/data")[0]
+    run_until(s, lambda: s.state.jobs()[0]["state"] in ("succeeded", "failed"), 120)
+    a = s.state.attempts("lc/data")[0]
     assert (a["platform"], a["state"]) == ("lam", "succeeded"), a["end_reason"]
     assert st.running() == [] and len(st.instances) == 1  # one instance, terminated at the end
     inst = next(iter(st.instances.values()))
@@ -101,13 +101,13 @@ def test_capacity_errors_try_the_next_region_then_fall_back(cloud):
     st.types["gpu_1x_a10"]["regions"] = ["us-east-1", "us-west-1"]
     st.capacity_refusals = {("gpu_1x_a10", "us-east-1")}  # listed with capacity, but the launch says no
     s.submit(spec(c, SYNTH))
-    run_until(s, lambda: s.jobs()[0]["state"] == "succeeded", 120)
+    run_until(s, lambda: s.state.jobs()[0]["state"] == "succeeded", 120)
     assert [i["region"]["name"] for i in st.instances.values()] == ["us-west-1"]
     # no capacity anywhere: the launch fails as 'capacity' and the job moves to the next platform
     st.capacity_refusals = {("gpu_1x_a10", "us-east-1"), ("gpu_1x_a10", "us-west-1")}
     s.submit(spec(c, SYNTH.replace("name: data,", "name: data2,").replace("dataset: d,", "dataset: d2,"), name="lc2"))
-    run_until(s, lambda: s.jobs("lc2")[0]["state"] == "succeeded", 120)
-    a1, a2 = s.attempts("lc2/data2")
+    run_until(s, lambda: s.state.jobs("lc2")[0]["state"] == "succeeded", 120)
+    a1, a2 = s.state.attempts("lc2/data2")
     assert a1["end_reason"].startswith("launch failed (capacity): lam: no capacity: gpu_1x_a10 in us-east-1: ")
     assert a2["platform"] == "fallback"
     assert st.running() == []
@@ -136,27 +136,27 @@ def test_rate_limits_are_retried_with_backoff(cloud):
 def test_ssh_dropped_and_machine_gone_is_lost_terminated_and_moved(cloud):
     c, s, st = cloud, cloud["s"], cloud["st"]
     s.submit(spec(c, LONG))
-    run_until(s, lambda: s.attempts("lc/long") and s.attempts("lc/long")[0]["state"] == "running", 120)
+    run_until(s, lambda: s.state.attempts("lc/long") and s.state.attempts("lc/long")[0]["state"] == "running", 120)
     c["sshd"].stop()  # the connection drops ...
     rdir = c["remote"] / "gwi-lc.long.1"
     os.killpg(int((rdir / "pid").read_text()), signal.SIGKILL)  # ... and the machine's work with it
-    run_until(s, lambda: len(s.attempts("lc/long")) == 2, 60)
-    a1 = s.attempts("lc/long")[0]
+    run_until(s, lambda: len(s.state.attempts("lc/long")) == 2, 60)
+    a1 = s.state.attempts("lc/long")[0]
     assert a1["state"] == "lost" and a1["end_reason"].startswith("heartbeat stalled")
     assert "SSH" in a1["last_error"]
     assert st.running() == []  # terminated through the API, though SSH was gone
-    assert s.attempts("lc/long")[1]["platform"] == "fallback"
+    assert s.state.attempts("lc/long")[1]["platform"] == "fallback"
     s.cancel("lc/long")
 
 
 def test_changed_host_key_is_refused_with_a_clear_error(cloud):
     c, s, st = cloud, cloud["s"], cloud["st"]
     s.submit(spec(c, LONG))
-    run_until(s, lambda: s.attempts("lc/long") and s.attempts("lc/long")[0]["state"] == "running", 120)
+    run_until(s, lambda: s.state.attempts("lc/long") and s.state.attempts("lc/long")[0]["state"] == "running", 120)
     c["sshd"].stop()
     c["sshd"].start(new_host_key=True)  # same address, another machine (or a man in the middle)
-    run_until(s, lambda: s.attempts("lc/long")[0]["state"] != "running", 60)
-    a1 = s.attempts("lc/long")[0]
+    run_until(s, lambda: s.state.attempts("lc/long")[0]["state"] != "running", 60)
+    a1 = s.state.attempts("lc/long")[0]
     assert a1["state"] == "lost"
     assert f"host key of 127.0.0.1:{c['sshd'].port} changed since first contact (recorded SHA256:" in a1["end_reason"]
     assert "refusing to connect" in a1["end_reason"]
@@ -167,7 +167,7 @@ def test_changed_host_key_is_refused_with_a_clear_error(cloud):
 def test_cancel_leaves_no_instance_running(cloud):
     c, s, st = cloud, cloud["s"], cloud["st"]
     s.submit(spec(c, LONG))
-    run_until(s, lambda: s.attempts("lc/long") and s.attempts("lc/long")[0]["state"] == "running", 120)
+    run_until(s, lambda: s.state.attempts("lc/long") and s.state.attempts("lc/long")[0]["state"] == "running", 120)
     pid = int((c["remote"] / "gwi-lc.long.1" / "pid").read_text())
     assert s.cancel("lc/long") == "lc/long cancelled; attempt 1 on lam stopped"
     assert st.running() == []

@@ -3,9 +3,10 @@ predict-the-training-mean baseline (a per-pixel mean velocity map, the strongest
 
 import pytest
 
+from gwi.config import TrainConfig
 from gwi.data.synth import synthesize
 from gwi.models.registry import list_models
-from gwi.train import TrainConfig, train
+from gwi.training import train
 
 
 @pytest.fixture(scope="module")

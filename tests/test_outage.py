@@ -324,7 +324,8 @@ def test_a_killed_pull_leaves_nothing_that_looks_complete(s3_dataset):
 
 
 def test_train_resume_during_an_outage_exits_75_and_keeps_its_steps(proxied, kaggle_dir, tmp_path):
-    from gwi.train import TrainConfig, train
+    from gwi.config import TrainConfig
+    from gwi.training import train
 
     url, proxy = proxied
     root, _ = kaggle_dir

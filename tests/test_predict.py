@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from gwi.config import TrainConfig
 from gwi.data.prep import prep_test
 from gwi.data.synth import synthesize, velocity_batch
 from gwi.physics import simulate
@@ -17,7 +18,7 @@ from gwi.errors import DataError
 from gwi.inference import flip_seismic, predict_batch
 from gwi.predict import COLUMNS, HEADER, check_submission, predict
 from gwi.runs import load_model
-from gwi.train import TrainConfig, train
+from gwi.training import train
 
 GWI = shutil.which("gwi", path=str(Path(sys.executable).parent)) or "gwi"
 

@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from gwi.config import TrainConfig
 from gwi.data.shards import ShardedDataset
 from gwi.data.synth import synthesize
 from gwi.errors import GwiError
 from gwi.inference import flip_seismic, flip_velocity
-from gwi.train import EMA, LOSS_FNS, Schedule, TrainConfig, flip_mask, train
+from gwi.training import train
+from gwi.training.data import flip_mask
+from gwi.training.optim import EMA, LOSS_FNS, Schedule
 
 
 @pytest.fixture(scope="module")

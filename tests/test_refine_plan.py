@@ -80,7 +80,7 @@ def test_refine_over_four_shards_survives_a_kill_and_merges(tmp_path, monkeypatc
         run_until(s, lambda: s.state.job("fix/refine")["state"] in ("succeeded", "failed"), 300)
         assert s.state.job("fix/refine")["state"] == "succeeded", s.state.job("fix/refine")["reason"]
         killed = s.state.job(victim["job_id"])
-        tries = s.attempts(victim["job_id"])
+        tries = s.state.attempts(victim["job_id"])
     finally:
         for a in s.state.active_attempts():
             s.adapter(a["platform"]).cancel(json.loads(a["handle"]))

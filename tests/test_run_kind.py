@@ -47,7 +47,7 @@ jobs:
         assert f"features written for {store}" in s.logs("own/ok")[1]
         assert Path(tmp_path, "store", "runs", "own", "ok", "features.txt").read_text() == "made by a plan's own script"
         # a failing command fails its attempt with its status, and the job moves to the next platform
-        tries = s.attempts("own/bad")
+        tries = s.state.attempts("own/bad")
         assert s.state.job("own/bad")["state"] == "failed" and sorted(t["platform"] for t in tries) == ["first", "second"]
         assert [t["exit_code"] for t in tries] == [3, 3]
         beat = json.loads(Path(tmp_path, "store", "runs", "own", "ok", "attempts", "1", "progress.json").read_text())

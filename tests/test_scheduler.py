@@ -94,11 +94,11 @@ def env(tmp_path):
 
 
 def jobs(s):
-    return {r["name"]: (r["state"], r["reason"]) for r in s.jobs()}
+    return {r["name"]: (r["state"], r["reason"]) for r in s.state.jobs()}
 
 
 def attempts(s, job):
-    return [(a["platform"], a["state"], a["end_reason"]) for a in s.attempts(f"t/{job}")]
+    return [(a["platform"], a["state"], a["end_reason"]) for a in s.state.attempts(f"t/{job}")]
 
 
 SYNTH = """
@@ -120,19 +120,19 @@ def test_happy_path_runs_dependencies_in_order(env):
     assert req.heartbeat_url.endswith("/runs/t/data/attempts/1/progress.json")
     beat("t.data.1")
     s.reconcile()
-    assert s.attempts("t/data")[0]["state"] == "running"
+    assert s.state.attempts("t/data")[0]["state"] == "running"
     fakes["a"].finish("t.data.1")
     s.reconcile()
     assert jobs(s)["data"][0] == "succeeded"
     assert jobs(s)["tr"][0] == "running" and fakes["a"].launched[-1].attempt_id == "t.tr.1"
     beat("t.tr.1", epoch=1, epochs=3, val_mae=420.5)
     s.reconcile()
-    ev = [e["message"] for e in s.events("t/tr")]
+    ev = [e["message"] for e in s.state.events("t/tr")]
     assert "epoch 1/3: val MAE 420.5 m/s" in ev
     fakes["a"].finish("t.tr.1")
     s.reconcile()
     assert jobs(s) == {"data": ("succeeded", ""), "tr": ("succeeded", "")}
-    assert s.unfinished() == 0
+    assert s.state.unfinished() == 0
 
 
 def test_failure_moves_to_next_platform_and_exhaustion_fails_with_every_reason(env):
@@ -293,7 +293,7 @@ def test_launch_errors(env):
     for wait in (31, 32, 33):  # the same refusal pass after pass is one event, not one per pass
         fakes["a"].launch_error = PlatformError(f"a: rate limited, retry in {wait} s", "retryable")
         s.reconcile()
-    retries = [e["message"] for e in s.events("t/data") if e["kind"] == "launch-retry"]
+    retries = [e["message"] for e in s.state.events("t/data") if e["kind"] == "launch-retry"]
     assert retries == ["a: rate limited", "a: rate limited, retry in 31 s"]
     fakes["a"].launch_error = None
     s.reconcile()  # the same attempt is launched on the next pass
@@ -301,7 +301,7 @@ def test_launch_errors(env):
     s.submit(spec(SYNTH.replace("name: data", "name: data2").replace("dataset: d,", "dataset: d2,"), name="u"))
     fakes["a"].launch_error = PlatformError("a: no capacity in any region", "capacity")
     s.reconcile()
-    assert [(a["platform"], a["state"], a["end_reason"]) for a in s.attempts("u/data2")][:2] == [
+    assert [(a["platform"], a["state"], a["end_reason"]) for a in s.state.attempts("u/data2")][:2] == [
         ("a", "failed", "launch failed (capacity): a: no capacity in any region"), ("b", "pending", "")]
 
 
@@ -312,7 +312,7 @@ def test_redispatch_is_idempotent_and_a_crash_before_launch_is_recovered(env):
     s.reconcile()
     assert s.submit(sp) == ["data: already running", "tr: already waiting"]
     s.reconcile()
-    assert len(fakes["a"].launched) == 1 and len(s.attempts("t/data")) == 1
+    assert len(fakes["a"].launched) == 1 and len(s.state.attempts("t/data")) == 1
     # an attempt recorded but never launched (the scheduler died in between) is launched once, same id
     fakes["a"].finish("t.data.1", 1)
     s.reconcile()
@@ -371,7 +371,7 @@ def test_logs_and_history(env):
     assert text == "log of t.data.1\n" and att["n"] == 1
     with pytest.raises(GwiError, match="t/tr has no attempt yet"):
         s.logs("t/tr")
-    kinds = [e["kind"] for e in s.events("t/data")]
+    kinds = [e["kind"] for e in s.state.events("t/data")]
     assert kinds == ["dispatched", "queued", "assigned", "launched"]
     assert Path(s.home, "state.db").exists()
 
@@ -392,14 +392,14 @@ def test_unreachable_platform_defers_to_the_heartbeat(env):
         clock.advance(20)
         beat("t.data.1")
         s.reconcile()
-    a = s.attempts("t/data")[0]
+    a = s.state.attempts("t/data")[0]
     assert (a["state"], a["last_error"]) == ("running", "a: connection reset")
     # the process reports its own end; after a grace for the platform to confirm, it is believed
     beat("t.data.1", state="succeeded")
     s.reconcile()
     clock.advance(39)  # grace: 2 heartbeats (20 s default)
     s.reconcile()
-    assert s.attempts("t/data")[0]["state"] == "running"
+    assert s.state.attempts("t/data")[0]["state"] == "running"
     clock.advance(2)
     s.reconcile()
     assert attempts(s, "data")[0] == ("a", "succeeded", "finished (by its heartbeat)")
@@ -466,15 +466,15 @@ def test_a_failed_stop_is_retried_until_it_works(env):
     fakes["a"].cancel = down
     clock.advance(61)  # no heartbeat: lost, and the stop fails
     s.reconcile()
-    a = s.attempts("t/data")[0]
+    a = s.state.attempts("t/data")[0]
     assert a["state"] == "lost" and a["cleanup"] == "a: API down"
     assert a["end_reason"].endswith("; stop failed: a: API down; gwi retries it at every pass")
     s.reconcile()
-    assert s.attempts("t/data")[0]["cleanup"] == "a: API down"
+    assert s.state.attempts("t/data")[0]["cleanup"] == "a: API down"
     fakes["a"].cancel = real_cancel
     s.reconcile()
-    assert s.attempts("t/data")[0]["cleanup"] is None and fakes["a"].cancelled == ["t.data.1"]
-    assert "attempt 1 on a stopped on retry" in [e["message"] for e in s.events("t/data")]
+    assert s.state.attempts("t/data")[0]["cleanup"] is None and fakes["a"].cancelled == ["t.data.1"]
+    assert "attempt 1 on a stopped on retry" in [e["message"] for e in s.state.events("t/data")]
 
 
 def test_an_unreachable_store_is_not_a_stall_and_missing_credentials_are_not_a_verdict(env, monkeypatch):
@@ -510,8 +510,8 @@ def test_one_broken_platform_does_not_stop_the_others(env):
     fakes["a"].query = broken
     fakes["b"].finish("u.other.1")
     s.reconcile()
-    assert s.jobs("u")[0]["state"] == "succeeded"  # the other job went on
-    assert any(e["kind"] == "error" or "adapter bug" in e["message"] for e in s.events("t/data"))
+    assert s.state.jobs("u")[0]["state"] == "succeeded"  # the other job went on
+    assert any(e["kind"] == "error" or "adapter bug" in e["message"] for e in s.state.events("t/data"))
 
 
 def test_a_read_only_view_reads_while_a_scheduler_holds_the_lock_and_writes(env):
@@ -521,18 +521,18 @@ def test_a_read_only_view_reads_while_a_scheduler_holds_the_lock_and_writes(env)
     v = open_view(s.home, profiles=s.profiles)
     with s.lock(), s.state.tx() as st:  # a pass under way: the lock held and a write transaction open
         st.event("t/data", "note", "not yet committed")
-        assert [j["id"] for j in v.jobs()] == ["t/data", "t/tr"]
-        assert v.events("t/data")[-1]["kind"] == "launched"
+        assert [j["id"] for j in v.state.jobs()] == ["t/data", "t/tr"]
+        assert v.state.events("t/data")[-1]["kind"] == "launched"
         assert v.resolve("data") == "t/data" and v.usage("a")["active"] == 1
-    assert v.events("t/data")[-1]["message"] == "not yet committed"
+    assert v.state.events("t/data")[-1]["message"] == "not yet committed"
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
-        v.db.execute("DELETE FROM events")
+        v.state.db.execute("DELETE FROM events")
     v.close()
 
 
 def test_no_state_yet_reads_as_nothing_dispatched(tmp_path):
     v = open_view(tmp_path / "home", profiles={})
-    assert v.jobs() == [] and v.unfinished() == 0 and v.latest_attempts() == {} and v.last_reconcile() is None
+    assert v.state.jobs() == [] and v.state.unfinished() == 0 and v.state.latest_attempts() == {} and v.state.last_reconcile() is None
     with pytest.raises(GwiError, match="no job 'x'; nothing dispatched yet"):
         v.resolve("x")
     v.close()
@@ -587,7 +587,7 @@ def test_a_hung_platform_api_does_not_hold_up_the_others(tmp_path):
             s.reconcile()
             assert time.monotonic() - t0 < 1.5  # one call timeout, not the hang
             errors.append(s.state.attempt("h.x.1")["last_error"])
-        assert s.job("h/y")["state"] == "succeeded"  # judged and finished while the other platform hangs
+        assert s.state.job("h/y")["state"] == "succeeded"  # judged and finished while the other platform hangs
         assert fakes["hung"].calls == 1  # the hung call; none piled onto it
         assert errors[0] == "hung API did not answer within 0.5 s"
         assert errors[1].startswith("hung API has not answered a call for") and errors[2].startswith("hung API has not")
@@ -623,23 +623,23 @@ def test_an_attempt_the_stores_outage_ended_counts_no_try_and_waits_before_the_n
     a1 = s.state.attempt("t.data.1")
     assert (a1["state"], a1["blameless"]) == ("failed", 1)
     assert a1["end_reason"].startswith("the store was unreachable (not the platform's fault)")
-    job = s.job("t/data")
+    job = s.state.job("t/data")
     assert job["state"] == "queued" and job["reason"].endswith("next try in 30 s")
     assert s.state.tries("t/data", "a", 0) == 0  # a is not used up: retries 0, and it is still first in line
     clock.advance(29)
     s.reconcile()
-    assert len(s.attempts("t/data")) == 1  # backing off
+    assert len(s.state.attempts("t/data")) == 1  # backing off
     clock.advance(2)
     s.reconcile()
-    assert [a["platform"] for a in s.attempts("t/data")] == ["a", "a"]
+    assert [a["platform"] for a in s.state.attempts("t/data")] == ["a", "a"]
     fakes["a"].finish("t.data.2", 75, "exit status 75")
     s.reconcile()
-    assert s.job("t/data")["reason"].endswith("next try in 60 s")  # doubling
+    assert s.state.job("t/data")["reason"].endswith("next try in 60 s")  # doubling
     clock.advance(61)
     s.reconcile()
     fakes["a"].finish("t.data.3", 1, "exit status 1: boom")  # a real failure counts as before
     s.reconcile()
-    assert [a["platform"] for a in s.attempts("t/data")] == ["a", "a", "a", "b"]
+    assert [a["platform"] for a in s.state.attempts("t/data")] == ["a", "a", "a", "b"]
     s.close()
 
 
@@ -656,8 +656,8 @@ def test_a_resume_from_before_the_published_step_is_stopped_and_requeued_without
     a1 = s.state.attempt("t.tr.1")
     assert (a1["state"], a1["blameless"]) == ("failed", 1) and fakes["a"].cancelled == ["t.tr.1"]
     msg = "refusing to go backwards: resumed from step 0, step 120 is published"
-    assert a1["end_reason"] == msg and any(msg in e["message"] for e in s.events("t/tr"))
-    assert s.job("t/tr")["state"] == "queued" and s.state.tries("t/tr", "a", 0) == 0
+    assert a1["end_reason"] == msg and any(msg in e["message"] for e in s.state.events("t/tr"))
+    assert s.state.job("t/tr")["state"] == "queued" and s.state.tries("t/tr", "a", 0) == 0
 
 
 def test_a_late_beat_after_the_final_one_does_not_revive_the_attempt(env):
@@ -689,12 +689,12 @@ def test_the_store_unreadable_from_here_is_said_in_the_jobs_status(env, tmp_path
     hb.mkdir()  # the heartbeat cannot be read (a folder where the file was): not "missing"
     clock.advance(500)
     s.reconcile()
-    job = s.job("t/data")
+    job = s.state.job("t/data")
     assert job["state"] == "running" and job["reason"].startswith("on a; heartbeat unreadable here, not judged: ")
     shutil.rmtree(hb)
     beat("t.data.1")  # readable again, and beating
     s.reconcile()
-    assert s.job("t/data")["reason"] == "on a"
+    assert s.state.job("t/data")["reason"] == "on a"
 
 
 def test_a_deadline_that_cannot_hold_drops_the_lowest_priority_job_and_cuts_a_budget(env, capsys):
@@ -714,7 +714,7 @@ def test_a_deadline_that_cannot_hold_drops_the_lowest_priority_job_and_cuts_a_bu
     s.submit(sp)
     s.reconcile()
     assert jobs(s)["bonus"] == ("cancelled", "dropped to meet the deadline (priority 0, the lowest left)")
-    assert any(e["kind"] == "dropped" for e in s.events("t/bonus"))
+    assert any(e["kind"] == "dropped" for e in s.state.events("t/bonus"))
     cut = s.state.job("t/extra")["budget_hours"]
     # main needs 3 h and its start-up margin (3 / 0.95 h); extra gets exactly what is left of the 4 h
     assert 0.75 < cut < 4 - 3 * 3600 / 0.95 / 3600 + 1e-6
@@ -727,4 +727,4 @@ def test_a_deadline_that_cannot_hold_drops_the_lowest_priority_job_and_cuts_a_bu
     assert jobs(s)["extra"][0] == "running"
     limit = float(fakes["paid"].launched[-1].env["GWI_TIME_LIMIT_S"])
     assert 0.7 * 3600 < limit <= 0.8 * 3600 + 1
-    assert s.attempts("t/extra")[0]["hours_limit"] == pytest.approx(limit / 3600, abs=1e-3)
+    assert s.state.attempts("t/extra")[0]["hours_limit"] == pytest.approx(limit / 3600, abs=1e-3)

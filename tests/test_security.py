@@ -180,10 +180,10 @@ def test_no_secret_value_in_any_artifact_of_a_full_run(three_platforms):
     p = tmp / "sec.yaml"
     p.write_text(f"name: sec\nstore: {w['store']}\n" + PLAN)
     s.submit(load_spec(p, profiles=s.profiles))
-    run_until(s, lambda: all(j["state"] in ("succeeded", "failed") for j in s.jobs()), 300)
-    states = {j["name"]: j["state"] for j in s.jobs()}
+    run_until(s, lambda: all(j["state"] in ("succeeded", "failed") for j in s.state.jobs()), 300)
+    states = {j["name"]: j["state"] for j in s.state.jobs()}
     assert states == dict.fromkeys(("here", "tr", "far", "kern"), "succeeded"), [
-        (a["platform"], a["end_reason"]) for j in s.jobs() for a in s.attempts(j["id"])]
+        (a["platform"], a["end_reason"]) for j in s.state.jobs() for a in s.state.attempts(j["id"])]
 
     needles = {k: v.encode() for k, v in SECRETS.items()}
     # what the user reads: status, history and logs, as the CLI prints them

@@ -163,7 +163,7 @@ def test_unknown_family(error):
 
 
 def test_unknown_train_config_key(error):
-    from gwi.train import TrainConfig
+    from gwi.config import TrainConfig
 
     p, msg = error(TRAIN + "    config:\n      epochs: 3\n      batchsize: 8\n")
     allowed = sorted([f for f in TrainConfig.field_names() if f not in ("model", "dataset", "run", "preset",
@@ -400,7 +400,7 @@ def test_argv_of_every_kind(spec, tmp_path):
 
 
 def test_train_argv_parses_back_to_the_config(spec):
-    from gwi.train import TrainConfig, apply_sets
+    from gwi.config import TrainConfig, apply_sets
 
     _, s = spec(ALL)
     argv = s.job("unet").argv

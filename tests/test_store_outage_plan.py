@@ -89,7 +89,7 @@ def test_a_store_outage_mid_plan_loses_no_step_and_burns_no_platform(outage_worl
         deadline = time.monotonic() + 300
         while (not steps or steps[-1] < 10) and time.monotonic() < deadline:
             look()
-        assert steps and steps[-1] >= 10, [e["message"] for e in s.events()]
+        assert steps and steps[-1] >= 10, [e["message"] for e in s.state.events()]
         proxy.set("drop")  # the store is gone: every connection refused or cut
         until = time.monotonic() + OUTAGE_S
         while time.monotonic() < until:
@@ -97,11 +97,11 @@ def test_a_store_outage_mid_plan_loses_no_step_and_burns_no_platform(outage_worl
             look()
             assert time.monotonic() - t0 < 5 + 2  # the scheduler never waits out the outage itself
         proxy.set("pass")
-        while s.job("out/tr")["state"] not in ("succeeded", "failed") and time.monotonic() < deadline + 300:
+        while s.state.job("out/tr")["state"] not in ("succeeded", "failed") and time.monotonic() < deadline + 300:
             look()
-        events = [f"{e['kind']}: {e['message']}" for e in s.events()]
-        assert s.job("out/tr")["state"] == "succeeded", events
-        attempts = s.attempts("out/tr")
+        events = [f"{e['kind']}: {e['message']}" for e in s.state.events()]
+        assert s.state.job("out/tr")["state"] == "succeeded", events
+        attempts = s.state.attempts("out/tr")
         # no platform's try went to the outage: every attempt is on the first platform, and any that
         # did not succeed was ended as the store's fault
         assert {a["platform"] for a in attempts} == {"local-a"}, events

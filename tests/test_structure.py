@@ -139,6 +139,42 @@ def test_no_function_over_80_lines_without_a_reason():
         "\n".join(long)
 
 
+MAX_MODULE_LINES = 800
+
+
+def test_no_module_over_800_lines():
+    """A room a newcomer can hold (issue 28): a module that grows past this is split by concept."""
+    big = [f"{p.relative_to(ROOT)} ({n} lines)" for p in _modules().values()
+           if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
+    assert not big, "modules over 800 lines:\n" + "\n".join(big)
+
+
+def test_the_cli_groups_keep_their_parsers_beside_their_handlers():
+    """Every command is registered through its group's COMMANDS table, and every handler a parser
+    sets lives in the same module as that parser (issue 28: the parser beside the handler)."""
+    import argparse
+
+    from gwi import cli
+
+    def handlers(p):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for q in action.choices.values():
+                    yield from handlers(q)
+        if p.get_default("fn") is not None:
+            yield p.get_default("fn")
+
+    for group in cli.GROUPS:
+        for name, add in group.COMMANDS.items():
+            parser = argparse.ArgumentParser()
+            add(parser.add_subparsers())
+            fns = list(handlers(parser))
+            assert fns, f"{group.__name__}: gwi {name} sets no handler"
+            for fn in fns:
+                assert fn.__module__ == group.__name__, \
+                    f"gwi {name}: parser in {group.__name__}, handler {fn.__name__} in {fn.__module__}"
+
+
 # -- the run layout ---------------------------------------------------------------------------------
 
 RUN_PATHS = ("checkpoints/", "latest.json", "progress.json", "metrics.json", "attempts/", "/runs/")

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from gwi.config import TrainConfig
 from gwi.data.synth import synthesize
-from gwi.train import TrainConfig, train
+from gwi.training import train
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from gwi.config import TrainConfig, apply_sets
 from gwi.data.synth import synthesize
 from gwi.errors import EXIT_STORE_UNAVAILABLE, GwiError
 from gwi.runs import Run
-from gwi.train import TrainConfig, apply_sets, train
+from gwi.training import train
 
 from .conftest import free_port
 from .faults import TcpProxy

@@ -99,7 +99,7 @@ def advance(s, row) -> None:
             st.update_job(row["id"], state=RUNNING, reason=f"sweep: 0/{p['trials']} trials", updated_at=now)
             st.event(row["id"], "sweep", f"started: {p['trials']} trials, {p['parallel']} at a time, "
                                          f"pruner {p['pruner']}; study {study_path(s.home, row['id'])}")
-    latest = s.latest_attempts()
+    latest = s.state.latest_attempts()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         jid = t.user_attrs.get("job")
         jr = s.state.job(jid) if jid else None

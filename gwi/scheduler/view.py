@@ -45,11 +45,6 @@ class View:
         # every adapter call has a deadline, here as in the loop: a hung API must not hang `gwi status`
         self.calls = calls or Calls(env_float("GWI_CALL_TIMEOUT_S", 30.0))
 
-    @property
-    def db(self):
-        """The raw SQLite connection (for tests that inspect the state)."""
-        return self.state.db
-
     def close(self) -> None:
         self.state.close()
 
@@ -85,32 +80,11 @@ class View:
 
     # -- jobs, attempts, events -------------------------------------------------------------------
 
-    def job(self, job_id: str):
-        return self.state.job(job_id)
+    # the rows themselves (jobs, attempts, events) are read from ``self.state``; a View adds what is
+    # computed over them
 
     def job_def(self, row) -> Job:
         return Job.from_dict(json.loads(row["definition"]))
-
-    def jobs(self, spec: str | None = None):
-        return self.state.jobs(spec)
-
-    def attempts(self, job_id: str):
-        return self.state.attempts(job_id)
-
-    def latest_attempts(self):
-        return self.state.latest_attempts()
-
-    def events(self, job_id: str | None = None, after_id: int = 0):
-        return self.state.events(job_id, after_id)
-
-    def last_event_id(self) -> int:
-        return self.state.last_event_id()
-
-    def last_reconcile(self) -> float | None:
-        return self.state.last_reconcile()
-
-    def unfinished(self, spec: str | None = None) -> int:
-        return self.state.unfinished(spec)
 
     def resolve(self, name: str) -> str:
         """``spec/job`` or an unambiguous ``job`` -> the job id."""
@@ -133,10 +107,10 @@ class View:
         """One dict per job (its latest attempt, progress, hours and dollars): what ``gwi status``,
         its ``--json`` and the dashboard show."""
         now = time.time()
-        latest = self.latest_attempts()
+        latest = self.state.latest_attempts()
         costs = self.costs()
         out = []
-        for j in self.jobs(spec):
+        for j in self.state.jobs(spec):
             a = latest.get(j["id"])
             prog = json.loads(a["progress"]) if a is not None and a["progress"] else {}
             hours, cost = costs.get(j["id"], (0.0, 0.0))
@@ -195,7 +169,7 @@ class View:
         """A spec's unfinished jobs as the deadline planner sees them (see ``policy.meet_deadline``);
         platforms without a profile or with credentials missing are left out."""
         now = self.clock()
-        latest = self.latest_attempts()
+        latest = self.state.latest_attempts()
         states = {j.name: (r["state"] if (r := self.state.job(f"{spec}/{j.name}")) is not None else None)
                   for j in jobs}
         done = {n for n, st in states.items() if st in ("succeeded", "failed", "cancelled")}

@@ -1,9 +1,6 @@
-"""``gwi train``: one training loop for every model, every platform, one GPU or many.
-
-The loop is deliberately plain (nanoGPT-style): DDP is detected from ``RANK`` (torchrun), rank 0 alone
-writes; one autocast context; a GradScaler that is enabled only for fp16. :func:`train` reads top to
-bottom as its phases: load the data, build the model and optimiser, resume, run the epochs (steps,
-validation, checkpoints), finish. What makes it survive a platform dying under it:
+"""``gwi train``'s loop: :func:`train` reads top to bottom as its phases: load the data, build the model
+and optimiser, resume, run the epochs (steps, validation, checkpoints), finish. What makes it survive a
+platform dying under it:
 
 * Checkpoints hold everything needed to resume exactly (model args and weights, optimizer, scheduler,
   scaler, EMA, step, epoch, position in the epoch, RNG states, normalisation constants, the dataset's
@@ -21,502 +18,37 @@ validation, checkpoints), finish. What makes it survive a platform dying under i
 
 from __future__ import annotations
 
-import copy
 import gc
-import hashlib
 import json
 import math
 import os
-import random
 import signal
 import socket
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import __version__, budget, progress
-from .config import LOSSES, PRECISIONS, TrainConfig, apply_sets  # noqa: F401 - re-exported
-from .data import folds
-from .data.shards import MANIFEST, ShardedDataset
-from .data.sync import pull
-from .errors import GwiError, StoreUnavailable
-from .inference import Normalizer  # also re-exported
-from .models import registry
-from .progress import Heartbeat
-from .runs import METRICS, PROGRESS, Run
-from .tracking import Tracker
-
-# ------------------------------------------------------------------------------------------------
-# distributed
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    enabled: bool = False
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_hint: str) -> Dist:
-    if "RANK" not in os.environ:
-        return Dist()
-    rank, world = int(os.environ["RANK"]), int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and not device_hint.startswith("cpu")
-    if use_cuda:
-        torch.cuda.set_device(local)
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return Dist(rank, world, local, True)
-
-
-# ------------------------------------------------------------------------------------------------
-# batches
-
-
-def epoch_order(train_idx: np.ndarray, seed: int, epoch: int, rank: int, world: int) -> np.ndarray:
-    """This rank's samples for an epoch: a pure function of (seed, epoch), equal length on all ranks."""
-    perm = np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(train_idx)
-    per_rank = len(perm) // world
-    return perm[rank * per_rank:(rank + 1) * per_rank]
-
-
-class BatchReader(torch.utils.data.Dataset):
-    """A batch, ``(indices, flips)`` from :func:`epoch_batches`, read from the memory-mapped shards with
-    the flipped samples mirrored in the same copy (in the workers, off the training thread), kept
-    float16: half the bytes to copy, pin and move to a GPU; the normalisation runs on the device.
-
-    A worker process reopens the shards itself (:meth:`__getstate__`): pickled, a ``np.memmap`` would
-    travel as a full copy of the data."""
-
-    def __init__(self, ds: ShardedDataset):
-        self.root, self._ds = ds.root, ds
-
-    def __getstate__(self) -> dict:
-        return {"root": self.root, "_ds": None}
-
-    def __getitem__(self, key: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._ds is None:
-            self._ds = ShardedDataset(self.root)
-        b, flips = key
-        x, y = self._ds.batch(b, dtype=np.float16, flip=flips)
-        return torch.from_numpy(x), torch.from_numpy(y)  # (B, 5, 1000, 70), (B, 1, 70, 70)
-
-
-class EpochBatches(torch.utils.data.Sampler):
-    """The batches left in the current epoch. The loop sets :attr:`batches` before each epoch; the
-    DataLoader reads the sampler in the main process, so this works with persistent workers."""
-
-    def __init__(self):
-        self.batches: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-def make_loader(ds: ShardedDataset, workers: int, device: torch.device, world: int):
-    """A DataLoader of whole batches: worker processes read ahead (on a GPU), pinned memory makes the
-    copies to the device asynchronous. On a CPU the reads run in the main process by default: a worker
-    would only take cores from the model's own threads, and a batch read (a memcpy) is ~0.1% of a step.
-    Its own generator: the loader's seed draw must not move the global RNG, which exact resume replays."""
-    if workers < 0:
-        workers = min(8, max(1, (os.cpu_count() or 2) // world - 1)) if device.type == "cuda" else 0
-    sampler = EpochBatches()
-    loader = torch.utils.data.DataLoader(
-        BatchReader(ds), batch_size=None, sampler=sampler, num_workers=workers,
-        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None, persistent_workers=workers > 0,
-        generator=torch.Generator())
-    return loader, sampler
-
-
-def close_loader(loader) -> None:
-    """Stop a loader's persistent workers now rather than whenever the loader is collected."""
-    it = getattr(loader, "_iterator", None)
-    if it is not None and hasattr(it, "_shutdown_workers"):
-        it._shutdown_workers()
-
-
-def flip_mask(n: int, p: float, step: int, seed: int) -> np.ndarray:
-    """Which of a step's ``n`` samples are flipped (probability ``p`` each): a pure function of (seed,
-    step), like the data order, so a resumed run flips what the crashed one would have."""
-    if p <= 0:
-        return np.zeros(n, bool)
-    return np.random.default_rng((seed, step)).random(n) < p
-
-
-# ------------------------------------------------------------------------------------------------
-# EMA
-
-
-class EMA:
-    """The exponential moving average of a model's weights, with timm's warm-up of the decay
-    (``min(decay, (1 + n) / (10 + n))`` after n updates) so a short run's average is not stuck near the
-    initial weights. Floating tensors are averaged in one fused call; the others (BatchNorm's counter)
-    follow the model."""
-
-    def __init__(self, model: nn.Module, decay: float, updates: int = 0):
-        self.decay, self.updates = decay, updates
-        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self._floats = [k for k, v in self.state.items() if v.dtype.is_floating_point]
-        self._others = [k for k in self.state if k not in set(self._floats)]
-
-    def load(self, state: dict) -> None:
-        for k, v in state.items():
-            self.state[k].copy_(v)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        msd = model.state_dict()
-        torch._foreach_lerp_([self.state[k] for k in self._floats], [msd[k].detach() for k in self._floats], 1 - d)
-        for k in self._others:
-            self.state[k].copy_(msd[k])
-
-
-# ------------------------------------------------------------------------------------------------
-# helpers
-
-
-def resolve_precision(cfg: TrainConfig, device: torch.device, card) -> str:
-    if cfg.precision != "auto":
-        return cfg.precision
-    if device.type == "cuda":
-        want = card.precision if card.precision in ("bf16", "fp16", "fp32") else "bf16"
-        if want == "bf16" and not torch.cuda.is_bf16_supported():
-            return "fp16"
-        return want
-    return "fp32"
-
-
-def amp_context(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    st = {"torch": torch.get_rng_state(), "python": random.getstate(),
-          "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                    "has_gauss": int(np_state[3]), "cached": float(np_state[4])}}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def set_rng_state(st: dict) -> None:
-    torch.set_rng_state(st["torch"])
-    random.setstate(_tuplify(st["python"]))
-    n = st["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    if "cuda" in st and torch.cuda.is_available() and len(st["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
-def _tuplify(x):
-    return tuple(_tuplify(i) for i in x) if isinstance(x, (list, tuple)) else x
-
-
-def param_digest(model: nn.Module) -> str:
-    """sha256 of the parameters (not buffers: BatchNorm statistics follow each rank's last batch)."""
-    h = hashlib.sha256()
-    for k, v in model.named_parameters():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-class Schedule:
-    """The lr factor at each step: a linear warm-up, then cosine decay to 0 (or flat) at ``total``.
-
-    A budgeted run (``time_budget``) runs its first steps at lr 0 while it measures them (``total`` is
-    None until sized), then starts the warm-up at ``start``; re-sizing later moves ``total`` and keeps
-    the lr continuous by re-anchoring the decay at the current step. LambdaLR saves a callable
-    object's attributes in its state_dict, so the checkpoint holds the whole schedule.
-    """
-
-    def __init__(self, total: int | None, warmup: int, kind: str = "cosine", start: int = 0):
-        self.total, self.warmup, self.kind, self.start = total, warmup, kind, start
-        self.anchor_step, self.anchor_progress = start + warmup, 0.0
-
-    def progress(self, step: int) -> float:
-        if step <= self.anchor_step:
-            return self.anchor_progress
-        frac = (step - self.anchor_step) / max(1, self.total - self.anchor_step)
-        return min(1.0, self.anchor_progress + (1 - self.anchor_progress) * frac)
-
-    def __call__(self, step: int) -> float:
-        if self.total is None or step < self.start:
-            return 0.0
-        if step - self.start < self.warmup:
-            return (step - self.start + 1) / self.warmup
-        if self.kind == "constant":
-            return 1.0
-        return 0.5 * (1 + math.cos(math.pi * self.progress(step)))
-
-    def size(self, step: int, total: int, warmup_frac: float) -> None:
-        """The first sizing: warm up from ``step`` for ``warmup_frac`` of the steps left."""
-        self.__init__(total, int(warmup_frac * (total - step)), self.kind, step)
-
-    def resize(self, step: int, total: int) -> None:
-        """A new end, the lr at ``step`` unchanged."""
-        if step > self.anchor_step:
-            self.anchor_progress, self.anchor_step = self.progress(step), step
-        self.total = max(total, step)
-
-
-class Optim:
-    """A model's optimisers, stepped as one: AdamW for every parameter, or (``muon``) torch's Muon for the
-    2-D weight matrices of hidden layers and AdamW for the rest (convolutions, norms, biases, embeddings),
-    each with the same warm-up/decay schedule. Muon's lr is matched to AdamW's RMS update
-    (``adjust_lr_fn="match_rms_adamw"``), so one ``lr`` serves both."""
-
-    def __init__(self, cfg: TrainConfig, model: nn.Module, total: int):
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if cfg.optimizer == "muon":
-            matrices = [p for n, p in named if p.ndim == 2 and "embed" not in n]
-            rest = [p for n, p in named if not (p.ndim == 2 and "embed" not in n)]
-            if not matrices:
-                raise GwiError(f"optimizer muon: model {cfg.model} has no 2-D weight matrices for Muon "
-                               "(a convolutional model); use adamw")
-            self.opts = [torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                          adjust_lr_fn="match_rms_adamw")]
-            if rest:
-                self.opts.append(torch.optim.AdamW(rest, lr=cfg.lr, weight_decay=cfg.weight_decay))
-        else:
-            self.opts = [torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)]
-        # one Schedule shared by the optimisers: sized and re-sized once
-        self.schedule = Schedule(total, 0 if total is None else int(cfg.warmup_frac * total), cfg.schedule)
-        self.scheds = [torch.optim.lr_scheduler.LambdaLR(o, self.schedule) for o in self.opts]
-
-    def zero_grad(self) -> None:
-        for o in self.opts:
-            o.zero_grad(set_to_none=True)
-
-    def unscale(self, scaler: torch.amp.GradScaler) -> None:
-        for o in self.opts:
-            scaler.unscale_(o)
-
-    def step(self, scaler: torch.amp.GradScaler) -> None:
-        for o in self.opts:
-            scaler.step(o)
-        scaler.update()
-        for sc in self.scheds:
-            sc.step()
-
-    @property
-    def lr(self) -> float:
-        return self.scheds[0].get_last_lr()[0]
-
-    def state_dict(self) -> dict:
-        return {"optimizers": [o.state_dict() for o in self.opts], "schedulers": [sc.state_dict() for sc in self.scheds]}
-
-    def load_state_dict(self, opt_state: dict, sched_state: dict | None) -> None:
-        """``opt_state`` from :meth:`state_dict`, or (checkpoints written before Muon) one AdamW state, with
-        its scheduler's state in ``sched_state``."""
-        if "optimizers" not in opt_state:
-            opt_state = {"optimizers": [opt_state], "schedulers": [sched_state]}
-        if len(opt_state["optimizers"]) != len(self.opts):
-            raise GwiError(f"checkpoint holds {len(opt_state['optimizers'])} optimizer state(s), this run has "
-                           f"{len(self.opts)}: was it trained with another --optimizer?")
-        # each scheduler was made first: its constructor resets the lr, which the optimizer state restores
-        for o, st in zip(self.opts, opt_state["optimizers"]):
-            o.load_state_dict(st)
-        for sc, st in zip(self.scheds, opt_state["schedulers"]):
-            sc.load_state_dict(st)
-
-
-@torch.no_grad()
-def evaluate(model, ds, idx, norm: Normalizer, families: list[str], device, precision, batch_size, d: Dist,
-             mean_map: torch.Tensor | None = None, on_batch: Callable[[], None] | None = None) -> dict:
-    """MAE in m/s on de-normalised velocity, overall and per family (all ranks, all-reduced).
-
-    With ``mean_map`` also the predict-the-training-mean baseline on the same samples; ``on_batch``
-    is called after each batch (a heartbeat advance: a long validation is progress too).
-    """
-    model.eval()
-    mine = idx[d.rank::d.world]
-    k = len(families)
-    sums = torch.zeros(2, k, dtype=torch.float64, device=device)  # [model, baseline] abs-error sums
-    counts = torch.zeros(k, dtype=torch.float64, device=device)
-    fam_index = {f: i for i, f in enumerate(families)}
-    for s in range(0, len(mine), batch_size):
-        b = np.sort(mine[s:s + batch_size])
-        x, y = ds.batch(b)
-        x = norm.seismic(torch.from_numpy(x).to(device))
-        y = torch.from_numpy(y).to(device).double()
-        with amp_context(device, precision):
-            pred = model(x)
-        v = norm.denorm_velocity(pred).double().clamp(norm.vel_min, norm.vel_max)
-        err = (v - y).abs().flatten(1).mean(1)  # (B,)
-        fi = torch.tensor([fam_index[f] for f in ds.families[b]], device=device)
-        sums[0].index_add_(0, fi, err)
-        counts.index_add_(0, fi, torch.ones_like(err))
-        if mean_map is not None:
-            sums[1].index_add_(0, fi, (mean_map.double() - y).abs().flatten(1).mean(1))
-        if on_batch is not None:
-            on_batch()
-    if d.enabled:
-        dist.all_reduce(sums)
-        dist.all_reduce(counts)
-    model.train()
-    out = {"val_mae": None, "val_mae_per_family": {}, "baseline_mae": None, "val_samples": int(counts.sum())}
-    if counts.sum() > 0:
-        out["val_mae"] = float(sums[0].sum() / counts.sum())
-        out["val_mae_per_family"] = {f: float(sums[0, i] / counts[i]) for i, f in enumerate(families) if counts[i] > 0}
-        if mean_map is not None:
-            out["baseline_mae"] = float(sums[1].sum() / counts.sum())
-    return out
-
-
-def train_mean_map(ds: ShardedDataset, idx: np.ndarray, limit: int = 2048) -> torch.Tensor:
-    """Per-pixel mean velocity of (up to ``limit``) training samples: the predict-the-mean baseline."""
-    take = idx if len(idx) <= limit else np.random.default_rng(0).choice(idx, limit, replace=False)
-    acc = np.zeros((1, 70, 70), np.float64)
-    for s in range(0, len(take), 256):
-        _, y = ds.batch(np.sort(take[s:s + 256]))
-        acc += y.sum(0)
-    return torch.from_numpy(acc / max(1, len(take))).float()
-
-
-# ------------------------------------------------------------------------------------------------
-# ------------------------------------------------------------------------------------------------
-# what the phases share
-
-
-@dataclass
-class Data:
-    """The dataset as training sees it."""
-
-    ds: ShardedDataset
-    manifest: dict
-    manifest_sha: str
-    train_idx: np.ndarray
-    val_idx: np.ndarray
-    families: list[str]
-    norm: Normalizer
-    mean_map: torch.Tensor  # the predict-the-training-mean baseline, on the device
-
-
-UNSIZED = 2 ** 62  # State.total of a budgeted run before its first steps are measured
-
-
-@dataclass
-class Clock:
-    """A time budget's bookkeeping. Decisions are taken on rank 0 and broadcast, and they happen at
-    step counts every rank agrees on (the end of the probe, every ``every`` steps), so DDP ranks stay
-    in step."""
-
-    budget_s: float
-    started: float  # time.time() the budget counts from
-    fresh: bool = True  # the schedule is not sized yet (the probe's steps run at lr 0)
-    sized_here: bool = False  # this process sized the schedule (else it resumed someone else's plan)
-    planned_step_s: float | None = None  # the step time the resumed schedule was sized with
-    costs: budget.Costs | None = None
-    probe_from: int = 0  # the step the loop began at in this process
-    probe_steps: int = budget.PROBE_STEPS  # steps timed before sizing (more when resuming)
-    probe_t: float = 0.0  # when the probe's first (untimed) step ended
-    every: int = 0  # steps between periodic validation + checkpoint; 0 until sized
-    mark_t: float = 0.0  # the end of the last measurement (probe or periodic event)
-    mark_step: int = 0
-
-    @property
-    def spent(self) -> float:
-        return time.time() - self.started
-
-    @property
-    def every_s(self) -> float:
-        return budget.interval_s(self.budget_s)
-
-    def record(self) -> dict:
-        """What a checkpoint keeps, so a resume continues the same schedule."""
-        return {"budget_s": self.budget_s, "every": self.every,
-                **({k: getattr(self.costs, k) for k in ("step_s", "val_s", "publish_s")} if self.costs else {})}
-
-
-@dataclass
-class State:
-    """One rank's training: where it runs, the model and its optimiser, and how far it has come."""
-
-    cfg: TrainConfig
-    d: Dist
-    device: torch.device
-    precision: str
-    data: Data
-    run: Run | None  # rank 0 alone writes to the run folder
-    say: Callable
-    args: dict  # the model's constructor arguments, saved in every checkpoint
-    model: nn.Module  # the bare model: saved, validated, averaged into the EMA
-    optim: Optim
-    scaler: torch.amp.GradScaler
-    ema: EMA | None
-    n_params: int
-    steps_per_epoch: int
-    total: int  # the steps this run takes in all
-    net: nn.Module | None = None  # what the loop calls: the model, or its DDP wrapper
-    hb: Heartbeat | None = None  # rank 0's
-    tracker: "Tracker | None" = None  # rank 0's: TensorBoard (and MLflow) scalars, curves.png
-    step: int = 0
-    epoch: int = 0
-    best: float = math.inf
-    history: list = field(default_factory=list)
-    resumed_from: str | None = None  # the checkpoint's path
-    resumed_step: int = 0  # the step it resumed from (0: from scratch)
-    resume_fallback: str | None = None  # why an older checkpoint than the newest was used
-    t_loop: float = 0.0  # when this process's loop began, and what it has done since
-    start_step: int = 0
-    samples_seen: int = 0
-    last_loss: float | None = None  # read on the host every log_every steps
-    loss_sum: torch.Tensor | None = None  # on the device: the losses since the last read
-    loss_n: int = 0
-    loop_s: float = 0.0  # seconds in training steps and their data waits (no validation, no checkpoints)
-    loop_samples: int = 0
-    initialised_from: dict | None = None  # --init-from: where the first weights came from
-    clock: Clock | None = None  # a time budget's bookkeeping (time_budget set)
-    budgeted: bool = False  # the schedule was sized by a budget: steps, not epochs, bound the loop
-    budget_record: dict | None = None  # a resumed budgeted checkpoint's, kept when no budget is given now
-
-    @property
-    def device_text(self) -> str:
-        return str(self.device) + (f" x{self.d.world}" if self.d.enabled else "")
-
-    @property
-    def best_or_none(self) -> float | None:
-        return None if self.best == math.inf else self.best
-
-    def beat(self, **kw) -> None:
-        """Update the heartbeat (rank 0; the other ranks have none)."""
-        if self.hb is not None:
-            self.hb.update(**kw)
-
-
-# smooth_l1's beta is in normalised units (2 = 3000 m/s): quadratic only below 0.02 (30 m/s), where
-# L1's constant gradient makes the last few m/s jitter; L1 above, like the metric
-LOSS_FNS = {"l1": lambda p, t: (p - t).abs().mean(),
-            "l2": lambda p, t: ((p - t) ** 2).mean(),
-            "l1+l2": lambda p, t: (p - t).abs().mean() + ((p - t) ** 2).mean(),
-            "smooth_l1": lambda p, t: nn.functional.smooth_l1_loss(p, t, beta=0.02)}
-
-
-# ------------------------------------------------------------------------------------------------
-# the run, phase by phase
+from .. import __version__, budget, progress
+from ..config import TrainConfig
+from ..errors import GwiError, StoreUnavailable
+from ..inference import Normalizer
+from ..models import registry
+from ..progress import Heartbeat
+from ..runs import METRICS, PROGRESS, Run
+from ..tracking import Tracker
+from .data import Data, close_loader, epoch_order, flip_mask, load_data, make_loader
+from .distributed import Dist, setup_distributed
+from .optim import EMA, LOSS_FNS, Optim
+from .precision import amp_context, resolve_precision
+from .state import UNSIZED, Clock, State, param_digest, rng_state, set_rng_state
+from .validation import evaluate, evaluate_model, validate
 
 
 def train(cfg: TrainConfig, log=print, started: float | None = None) -> dict:
@@ -614,40 +146,6 @@ def stop_requested(s: State) -> bool:
     return bool(decide(s, _STOP.is_set))
 
 
-def pulled(done: int, total: int) -> None:
-    """A shard pulled (or found cached and verified): an advance of the process heartbeat."""
-    progress.update(phase="pulling", shards_pulled=done, shards_total=total)
-
-
-def load_data(cfg: TrainConfig, d: Dist, device: torch.device) -> Data:
-    """The dataset in the local cache, its split and normalisation."""
-    # rank 0 pulls into the cache; the other ranks (torchrun: the same machine) read that folder
-    local = pull(cfg.dataset, progress=False, on_progress=pulled) if d.master else None
-    if d.enabled:
-        obj = [str(local) if local else None]
-        dist.broadcast_object_list(obj, src=0)
-        local = Path(obj[0])
-    ds = ShardedDataset(local)
-    manifest = ds.manifest
-    if not manifest.get("labelled", True):
-        raise GwiError(f"dataset {cfg.dataset} has no velocity labels (a test set?); train needs labelled data")
-    manifest_sha = hashlib.sha256((Path(local) / MANIFEST).read_bytes()).hexdigest()
-    train_idx, val_idx = folds.split(manifest, cfg.split, cfg.seed)
-    families = sorted(manifest["families"])
-    if cfg.families:  # a specialist: the split as for the whole set, then only these families' samples
-        unknown = sorted(set(cfg.families) - set(families))
-        if unknown:
-            raise GwiError(f"families: {', '.join(unknown)} not in dataset {cfg.dataset}; "
-                           f"expected some of {', '.join(families)}")
-        train_idx = train_idx[np.isin(ds.families[train_idx], cfg.families)]
-        val_idx = val_idx[np.isin(ds.families[val_idx], cfg.families)]
-        families = sorted(set(cfg.families))
-    if len(train_idx) < d.world:
-        raise GwiError(f"split {cfg.split} leaves {len(train_idx)} training samples for {d.world} ranks")
-    return Data(ds, manifest, manifest_sha, train_idx, val_idx, families,
-                Normalizer.from_manifest(manifest), train_mean_map(ds, train_idx).to(device))
-
-
 def build(cfg: TrainConfig, d: Dist, device: torch.device, precision: str, data: Data, run: Run | None,
           say: Callable, started: float, budget_s: float = 0.0) -> State:
     """A fresh model (seeded), its optimiser and schedule, the fp16 scaler and the EMA. A budgeted run
@@ -726,7 +224,7 @@ def init_weights(s: State) -> None:
     those that fit are loaded and the log says how many."""
     cfg, ckpt = s.cfg, None
     if s.d.master:
-        from .runs import read_checkpoint
+        from ..runs import read_checkpoint
 
         ckpt, source = read_checkpoint(cfg.init_from)
         if ckpt.get("format") != "gwi-checkpoint":
@@ -1003,40 +501,6 @@ def beat_step(s: State) -> None:
                  samples_per_s=s.samples_seen / el if el > 0 else None, lr=s.optim.lr,
                  total_steps=None if s.total == UNSIZED else s.total,
                  eta_s=(s.total - s.step) / rate if rate > 0 and s.total != UNSIZED else None)
-
-
-def validate(s: State) -> dict:
-    """Validation MAE (all ranks), kept in the history and reported."""
-    s.beat(state="validating")
-    val = evaluate_model(s)
-    if val["val_mae"] is not None:
-        s.best = min(s.best, val["val_mae"])
-    s.history.append({"epoch": s.epoch, "step": s.step, "train_loss": s.last_loss, **val})
-    if s.tracker is not None:
-        s.tracker.log(s.step, {"val/mae": val["val_mae"], **{f"val/mae_{f}": v for f, v in val["val_mae_per_family"].items()}})
-    s.beat(state="running", epoch=s.epoch, val_mae=val["val_mae"], val_mae_per_family=val["val_mae_per_family"],
-           baseline_mae=val["baseline_mae"], best_val_mae=s.best_or_none,
-           validations=len(s.history))  # a sweep's pruner counts its rungs in validations
-    nan = float("nan")
-    where = (f"step {s.step}/{s.total} ({budget.format_duration(s.clock.spent)} of "
-             f"{budget.format_duration(s.clock.budget_s)})" if s.clock else
-             f"epoch {s.epoch}/{s.cfg.epochs} step {s.step}/{s.total}")
-    s.say(f"{where} loss {s.last_loss if s.last_loss is not None else nan:.4f} "
-          f"val MAE {val['val_mae'] if val['val_mae'] is not None else nan:.1f} m/s "
-          f"(mean-map baseline {val['baseline_mae'] if val['baseline_mae'] is not None else nan:.1f})")
-    return val
-
-
-def evaluate_model(s: State) -> dict:
-    """:func:`evaluate` on the EMA weights when there are some, else on the model."""
-    model = s.model
-    if s.ema is not None:
-        # a copy, not a fresh build: building would draw from the RNG and break exact resume
-        model = copy.deepcopy(s.model)
-        model.load_state_dict(s.ema.state)
-    data = s.data
-    return evaluate(model, data.ds, data.val_idx, data.norm, data.families, s.device, s.precision,
-                    s.cfg.batch_size, s.d, data.mean_map, on_batch=s.hb.advance if s.hb is not None else None)
 
 
 def publish(s: State) -> None:
