@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from .models import registry
+from .yamlfile import quote
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOSSES = ("l1", "l1+l2", "l2", "smooth_l1")
@@ -62,7 +63,7 @@ class TrainConfig:
     def validate(self) -> None:
         def need(cond, name, expected, got):
             if not cond:
-                raise ValueError(f"{name}: expected {expected}, got {got!r}")
+                raise ValueError(f"{name}: expected {expected}, got {quote(got)}")
 
         registry.model_args(self.model, self.preset, self.model_args)  # unknown model/preset errors
         need(isinstance(self.epochs, int) and self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
@@ -100,12 +101,12 @@ def apply_sets(cfg: TrainConfig, sets: list[str]) -> TrainConfig:
 
     for item in sets or []:
         if "=" not in item:
-            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
+            raise ValueError(f"--set: expected KEY=VALUE, got {quote(item)}")
         key, raw = item.split("=", 1)
         try:
             val = loads(raw, f"--set {key}")
         except ConfigError as e:
-            raise ValueError(f"{e} (value {raw!r})") from None
+            raise ValueError(f"{e} (value {quote(raw)})") from None
         if key.startswith("model."):
             cfg.model_args[key[len("model."):]] = val
         elif key == "time_budget":
@@ -122,9 +123,9 @@ def apply_sets(cfg: TrainConfig, sets: list[str]) -> TrainConfig:
             if isinstance(cur, list) and isinstance(val, str):
                 val = [v.strip() for v in val.split(",") if v.strip()]  # families=A,B
             if cur is not None and not isinstance(val, type(cur)):
-                raise ValueError(f"--set {key}: expected {type(cur).__name__}, got {val!r}")
+                raise ValueError(f"--set {key}: expected {type(cur).__name__}, got {quote(val)}")
             setattr(cfg, key, val)
         else:
             allowed = [n for n in TrainConfig.field_names() if n not in ("model", "dataset", "run")]
-            raise ValueError(f"--set: unknown key {key!r}; expected model.ARG or one of {', '.join(allowed)}")
+            raise ValueError(f"--set: unknown key {quote(key)}; expected model.ARG or one of {', '.join(allowed)}")
     return cfg

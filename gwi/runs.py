@@ -24,6 +24,12 @@ tried again later. Falling back to an older checkpoint throws steps away, so onl
 newer one is bad allows it: a size/sha256 mismatch, a blob the pointer names that is gone, or a file
 torch cannot load. The entry returned then says why, under ``"fallback"``.
 
+The pointer is a convenience, the blobs are the truth: a pointer that is missing or unreadable (not
+JSON, the wrong shape, an entry without its size) is rebuilt from the blobs present, newest first,
+each verified by loading it (one warning line); a blob that cannot be proven corrupt is never
+trained over from step 0 (an error says so). A publish deletes older blobs only after the blob that
+replaces them is in the store at its full size, and never a blob of a later step.
+
 torch is imported only inside the functions that save or load checkpoints: the scheduler and the
 adapters import this module and stay torch-free.
 """
@@ -148,21 +154,36 @@ class Run:
     def pointer(self) -> dict | None:
         """``checkpoints/latest.json``, or None when the run has none (or it is unreadable).
         A store that cannot be reached raises (StoreUnavailable): that is not "no checkpoint"."""
+        return self._read_pointer()[0]
+
+    def _read_pointer(self) -> tuple[dict | None, str | None]:
+        """(the pointer, None), (None, None) when there is none, or (None, what is wrong with it): a
+        pointer is ``{"latest": entry, "history": [entry, ...]}`` and every entry has its path, step,
+        size and sha256, else it cannot be used to verify anything."""
         try:
-            return json.loads(self.store.get_bytes(LATEST))
+            raw = self.store.get_bytes(LATEST)
         except StoreError as e:
             if "no such object" in str(e):
-                return None
+                return None, None
             raise
-        except ValueError:
-            return None
+        try:
+            ptr = json.loads(raw)
+        except ValueError as e:
+            return None, f"not JSON: {e}"
+        if not isinstance(ptr, dict) or not isinstance(ptr.get("history", []), list):
+            return None, f"expected {{\"latest\": ..., \"history\": [...]}}, got {type(ptr).__name__}"
+        for e in [ptr.get("latest")] + ptr.get("history", []):
+            why = _entry_problem(e)
+            if why:
+                return None, why
+        return ptr, None
 
     def latest_step(self) -> int | None:
         """The step of the newest published checkpoint; None when there is none or the store is
         unreachable (a resume then simply finds out for itself)."""
         try:
             return int(self.pointer()["latest"]["step"])
-        except (StoreError, KeyError, TypeError, ValueError):
+        except (StoreError, TypeError):
             return None
 
     # -- writing ----------------------------------------------------------------------------------
@@ -177,7 +198,9 @@ class Run:
         Returns the new pointer entry.
 
         Safe under an outage: each call waits (the store's patience) and may then raise; a blob
-        without a pointer is harmless (the old pointer stays valid, and the next publish prunes it)."""
+        without a pointer is harmless (the old pointer stays valid, and the next publish prunes it).
+        Nothing is deleted until the new blob is in the store at its full size, and never a blob of a
+        later step than this one (another attempt's, or one an unreadable pointer lost track of)."""
         import torch
 
         from .data.shards import sha256_file
@@ -197,9 +220,12 @@ class Run:
         old = self.pointer() or {}
         history = [entry] + [h for h in [old.get("latest")] + old.get("history", []) if h and h["path"] != key]
         self.store.put_bytes(LATEST, _json({"latest": entry, "history": history[1:keep]}))
+        if (size := self.store.size(key)) != entry["bytes"]:
+            raise GwiError(f"{self.key_url(key)}: {size} bytes in the store after the upload, expected "
+                           f"{entry['bytes']}; older checkpoints kept")
         kept = {h["path"] for h in history[:keep]}
         for k in self.store.list(CHECKPOINTS):
-            if k.endswith(".pt") and k not in kept:
+            if k not in kept and (s := _blob_step(k)) is not None and s < step:
                 self.store.delete(k)
         return entry
 
@@ -211,19 +237,37 @@ class Run:
 
         Only a bad checkpoint (mismatch, missing blob, unloadable) is skipped, and the entry
         returned then carries ``"fallback"``: why the newer ones were skipped. A store outage
-        raises StoreUnavailable instead: an older checkpoint would silently lose steps."""
-        ptr = self.pointer()
-        if not ptr:
-            return None, None
-        skipped: list[str] = []
-        for entry in [ptr.get("latest")] + ptr.get("history", []):
-            if entry:
-                ckpt, why = self._load_verified(entry)
-                if ckpt is not None:
-                    return ckpt, ({**entry, "fallback": "; ".join(skipped)} if skipped else entry)
-                log(f"checkpoint {entry['path']} {why}; trying the previous one")
-                skipped.append(f"{entry['path']} {why}")
-        log("no readable checkpoint found; starting from scratch")
+        raises StoreUnavailable instead: an older checkpoint would silently lose steps.
+
+        Blobs the pointer does not name (all of them, when it is missing or unreadable) come after
+        its entries, newest first, each verified by loading it. When none loads and one of them (or
+        one whose sha256 matched) could not be proven corrupt, this raises rather than let training
+        start over them from step 0."""
+        ptr, problem = self._read_pointer()
+        entries = [e for e in [ptr.get("latest")] + ptr.get("history", []) if e] if ptr else []
+        named = {e["path"] for e in entries}
+        blobs = sorted(((s, k) for k in self.store.list(CHECKPOINTS) if k not in named
+                        and (s := _blob_step(k)) is not None), reverse=True)
+        if problem:
+            log(f"warning: {LATEST} is unreadable ({_cut(problem)}); rebuilding it from the {len(blobs)} "
+                "checkpoint(s) in the run, newest first")
+        elif ptr is None and blobs:
+            log(f"warning: {LATEST} is missing but {len(blobs)} checkpoint(s) are there; using the newest that loads")
+        skipped, unproven = [], []
+        for entry in entries + [{"path": k, "step": s} for s, k in blobs]:
+            ckpt, why, proven = self._load_verified(entry)
+            if ckpt is not None:
+                return ckpt, ({**entry, "fallback": "; ".join(skipped)} if skipped else entry)
+            log(f"checkpoint {entry['path']} {why}; trying the previous one")
+            skipped.append(f"{entry['path']} {why}")
+            if not proven:
+                unproven.append(entry["path"])
+        if unproven:
+            raise GwiError(f"{self.url}: no checkpoint loads, and {', '.join(unproven)} may not be corrupt (it could "
+                           "be a newer format than this gwi reads); refusing to train over it from step 0. Move "
+                           f"{CHECKPOINTS}/ aside to start afresh, or resume with the gwi that wrote it")
+        if entries or blobs:
+            log("no readable checkpoint found; starting from scratch")
         return None, None
 
     def mirror_latest(self, root: Path, log) -> str:
@@ -245,9 +289,11 @@ class Run:
         (safe_join(root, rel) / LATEST).write_text(json.dumps({"latest": entry, "history": []}, indent=1))
         return f"{rel}/{entry['path']}"
 
-    def _load_verified(self, entry: dict) -> tuple[dict | None, str]:
-        """(the checkpoint, "") or (None, why it is bad). StoreUnavailable and any other refusal of
-        the store (access denied) propagate: they say nothing about the checkpoint."""
+    def _load_verified(self, entry: dict) -> tuple[dict | None, str, bool]:
+        """(the checkpoint, "", True) or (None, why it is bad, whether that proves it corrupt). An entry
+        with a size and sha256 is checked against them; a bare blob (``path`` and ``step`` only) is
+        verified by loading it and finding its own step inside. StoreUnavailable and any other
+        refusal of the store (access denied) propagate: they say nothing about the checkpoint."""
         import torch
 
         from .data.shards import sha256_file
@@ -262,13 +308,45 @@ class Run:
             except StoreError as e:
                 if "no such object" not in str(e):
                     raise
-                return None, f"is missing ({e})"
-            if local.stat().st_size != entry["bytes"] or sha256_file(local) != entry["sha256"]:
-                return None, "is truncated or corrupt (size/sha256 mismatch)"
+                return None, f"is missing ({e})", True
+            if "sha256" in entry and (local.stat().st_size != entry["bytes"] or sha256_file(local) != entry["sha256"]):
+                return None, "is truncated or corrupt (size/sha256 mismatch)", True
             try:
-                return torch.load(local, map_location="cpu", weights_only=True), ""
+                ckpt = torch.load(local, map_location="cpu", weights_only=True)
             except Exception as e:  # noqa: BLE001 - any unreadable file falls back the same way
-                return None, f"cannot be loaded ({type(e).__name__}: {e})"
+                return None, f"cannot be loaded ({type(e).__name__}: {_cut(str(e))})", False
+            if "sha256" not in entry:
+                if not (isinstance(ckpt, dict) and ckpt.get("step") == entry["step"]):
+                    return None, f"does not hold step {entry['step']}", False
+                # now it is known good: the entry a rebuilt pointer (or a mirror's) can verify it by
+                entry.update(bytes=local.stat().st_size, sha256=sha256_file(local), epoch=ckpt.get("epoch"))
+            return ckpt, "", True
+
+
+def _blob_step(key: str) -> int | None:
+    """``checkpoints/step-<n>.pt`` -> n; None for any other key."""
+    name = key.rpartition("/")[2]
+    if key.startswith(CHECKPOINTS + "/") and name.startswith("step-") and name.endswith(".pt"):
+        digits = name[len("step-"):-len(".pt")]
+        if digits.isdigit():
+            return int(digits)
+    return None
+
+
+def _entry_problem(e) -> str | None:
+    """What keeps a pointer entry from verifying its blob, or None."""
+    if not isinstance(e, dict):
+        return f"an entry is {type(e).__name__}, expected an object"
+    for key, kind in (("path", str), ("step", int), ("bytes", int), ("sha256", str)):
+        if not isinstance(e.get(key), kind) or isinstance(e.get(key), bool):
+            return f"an entry's {key!r}: expected {kind.__name__}, got {_cut(repr(e.get(key)))}"
+    if _blob_step(e["path"]) is None:
+        return f"an entry's path: expected {CHECKPOINTS}/step-N.pt, got {_cut(repr(e['path']))}"
+    return None
+
+
+def _cut(text: str, n: int = 120) -> str:
+    return text if len(text) <= n else text[:n] + "…"
 
 
 def _json(obj) -> bytes:

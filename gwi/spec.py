@@ -122,6 +122,7 @@ from .yamlfile import (
     entries,
     loads,
     node_at,
+    quote,
     type_name,
 )
 
@@ -206,7 +207,7 @@ class Spec:
             if j.name == name:
                 return j
         names = [j.name for j in self.jobs]
-        raise ConfigError(f"{self.path}: no job {name!r} in spec '{self.name}'{closest(name, names)}; "
+        raise ConfigError(f"{self.path}: no job {quote(name)} in spec '{self.name}'{closest(name, names)}; "
                           f"expected one of: {', '.join(names)}")
 
 
@@ -226,9 +227,9 @@ def _deadline(top: Fields) -> float:
     try:
         when = raw if isinstance(raw, dt.datetime) else dt.datetime.fromisoformat(str(raw))
     except ValueError:
-        raise top.error("deadline", f"expected an ISO time with a zone like 2026-12-09T18:00:00Z, got {raw!r}") from None
+        raise top.error("deadline", f"expected an ISO time with a zone like 2026-12-09T18:00:00Z, got {quote(raw)}") from None
     if when.tzinfo is None:
-        raise top.error("deadline", f"expected an ISO time with a zone (Z or +01:00), got {str(raw)!r}: "
+        raise top.error("deadline", f"expected an ISO time with a zone (Z or +01:00), got {quote(str(raw))}: "
                                     "a time without one means different things on different machines")
     now = time.time()
     if when.timestamp() <= now:
@@ -240,12 +241,12 @@ def _deadline(top: Fields) -> float:
 def _normalise_store(c: Fields, url: str) -> str:
     if url.startswith("s3://"):
         if not url[len("s3://"):].split("/")[0]:
-            raise c.error("store", f"s3 URL has no bucket: expected s3://BUCKET[/PREFIX], got {url!r}")
+            raise c.error("store", f"s3 URL has no bucket: expected s3://BUCKET[/PREFIX], got {quote(url)}")
         return url.rstrip("/")
     if url.startswith("file://"):
         path = url[len("file://"):] or "."
     elif "://" in url:
-        raise c.error("store", f"unsupported URL scheme in {url!r}; expected one of: file://, s3://")
+        raise c.error("store", f"unsupported URL scheme in {quote(url)}; expected one of: file://, s3://")
     else:
         path = url
     # a relative folder means the folder here, wherever the job later runs
@@ -317,7 +318,7 @@ class _Loader:
         else:
             name = self.path.stem
             if not NAME.fullmatch(name):
-                raise top.error("name", f"the file name {name!r} is not a spec name (letters, digits, '-' "
+                raise top.error("name", f"the file name {quote(name)} is not a spec name (letters, digits, '-' "
                                         "and '_'); set name: in the file")
         from .store import default_store_url
 
@@ -407,7 +408,7 @@ class _Loader:
     def _job(self, top: Fields, i: int, raw: Any) -> list[_Draft]:
         if not isinstance(raw, dict):
             raise ConfigError(f"{self.file}:{top.line('jobs')}: job #{i}: expected a mapping, got {type_name(raw)} "
-                              f"({raw!r})")
+                              f"({quote(raw)})")
         own = Fields(self.file, raw, f"job #{i}")
         name = own.name("name")
         own.owner = f"job '{name}'"
@@ -428,7 +429,7 @@ class _Loader:
                   for suffix, params in kind.check(c, own, self.plan, name)]
         for d in drafts:
             if d.name != name:
-                self._unique_name(own, d.name, "shards" if "shards" in own.node else "config", f"job {{new!r}}, made from {name!r}, clashes with job "
+                self._unique_name(own, d.name, "shards" if "shards" in own.node else "config", f"job {{new!r}}, made from {quote(name)}, clashes with job "
                                                          "{other!r} (line {line})")
             self.seen[d.name] = raw.line_of("name")
         return drafts
@@ -483,19 +484,19 @@ class _Loader:
                 continue
             names = self.groups.get(v) or ([v] if v in self.by_name else [])
             if not names:
-                raise d.c.error(ref.key, f"unknown job {v!r}{closest(v, known)}; expected one of: {allowed}")
+                raise d.c.error(ref.key, f"unknown job {quote(v)}{closest(v, known)}; expected one of: {allowed}")
             if not ref.many and len(names) > 1:
-                raise d.c.error(ref.key, f"{v!r} names {len(names)} jobs ({', '.join(names)}); expected one: "
+                raise d.c.error(ref.key, f"{quote(v)} names {len(names)} jobs ({', '.join(names)}); expected one: "
                                          "name one of them")
             bad = next((n for n in names if self.by_name[n].kind.name != ref.kind), None)
             if bad:
-                raise d.c.error(ref.key, f"job {v!r} is {_a(self.by_name[bad].kind.name)} job, not "
+                raise d.c.error(ref.key, f"job {quote(v)} is {_a(self.by_name[bad].kind.name)} job, not "
                                          f"{_a(ref.kind)} job; expected one of: {allowed}")
             for n in names:
                 target = self.by_name[n]
                 made = target.kind.outputs(target.params, self.plan.run(n))
                 if ref.output not in made:
-                    raise d.c.error(ref.key, f"job {v!r} writes no {ref.output} file ({', '.join(made) or 'nothing'}); "
+                    raise d.c.error(ref.key, f"job {quote(v)} writes no {ref.output} file ({', '.join(made) or 'nothing'}); "
                                              f"expected a job that does, or {ref.hint}")
                 urls.append(made[ref.output])
                 jobs.append(n)
@@ -510,7 +511,7 @@ class _Loader:
             names = self.groups.get(a) or ([a] if a in self.by_name else [])
             if not names:
                 known = sorted(self.groups)
-                raise d.c.error("after", f"unknown job {a!r}{closest(a, known)}; expected one of: {', '.join(known)}")
+                raise d.c.error("after", f"unknown job {quote(a)}{closest(a, known)}; expected one of: {', '.join(known)}")
             after += names
         p = dict(d.params)
         for ref in d.kind.refs:

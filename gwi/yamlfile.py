@@ -43,7 +43,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Node:
     for k_node, v_node in node.value:
         key = loader.construct_object(k_node, deep=True)
         if key in out:
-            raise ConfigError(f"{loader.name}:{k_node.start_mark.line + 1}: duplicate key {key!r}")
+            raise ConfigError(f"{loader.name}:{k_node.start_mark.line + 1}: duplicate key {quote(key)}")
         out[key] = loader.construct_object(v_node, deep=True)
         out.key_lines[key] = k_node.start_mark.line + 1
     return out
@@ -66,11 +66,26 @@ def load(path: str | Path) -> Any:
     return loads(text, str(path))
 
 
+# A plan or profile is a page of YAML. The bounds stop a few hundred bytes of nested aliases (a
+# "billion laughs") from expanding into gigabytes in whatever walks the values afterwards.
+MAX_BYTES = 1_000_000
+MAX_VALUES = 100_000
+
+
 def loads(text: str, name: str = "<string>") -> Any:
+    if len(text) > MAX_BYTES:
+        raise ConfigError(f"{name}: {len(text):,} characters; a plan or profile is at most {MAX_BYTES:,}")
     loader = _Loader(text)
     loader.name = name
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        n = _expanded_size(node)
+        if n > MAX_VALUES:
+            raise ConfigError(f"{name}: expands to more than {MAX_VALUES:,} values (aliases of aliases?); "
+                              "write the values out or use fewer aliases")
+        return loader.construct_document(node)
     except yaml.MarkedYAMLError as e:
         line = e.problem_mark.line + 1 if e.problem_mark else 0
         raise ConfigError(f"{name}:{line}: invalid YAML: {e.problem}") from None
@@ -78,6 +93,32 @@ def loads(text: str, name: str = "<string>") -> Any:
         raise ConfigError(f"{name}: invalid YAML: {e}") from None
     finally:
         loader.dispose()
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values ``root`` stands for once every alias is written out, counted once per
+    distinct node (aliases share nodes), stopping as soon as the count passes the bound."""
+    sizes: dict[int, int] = {}
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        kids = [k for pair in node.value for k in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        if children_done:
+            sizes[id(node)] = min(1 + sum(sizes[id(k)] for k in kids), MAX_VALUES + 1)
+        else:
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids if id(k) not in sizes)
+    return sizes[id(root)]
+
+
+def quote(v: Any, limit: int = 80) -> str:
+    """``repr(v)`` for an error message, cut to ``limit`` characters: a message names the value, it
+    does not reprint a list of a million items."""
+    r = repr(v)
+    return r if len(r) <= limit else r[:limit] + f"… ({len(r):,} characters)"
 
 
 def type_name(v: Any) -> str:
@@ -89,7 +130,7 @@ def type_name(v: Any) -> str:
 
 def closest(word: str, options: Iterable[str]) -> str:
     m = difflib.get_close_matches(str(word), list(options), n=1)
-    return f" (did you mean {m[0]!r}?)" if m else ""
+    return f" (did you mean {quote(m[0])}?)" if m else ""
 
 
 class Checker:
@@ -100,7 +141,7 @@ class Checker:
         line = parent.line(key) if parent is not None and key is not None else getattr(node, "line", 0)
         if not isinstance(node, dict):
             where = f"{file}:{line}: " if line else f"{file}: "
-            raise ConfigError(f"{where}{owner}: expected a mapping, got {type_name(node)} ({node!r})")
+            raise ConfigError(f"{where}{owner}: expected a mapping, got {type_name(node)} ({quote(node)})")
         self.node: dict = node
 
     def line(self, key: str | None = None) -> int:
@@ -142,17 +183,17 @@ class Checker:
         if not ok:
             want = {"str": "a non-empty string", "int": "an integer", "number": "a number", "bool": "true or false",
                     "list": "a list", "mapping": "a mapping", "str-list": "a list of names"}[kind]
-            raise self.error(key, f"expected {want}, got {type_name(v)} ({v!r})")
+            raise self.error(key, f"expected {want}, got {type_name(v)} ({quote(v)})")
         if choices is not None:
             choices = list(choices)
             bad = [i for i in (v if isinstance(v, list) else [v]) if i not in choices]
             if bad:
-                raise self.error(key, f"unknown value {bad[0]!r}{closest(bad[0], choices)}; "
+                raise self.error(key, f"unknown value {quote(bad[0])}{closest(bad[0], choices)}; "
                                       f"expected one of: {', '.join(sorted(map(str, choices)))}")
         if minimum is not None and kind in ("int", "number"):
             if v < minimum or (exclusive_min and v == minimum):
                 op = ">" if exclusive_min else ">="
-                raise self.error(key, f"expected a value {op} {minimum:g}, got {v!r}")
+                raise self.error(key, f"expected a value {op} {minimum:g}, got {quote(v)}")
         if isinstance(v, float) and kind == "number":
             v = float(v)
         return v
@@ -183,14 +224,14 @@ class Fields(Checker):
         if v is None:
             v = node_at(self.line(key))
         if not isinstance(v, dict):
-            raise self.error(key, f"expected a mapping, got {type_name(v)} ({v!r})")
+            raise self.error(key, f"expected a mapping, got {type_name(v)} ({quote(v)})")
         return Fields(self.file, v, self.owner if owner is None else owner, self.prefix + key + ".")
 
     def name(self, key: str, default: Any = ...) -> str:
         v = self.get(key, "str", default)
         if not NAME.fullmatch(v):
             raise self.error(key, f"expected a name of letters, digits, '-' and '_' starting with a letter or "
-                                  f"digit, got {v!r}")
+                                  f"digit, got {quote(v)}")
         return v
 
     def positive(self, key: str, default: Any = None) -> float | None:
@@ -200,7 +241,7 @@ class Fields(Checker):
     def unique(self, key: str, values: list) -> None:
         dup = next((v for i, v in enumerate(values) if v in values[:i]), None)
         if dup is not None:
-            raise self.error(key, f"{dup!r} is listed twice")
+            raise self.error(key, f"{quote(dup)} is listed twice")
 
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]*", re.IGNORECASE)

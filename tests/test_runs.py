@@ -80,6 +80,73 @@ def test_a_corrupt_or_missing_latest_falls_back_to_the_previous(tmp_path):
     assert scratch_left(tmp_path) == []
 
 
+@pytest.mark.parametrize("garbage", [b"\x00\xffnot json", b'"a string"', b"[1, 2]", b'{"latest": {"path": '
+                                     b'"checkpoints/step-4.pt", "step": 4}, "history": []}',  # no bytes, no sha256
+                                     b'{"latest": {"path": "../../etc/passwd", "step": 4, "bytes": 1, "sha256": "x"}}'])
+def test_an_unreadable_pointer_is_rebuilt_from_the_blobs_and_nothing_is_lost(tmp_path, garbage):
+    """Issue 27: garbage in latest.json was read as 'no checkpoint', training restarted from step 0 and
+    its first save deleted every older checkpoint."""
+    run = Run(f"file://{tmp_path}/r")
+    for step in (2, 4):
+        run.publish_checkpoint(ckpt(step), step, keep=3)
+    (tmp_path / "r" / LATEST).write_bytes(garbage)
+    assert run.pointer() is None and run.latest_step() is None  # the scheduler's reads do not crash either
+    logs = []
+    got, entry = run.load_latest(logs.append)
+    assert got["step"] == 4 and entry["step"] == 4 and torch.equal(got["w"], ckpt(4)["w"])
+    assert len(logs) == 1 and logs[0].startswith(f"warning: {LATEST} is unreadable (") and "rebuilding" in logs[0]
+    assert entry["bytes"] == (tmp_path / "r" / "checkpoints" / "step-4.pt").stat().st_size  # a verifiable entry
+    # a save at an earlier step (a run that did start over) deletes no later checkpoint
+    run.publish_checkpoint(ckpt(1), 1, keep=3)
+    names = sorted(p.name for p in (tmp_path / "r" / "checkpoints").glob("*.pt"))
+    assert names == ["step-1.pt", "step-2.pt", "step-4.pt"]
+    assert run.load_latest(quiet)[1]["step"] == 1  # the pointer names step 1 now, but nothing was lost
+
+
+def test_a_missing_pointer_with_blobs_resumes_from_the_newest_that_loads(tmp_path):
+    run = Run(f"file://{tmp_path}/r")
+    for step in (2, 4, 6):
+        run.publish_checkpoint(ckpt(step), step, keep=3)
+    ckdir = tmp_path / "r" / "checkpoints"
+    (tmp_path / "r" / LATEST).unlink()
+    torch.save(ckpt(5), ckdir / "step-6.pt")  # a blob that does not hold its own step is not trusted
+    logs = []
+    got, entry = run.load_latest(logs.append)
+    assert got["step"] == 4 and entry["path"] == "checkpoints/step-4.pt"
+    assert logs[0].startswith(f"warning: {LATEST} is missing but 3 checkpoint(s)")
+    assert entry["fallback"] == "checkpoints/step-6.pt does not hold step 6"
+
+
+def test_blobs_that_cannot_be_proven_corrupt_are_never_trained_over_from_step_0(tmp_path):
+    run = Run(f"file://{tmp_path}/r")
+    run.publish_checkpoint(ckpt(2), 2, keep=3)
+    (tmp_path / "r" / LATEST).write_text("{")
+    (tmp_path / "r" / "checkpoints" / "step-2.pt").write_bytes(b"a format this gwi cannot read")
+    with pytest.raises(GwiError, match=r"no checkpoint loads, and checkpoints/step-2\.pt may not be corrupt.*"
+                                       r"refusing to train over it from step 0"):
+        run.load_latest(quiet)
+    assert (tmp_path / "r" / "checkpoints" / "step-2.pt").exists()
+
+
+def test_a_publish_deletes_nothing_until_its_blob_is_in_the_store_whole(tmp_path, monkeypatch):
+    run = Run(f"file://{tmp_path}/r")
+    run.publish_checkpoint(ckpt(2), 2, keep=1)
+    real_put = type(run.store).put_file
+
+    def short_put(self, src, key, *, move=False):  # a store that keeps a truncated object
+        real_put(self, src, key, move=move)
+        path = self.path(key)
+        path.write_bytes(path.read_bytes()[:10])
+
+    monkeypatch.setattr(type(run.store), "put_file", short_put)
+    with pytest.raises(GwiError, match=r"step-3\.pt: 10 bytes in the store after the upload, expected \d+; older "
+                                       r"checkpoints kept"):
+        run.publish_checkpoint(ckpt(3), 3, keep=1)
+    assert (tmp_path / "r" / "checkpoints" / "step-2.pt").exists()
+    monkeypatch.undo()
+    assert run.load_latest(quiet)[0]["step"] == 2  # the truncated step 3 is proven corrupt, step 2 is there
+
+
 def model_ckpt(step: int = 3) -> tuple[dict, torch.nn.Module]:
     args = registry.model_args("inversionnet", "tiny")
     torch.manual_seed(0)

@@ -641,3 +641,55 @@ def test_a_job_no_platform_can_run_is_a_plan_error_and_one_that_fits_is_placed_t
     plan.write_text(plan.read_text().replace("gpus: 4", "gpus: 1, memory_gb: 16"))
     job = load_spec(plan, profiles=profiles).jobs[0]
     assert job.resources.gpus == 1 and job.resources.memory_gb == 16
+
+
+# ------------------------------------------------------------------------------------------------
+# hostile input (issue 27): alias bombs, huge documents, huge values in messages
+
+BOMB = """
+a: &a [x, x, x, x, x, x, x, x, x, x]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]
+name: day2
+store: s3://bucket/gwi
+jobs:
+  - name: j
+"""
+
+
+@pytest.mark.parametrize("field", ["argv: *g", "after: *g", "config: {families: *g}",
+                                   "config: {model_args: {depth: *g}}"])
+def test_a_plan_of_nested_aliases_is_refused_at_once(error, field):
+    kind = "kind: run\n    platforms: [local]\n" if field.startswith(("argv", "after")) else \
+        "kind: train\n    model: egnn\n    dataset: d\n    platforms: [local]\n"
+    text = BOMB + f"    {kind}    {field}\n"
+    assert len(text) < 1000
+    t0 = time.monotonic()
+    _, msg = error(text)
+    assert time.monotonic() - t0 < 5
+    assert msg.endswith("day2.yaml: expands to more than 100,000 values (aliases of aliases?); write the values out "
+                        "or use fewer aliases")
+
+
+def test_aliases_within_the_bound_still_load(spec):
+    _, s = spec(TRAIN.replace("platforms: [lambda, local]", "platforms: &plats [lambda, local]")
+                + "  - {name: unet, kind: train, model: specproj_unet, dataset: kaggle-train-f16, platforms: *plats}\n")
+    assert s.job("unet").platforms == s.job("egnn").platforms == ["lambda", "local"]
+
+
+def test_a_huge_plan_is_refused_by_its_size(error, monkeypatch):
+    import gwi.yamlfile
+
+    monkeypatch.setattr(gwi.yamlfile, "MAX_BYTES", 2000)
+    _, msg = error(TRAIN + "# " + "x" * 3000 + "\n")
+    assert "day2.yaml: 3," in msg and "characters; a plan or profile is at most 2,000" in msg
+
+
+def test_error_messages_cut_long_values(error):
+    _, msg = error(TRAIN.replace("platforms: [lambda, local]", "platforms: [lambda, local]\n    after: "
+                                 + "[" + ", ".join(f"job{i}" for i in range(5000)) + "]"))
+    assert len(msg) < 400, msg

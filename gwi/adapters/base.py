@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import GwiError
-from ..yamlfile import Checker, ConfigError, Node, closest, load, type_name
+from ..yamlfile import Checker, ConfigError, Node, closest, load, quote, type_name
 
 
 class State(str, enum.Enum):
@@ -69,7 +69,7 @@ class PlatformError(GwiError):
 
     def __init__(self, message: str, kind: str = "fatal"):
         if kind not in self.KINDS:
-            raise ValueError(f"PlatformError kind: expected one of {self.KINDS}, got {kind!r}")
+            raise ValueError(f"PlatformError kind: expected one of {self.KINDS}, got {quote(kind)}")
         super().__init__(message)
         self.kind = kind
 
@@ -136,7 +136,7 @@ def _convert(name: str, value, hint, meta):
         ok = isinstance(value, dict) and all(isinstance(v, (str, int, float, bool)) for v in value.values())
     if not ok:
         hint_text = closest(value, args) if origin is typing.Literal and isinstance(value, str) else ""
-        raise OptionError(name, f"expected {_expected(hint)}, got {value!r}{hint_text}")
+        raise OptionError(name, f"expected {_expected(hint)}, got {quote(value)}{hint_text}")
     if origin is tuple:
         return tuple(value)
     if origin is dict:
@@ -148,11 +148,11 @@ def _convert(name: str, value, hint, meta):
 def _check_bounds(name: str, value, meta) -> None:
     low, above, high = meta.get("minimum"), meta.get("above"), meta.get("maximum")
     if low is not None and value < low:
-        raise OptionError(name, f"expected a value >= {low:g}, got {value!r}")
+        raise OptionError(name, f"expected a value >= {low:g}, got {quote(value)}")
     if above is not None and value <= above:
-        raise OptionError(name, f"expected a value > {above:g}, got {value!r}")
+        raise OptionError(name, f"expected a value > {above:g}, got {quote(value)}")
     if high is not None and value > high:
-        raise OptionError(name, f"expected a value <= {high:g}, got {value!r}")
+        raise OptionError(name, f"expected a value <= {high:g}, got {quote(value)}")
 
 
 def parse_options(cls: type[PlatformOptions], node, file: str, line: int = 0):
@@ -171,7 +171,7 @@ def parse_options(cls: type[PlatformOptions], node, file: str, line: int = 0):
         return ConfigError(f"{where}: options{'.' + key if key else ''}: {message}")
 
     if not isinstance(node, dict):
-        raise error(None, f"expected a mapping, got {type_name(node)} ({node!r})")
+        raise error(None, f"expected a mapping, got {type_name(node)} ({quote(node)})")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     values = {}
@@ -237,7 +237,7 @@ def parse_profile(path: str | Path) -> Profile:
     c.only(PROFILE_FIELDS)
     gpu = c.node.get("gpu")
     if gpu is not None and not isinstance(gpu, str):
-        raise c.error("gpu", f"expected a GPU name or null, got {gpu!r}")
+        raise c.error("gpu", f"expected a GPU name or null, got {quote(gpu)}")
     quota = c.get("quota_hours_per_week", "number", None, minimum=0)
     session = c.get("session_hours", "number", None, minimum=0, exclusive_min=True)
     adapter = c.get("adapter", "str", choices=ADAPTERS)
@@ -614,7 +614,7 @@ def adapter_class(adapter: str) -> type[Adapter]:
     profiles, which needs each class's ``Options``, stays light."""
     target = ADAPTERS.get(adapter)
     if target is None:
-        raise ConfigError(f"unknown adapter {adapter!r}; expected one of {', '.join(ADAPTERS)}")
+        raise ConfigError(f"unknown adapter {quote(adapter)}; expected one of {', '.join(ADAPTERS)}")
     mod, _, cls = target.partition(":")
     try:
         module = importlib.import_module(mod)

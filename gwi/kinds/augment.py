@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from ..physics import AUGMENT_OPS, BACKENDS
 from ..runs import Run
-from ..yamlfile import Fields
+from ..yamlfile import Fields, quote
 from .base import JobKind, Plan, dataset_name, register
 
 MAX_SHARDS = 256
@@ -44,7 +44,7 @@ class Augment(JobKind):
         name = dataset_name(c, "dataset")
         dataset = plan.dataset_url(name)
         if dataset == source:
-            raise c.error("dataset", f"expected a new dataset, got the source {name!r} itself")
+            raise c.error("dataset", f"expected a new dataset, got the source {quote(name)} itself")
         recipe = list(c.get("recipe", "str-list", list(AUGMENT_OPS), choices=AUGMENT_OPS))
         if not recipe:
             raise c.error("recipe", f"expected at least one of: {', '.join(AUGMENT_OPS)}")
@@ -56,7 +56,7 @@ class Augment(JobKind):
                   "recipe": [o for o in AUGMENT_OPS if o in recipe], "seed": c.get("seed", "int", 0, minimum=0),
                   "keep_source": c.get("keep_source", "bool", False), "backend": c.get("backend", "str", None,
                                                                                     choices=BACKENDS)}
-        plan.claim(c, "dataset", dataset, job, f"dataset {name!r}")
+        plan.claim(c, "dataset", dataset, job, f"dataset {quote(name)}")
         if shards == 1:
             return [("", {**common, "shard": None})]
         drafts, parts = [], []

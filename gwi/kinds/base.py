@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import yaml
 
 from ..runs import Run, run_url
-from ..yamlfile import Fields, Node, closest
+from ..yamlfile import Fields, Node, closest, quote
 
 _DATASET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _PATH_PREFIXES = ("/", "./", "../", "~")
@@ -58,7 +58,7 @@ class Plan:
     def claim(self, c: Fields, key: str, url: str, job: str, what: str) -> None:
         """``job`` writes ``url`` (``what``, for the error): a second writer is an error at ``key``."""
         if url in self.writers and self.writers[url] != job:
-            raise c.error(key, f"{what} is also written by job {self.writers[url]!r}")
+            raise c.error(key, f"{what} is also written by job {quote(self.writers[url])}")
         self.writers[url] = job
 
 
@@ -103,14 +103,14 @@ def dataset_ref(c: Fields, key: str, value: Any = ...) -> str:
     v = c.get(key, "str") if value is ... else value
     if "://" in v or _DATASET.fullmatch(v):
         return v
-    raise c.error(key, f"expected a dataset name (letters, digits, '.', '_', '-') or a URL, got {v!r}")
+    raise c.error(key, f"expected a dataset name (letters, digits, '.', '_', '-') or a URL, got {quote(v)}")
 
 
 def dataset_name(c: Fields, key: str) -> str:
     """A dataset the job writes: a bare name (it goes to STORE/datasets/)."""
     v = c.get(key, "str")
     if not _DATASET.fullmatch(v):
-        raise c.error(key, f"expected a dataset name (letters, digits, '.', '_', '-'), got {v!r}")
+        raise c.error(key, f"expected a dataset name (letters, digits, '.', '_', '-'), got {quote(v)}")
     return v
 
 
@@ -122,7 +122,7 @@ def dataset_or_folder(c: Fields, key: str, plan: Plan) -> str:
         return os.path.abspath(os.path.join(plan.folder, os.path.expanduser(v)))
     if "://" in v or _DATASET.fullmatch(v):
         return plan.dataset_url(v)
-    raise c.error(key, f"expected a dataset name, a URL, or a folder starting with /, ./, ../ or ~, got {v!r}")
+    raise c.error(key, f"expected a dataset name, a URL, or a folder starting with /, ./, ../ or ~, got {quote(v)}")
 
 
 def check_split(c: Fields, key: str, value: str) -> str:
@@ -133,13 +133,13 @@ def check_split(c: Fields, key: str, value: str) -> str:
         m = re.fullmatch(r"(\d+):(\d+)", rest)
         if m and int(m[1]) >= 2 and int(m[2]) < int(m[1]):
             return value
-        raise c.error(key, f"expected 'kfold:K:FOLD' with K >= 2 and 0 <= FOLD < K, got {value!r}")
+        raise c.error(key, f"expected 'kfold:K:FOLD' with K >= 2 and 0 <= FOLD < K, got {quote(value)}")
     if kind == "family":
         if rest in FAMILIES:
             return value
-        raise c.error(key, f"unknown family {rest!r}{closest(rest, FAMILIES)}; expected one of: "
+        raise c.error(key, f"unknown family {quote(rest)}{closest(rest, FAMILIES)}; expected one of: "
                            f"{', '.join(sorted(FAMILIES))}")
-    raise c.error(key, f"expected 'kfold:K:FOLD' or 'family:NAME', got {value!r}")
+    raise c.error(key, f"expected 'kfold:K:FOLD' or 'family:NAME', got {quote(value)}")
 
 
 def optional(cc: Fields, config: dict, key: str, kind: str, **checks) -> None:
@@ -176,7 +176,7 @@ _KINDS: dict[str, JobKind] = {}
 
 def register(cls: type[JobKind]) -> type[JobKind]:
     if cls.name in _KINDS and type(_KINDS[cls.name]) is not cls:
-        raise ValueError(f"job kind {cls.name!r} is registered twice")
+        raise ValueError(f"job kind {quote(cls.name)} is registered twice")
     _KINDS[cls.name] = cls()
     return cls
 

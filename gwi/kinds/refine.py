@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..runs import Run
-from ..yamlfile import Fields
+from ..yamlfile import Fields, quote
 from .base import JobKind, Plan, Ref, dataset_or_folder, register
 
 CONFIG = ("iterations", "lr", "tv", "bands", "optimizer", "batch_size", "scale_range", "time_budget", "nbc", "device")
@@ -53,7 +53,7 @@ class Refine(JobKind):
         init = c.get("init", "str")
         worst = c.get("worst", "number", 1.0)
         if not 0 < worst <= 1:
-            raise c.error("worst", f"expected a fraction in (0, 1] of the files to refine, got {worst!r}")
+            raise c.error("worst", f"expected a fraction in (0, 1] of the files to refine, got {quote(worst)}")
         rank = c.get("rank", "str", None)
         if worst < 1 and rank is None:
             if "://" in init:
@@ -74,7 +74,7 @@ class Refine(JobKind):
             bands = cc.get("bands", "list")
             if not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bands):
                 raise cc.error("bands", f"expected low-pass cut-offs in Hz, coarse to fine (0: the full band), "
-                                        f"got {bands!r}")
+                                        f"got {quote(bands)}")
             config["bands"] = ",".join(f"{b:g}" for b in bands)
         if cc.node.get("time_budget") is not None:  # 2h30m, 45m, 90s or seconds
             try:
@@ -94,7 +94,7 @@ class Refine(JobKind):
             key, _, msg = str(e).partition(": ")
             raise cc.error(key if key in CONFIG else "", msg) from None
         if config.get("nbc", 1) < 1:
-            raise cc.error("nbc", f"expected a value >= 1, got {config['nbc']!r}")
+            raise cc.error("nbc", f"expected a value >= 1, got {quote(config['nbc'])}")
         common = {"init": init, "test": dataset_or_folder(c, "test", plan), "worst": worst, "backend": backend,
                   "config": config}
         if rank is not None:

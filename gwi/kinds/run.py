@@ -13,7 +13,7 @@ run folder as ``$GWI_RUN`` (a store URL) and the plan's store as ``$GWI_STORE``:
 from __future__ import annotations
 
 from ..runs import Run
-from ..yamlfile import Fields
+from ..yamlfile import Fields, quote
 from .base import JobKind, Plan, register
 
 
@@ -26,7 +26,7 @@ class RunCommand(JobKind):
     def check(self, c: Fields, own: Fields, plan: Plan, job: str) -> list[tuple[str, dict]]:
         argv = c.get("argv", "list")
         if not argv or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in argv):
-            raise c.error("argv", f"expected a command as a list of strings, like [python, script.py], got {argv!r}")
+            raise c.error("argv", f"expected a command as a list of strings, like [python, script.py], got {quote(argv)}")
         return [("", {"argv": [str(a) for a in argv], "store": plan.store})]
 
     def outputs(self, params: dict, run: Run) -> dict[str, str]:

@@ -25,7 +25,7 @@ from typing import Any
 from .. import config as train_config
 from ..models import registry
 from ..runs import Run
-from ..yamlfile import Fields, closest
+from ..yamlfile import Fields, closest, quote
 from .base import JobKind, Plan, dataset_ref, register
 from .train import Train, _splits, config_fields
 
@@ -87,7 +87,7 @@ class Sweep(JobKind):
                 try:
                     train_config.TrainConfig(dataset=dataset, run="", **trial).validate()
                 except (ValueError, TypeError) as e:
-                    raise sc.error(key, f"{v!r} does not make a valid trial: {e}") from None
+                    raise sc.error(key, f"{quote(v)} does not make a valid trial: {e}") from None
             space[key] = {how: list(arg)}
         return space
 
@@ -103,18 +103,18 @@ def _check_range(sc: Fields, key: str, how: str, arg: Any) -> list:
     """The values of a search dimension worth validating (its ends, or every choice); errors name it."""
     if how == "choice":
         if not isinstance(arg, list) or not arg:
-            raise sc.error(key, f"choice: expected a non-empty list of values, got {arg!r}")
+            raise sc.error(key, f"choice: expected a non-empty list of values, got {quote(arg)}")
         return list(arg)
     if (not isinstance(arg, list) or len(arg) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg)):
-        raise sc.error(key, f"{how}: expected [low, high], got {arg!r}")
+        raise sc.error(key, f"{how}: expected [low, high], got {quote(arg)}")
     lo, hi = arg
     if how == "int" and not all(isinstance(v, int) for v in arg):
-        raise sc.error(key, f"int: expected two integers [low, high], got {arg!r}")
+        raise sc.error(key, f"int: expected two integers [low, high], got {quote(arg)}")
     if not lo < hi:
         raise sc.error(key, f"{how}: an empty range: expected low < high, got [{lo}, {hi}]")
     if how == "log_uniform" and lo <= 0:
         raise sc.error(key, f"log_uniform: expected low > 0, got {lo}")
     if not all(math.isfinite(v) for v in arg):
-        raise sc.error(key, f"{how}: expected finite numbers, got {arg!r}")
+        raise sc.error(key, f"{how}: expected finite numbers, got {quote(arg)}")
     return [lo, hi]

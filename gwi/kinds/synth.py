@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..physics import BACKENDS, DEFAULT_BACKEND
 from ..runs import Run
-from ..yamlfile import Fields
+from ..yamlfile import Fields, quote
 from .base import JobKind, Plan, dataset_name, register
 
 
@@ -20,7 +20,7 @@ class Synth(JobKind):
 
         name = dataset_name(c, "dataset")
         dataset = plan.dataset_url(name)
-        plan.claim(c, "dataset", dataset, job, f"dataset {name!r}")
+        plan.claim(c, "dataset", dataset, job, f"dataset {quote(name)}")
         families = c.get("families", "str-list", choices=FAMILIES)
         if not families:
             raise c.error("families", f"expected at least one family; expected one of: {', '.join(sorted(FAMILIES))}")

@@ -16,7 +16,7 @@ from .. import config as train_config
 from ..budget import parse_duration
 from ..models import registry
 from ..runs import Run
-from ..yamlfile import Fields, closest, entries, node_at
+from ..yamlfile import Fields, closest, entries, node_at, quote
 from .base import JobKind, Plan, Ref, check_split, dataset_ref, register, scalar
 
 # TrainConfig fields that are not config: the job says them, or the plan derives them
@@ -57,7 +57,7 @@ class Train(JobKind):
         presets = list(registry.model_card(model).presets)
         preset = c.get("preset", "str", "default")
         if preset not in presets:
-            raise c.error("preset", f"unknown value {preset!r}{closest(preset, presets)} for model {model!r}; "
+            raise c.error("preset", f"unknown value {quote(preset)}{closest(preset, presets)} for model {quote(model)}; "
                                     f"expected one of: {', '.join(sorted(presets))}")
         dataset = plan.dataset_url(dataset_ref(c, "dataset"))
         cc = self._merged_config(c, own, plan)
@@ -122,7 +122,7 @@ class Train(JobKind):
                 try:
                     v = json.loads(json.dumps(dict(v)))
                 except (TypeError, ValueError):
-                    raise cc.error(k, f"expected plain YAML values (numbers, strings, lists), got {v!r}") from None
+                    raise cc.error(k, f"expected plain YAML values (numbers, strings, lists), got {quote(v)}") from None
             config[k] = v
         return config
 
@@ -176,7 +176,7 @@ def _fold_list(cc: Fields, folds: list) -> list[tuple[str, str]]:
         raise cc.error("folds", "expected at least one fold")
     for f in folds:
         if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f < k:
-            raise cc.error("folds", f"expected fold indices in 0..{k - 1} (k: {k}), got {f!r}")
+            raise cc.error("folds", f"expected fold indices in 0..{k - 1} (k: {k}), got {quote(f)}")
     dup = next((f for i, f in enumerate(folds) if f in folds[:i]), None)
     if dup is not None:
         raise cc.error("folds", f"fold {dup} is listed twice")
