@@ -7,13 +7,20 @@ the same template) every few seconds while the tab is visible; ``/api/...`` serv
 as ``gwi status --json``. Curves are each run's ``curves.png``, which training publishes with every
 checkpoint. It binds to 127.0.0.1 unless told otherwise: the page shows job names, reasons and
 store URLs (never a secret), which is still more than the network should see.
+
+Two guards against other pages in the user's own browser: a request whose ``Host`` is not the
+address the dashboard bound (127.0.0.1, localhost, ``--host``) is refused, so a web page cannot read
+it through DNS rebinding; bound to any other address it also wants the token printed at start (in
+the URL, then kept in a same-site cookie).
 """
 
 from __future__ import annotations
 
 import errno
+import hmac
 import ipaddress
 import json
+import secrets
 import socket
 import time
 from collections import Counter
@@ -32,8 +39,13 @@ _BADGE = {"green": "#1a7f37", "cyan": "#0969da", "yellow": "#9a6700", "red": "#c
           "magenta": "#8250df", "dim": "#6e7781"}
 
 
-def create_app(home=None, refresh_s: float = 5.0):
-    """The dashboard's Flask app for the state at ``home`` (default: where ``gwi status`` looks)."""
+TOKEN_COOKIE = "gwi_dashboard_token"
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def create_app(home=None, refresh_s: float = 5.0, host: str = "127.0.0.1", token: str | None = None):
+    """The dashboard's Flask app for the state at ``home`` (default: where ``gwi status`` looks),
+    answering requests for ``host`` (and the loopback names) only, and with ``token`` only."""
     from flask import Flask, Response, abort, jsonify, render_template, request
 
     from .paths import gwi_home, home_origin
@@ -41,6 +53,24 @@ def create_app(home=None, refresh_s: float = 5.0):
 
     app = Flask(__name__)
     where = f"{home or gwi_home()}" + ("" if home else f" ({home_origin()})")
+    # a wildcard address is reached by names it cannot know; the token guards it instead
+    hosts = None if host in ("0.0.0.0", "::", "") else {h.lower() for h in (*LOOPBACK_NAMES, host)}
+
+    @app.before_request
+    def guard():
+        name = _host_name(request.host)
+        if hosts is not None and name not in hosts:
+            abort(403, f"Host {name[:80]!r} is not this dashboard's address (expected one of: {', '.join(sorted(hosts))})")
+        if token is not None:
+            given = request.args.get("token") or request.cookies.get(TOKEN_COOKIE) or ""
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                abort(401, "this dashboard wants the token printed when it started: open the URL it printed")
+
+    @app.after_request
+    def keep_token(response):
+        if token is not None and request.args.get("token"):  # the page's own requests carry the cookie
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
+        return response
 
     def view():
         return open_view(home)
@@ -165,10 +195,14 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, refresh_s: float = 
                        + (" (another dashboard? --port 0 takes a free port)" if e.errno == errno.EADDRINUSE else "")
                        ) from None
     port = sock.getsockname()[1]
-    server = make_server(host, port, create_app(refresh_s=refresh_s), threaded=True, fd=sock.fileno())
-    if not _loopback(host):
-        log(f"warning: serving on {host}: anyone who can reach it sees your jobs, platforms and store URLs")
-    log(f"gwi dashboard on http://{_url_host(host)}:{port}/ (Ctrl-C to stop)", flush=True)
+    token = None if _loopback(host) else secrets.token_urlsafe(18)
+    server = make_server(host, port, create_app(refresh_s=refresh_s, host=host, token=token), threaded=True,
+                         fd=sock.fileno())
+    if token:
+        log(f"warning: serving on {host}: anyone who can reach it and has the token below sees your jobs, platforms "
+            "and store URLs")
+    log(f"gwi dashboard on http://{_url_host(host)}:{port}/" + (f"?token={token}" if token else "")
+        + " (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -184,6 +218,14 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header, without its port: ``[::1]:8765`` -> ``::1``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
 
 
 def _url_host(host: str) -> str:

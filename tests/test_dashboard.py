@@ -173,3 +173,51 @@ def test_an_evaluate_jobs_page_shows_its_report_and_worst_samples(client):
     rows = re.findall(r'<tr class="evaluation"><td>(\w+)</td><td class="num">(\d+)</td><td class="num">([\d.]+)</td>', page)
     assert rows == [("FlatVel_A", "8", "151.2"), ("overall", "8", "151.2")] and "0.812" in page  # overall last
     assert c.get("/worst/p/score.png").data.endswith(b"worst") and 'src="../../worst/p/score.png"' in page
+
+
+# -- who may read it (issue 27) -----------------------------------------------------------------------
+
+def test_requests_for_another_host_are_refused(client):
+    """A web page that rebinds its own name to 127.0.0.1 sends its own name as Host: refused."""
+    c, _ = client
+    for host in ("attacker.example", "attacker.example:8765", "127.0.0.1.attacker.example", "localhost.evil"):
+        r = c.get("/api/status", headers={"Host": host})
+        assert r.status_code == 403 and "is not this dashboard&#39;s address" in r.get_data(as_text=True), host
+    for host in ("localhost", "localhost:8765", "127.0.0.1:8765", "[::1]:8765", "LOCALHOST:1"):
+        assert c.get("/api/status", headers={"Host": host}).status_code == 200, host
+
+
+def test_a_token_guards_a_dashboard_on_another_address(tmp_path):
+    app = create_app(tmp_path / "home", host="192.0.2.7", token="s3cret")
+    app.testing = True
+    c = app.test_client()
+    assert c.get("/api/status", headers={"Host": "192.0.2.7:8765"}).status_code == 401
+    assert c.get("/api/status?token=wrong", headers={"Host": "192.0.2.7:8765"}).status_code == 401
+    assert c.get("/?token=s3cret", headers={"Host": "192.0.2.7:8765"}).status_code == 200
+    assert c.get("/api/status", headers={"Host": "192.0.2.7:8765"}).status_code == 200  # the cookie it set
+    assert c.get("/api/status", headers={"Host": "evil.example"}).status_code == 403
+
+
+def test_gwi_dashboard_on_all_addresses_prints_a_token_and_wants_it(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    env = {**os.environ, "GWI_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen(GWI + ["dashboard", "--host", "0.0.0.0", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        line = ""
+        while "gwi dashboard on" not in line:
+            line = proc.stdout.readline()
+            assert line, "the dashboard ended before printing its URL"
+        m = re.search(r"http://0\.0\.0\.0:(\d+)/\?token=([\w-]+)", line)
+        assert m, line
+        port, token = m.groups()
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=10)
+        assert e.value.code == 401
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=10) as r:
+            assert r.status == 200 and json.loads(r.read()) == []
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
