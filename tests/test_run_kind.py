@@ -56,3 +56,66 @@ jobs:
         for a in s.state.active_attempts():
             s.adapter(a["platform"]).cancel(json.loads(a["handle"]))
         s.close()
+
+
+LEAKY = """
+import os, sys
+print("key is", os.environ["AWS_SECRET_ACCESS_KEY"], "and", os.environ["WANDB_API_KEY"], flush=True)
+print("lambda:", os.environ.get("LAMBDA_API_KEY", "not given"), flush=True)  # another platform's: scrubbed
+sys.exit("failed with " + os.environ["AWS_SECRET_ACCESS_KEY"])
+"""
+
+
+def test_secrets_a_job_prints_are_masked_everywhere_gwi_records_or_shows_them(tmp_path, monkeypatch):
+    """Issue 27: a job that echoes the secrets gwi handed it had them copied into state.db (events,
+    end reasons), the console, gwi status, history, logs and the dashboard."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from gwi.dashboard import create_app
+
+    secrets = {"AWS_SECRET_ACCESS_KEY": "aws-SECRET-value-0123456789", "LAMBDA_API_KEY": "sk-lambda-SECRET-42",
+               "WANDB_API_KEY": "wandb-SECRET-abcdef"}  # a local job inherits this shell's variables
+    for k, v in secrets.items():
+        monkeypatch.setenv(k, v)
+    script = tmp_path / "leaky.py"
+    script.write_text(LEAKY)
+    home = tmp_path / "home"
+    monkeypatch.setenv("GWI_HOME", str(home))
+    plat = home / "platforms"  # the user's own profiles: trusted
+    plat.mkdir(parents=True)
+    (plat / "box.yaml").write_text("adapter: local\ncapacity: 1\noptions: {runtime: process, grace_s: 2}\n")
+    (plat / "lam.yaml").write_text("adapter: local\ncredentials: [LAMBDA_API_KEY]\n")  # another platform's key
+    (tmp_path / "leak.yaml").write_text(f"""name: leak
+store: file://{tmp_path}/store
+jobs:
+  - {{name: echo, kind: run, argv: [python3, {script}], platforms: [box], heartbeat_s: 0.5, limits: {{retries: 0}}}}
+""")
+    s = Scheduler(home, profiles=load_profiles([plat]))
+    try:
+        s.submit(load_spec(tmp_path / "leak.yaml", profiles=s.profiles))
+        run_until(s, lambda: s.state.job("leak/echo")["state"] in ("succeeded", "failed"), 120)
+        assert s.state.job("leak/echo")["state"] == "failed"
+        shown = s.logs("leak/echo")[1]
+        assert "key is *** and ***" in shown and "lambda: not given" in shown
+    finally:
+        s.close()
+    gwi = [sys.executable, "-m", "gwi"]
+    printed = "".join(subprocess.run(gwi + args, capture_output=True, text=True, timeout=60).stdout
+                      for args in (["status"], ["status", "--json"], ["status", "leak/echo", "--json"],
+                                   ["history", "leak/echo", "--json"], ["logs", "leak/echo"]))
+    assert "***" in printed
+    app = create_app(home)
+    app.testing = True
+    c = app.test_client()
+    printed += "".join(c.get(u).get_data(as_text=True) for u in ("/", "/live", "/api/status", "/job/leak/echo",
+                                                                  "/api/job/leak/echo"))
+    db = sqlite3.connect(home / "state.db")
+    recorded = "\n".join(str(v) for table in ("jobs", "attempts", "events")
+                         for row in db.execute(f"SELECT * FROM {table}") for v in row)
+    db.close()
+    assert "failed with ***" in recorded
+    for name, value in secrets.items():
+        assert value not in printed, f"{name} shown"
+        assert value not in recorded, f"{name} recorded in state.db"

@@ -39,6 +39,7 @@ from ..adapters.base import LaunchRequest, PlatformError, Profile, State
 from ..budget import ENV_LIMIT
 from ..errors import GwiError, StoreError
 from ..progress import ENV_ATTEMPT, ENV_INTERVAL, ENV_URL
+from ..redact import Redactor
 from ..runs import CANCEL, LATEST, Run
 from ..spec import Job, Spec
 from ..store import split_url
@@ -107,6 +108,15 @@ class Scheduler(View):
             "GWI_STATE_BACKUP_S", BACKUP_EVERY_S)
         self._stores: dict = {}
         self._lock_fd: int | None = None
+        self._redactor: Redactor | None = None
+        self.state.redact = self.redact
+
+    def redact(self, text: str) -> str:
+        """``text`` with the secrets this scheduler hands to jobs masked (every text it records passes
+        here): each platform's secret variables, the store's, and any variable named like a secret."""
+        if self._redactor is None:
+            self._redactor = Redactor.from_environ(set().union(*self._secret_vars().values()))
+        return self._redactor(text)
 
     # -- the lock ---------------------------------------------------------------------------------
 
@@ -515,15 +525,19 @@ class Scheduler(View):
         except (KeyError, TypeError, ValueError):
             return None  # an unreadable pointer: the worker falls back for itself
 
+    def _secret_vars(self) -> dict[str, set[str]]:
+        """Per platform, the variables that hold its secrets."""
+        out = {}
+        for name, profile in self.profiles.items():
+            try:
+                out[name] = set(self.ask(name, "secret_vars", "secret_vars"))
+            except Exception:  # noqa: BLE001 - a broken profile or a hung one: its declared credentials
+                out[name] = set(profile.credentials)
+        return out
+
     def _other_secrets(self, platform: str) -> set[str]:
         """Variables holding other platforms' secrets: a job here never sees them."""
-        names = set()
-        for name in self.profiles:
-            try:
-                names |= self.ask(name, "secret_vars", "secret_vars")
-            except Exception:  # noqa: BLE001 - a broken profile or a hung one: its declared credentials
-                names |= set(self.profiles[name].credentials)
-        return names - set(self.profiles[platform].credentials)
+        return set().union(*self._secret_vars().values()) - set(self.profiles[platform].credentials)
 
     def _launch(self, job_row, job: Job, att: Attempt) -> None:
         req = LaunchRequest(
@@ -584,7 +598,7 @@ class Scheduler(View):
             raise GwiError(f"{job_id} has no attempt{f' {attempt}' if attempt else ''} yet")
         if not a["handle"]:
             return dict(a), ""
-        return dict(a), self.ask(a["platform"], ("logs", a["id"]), "logs", json.loads(a["handle"]), tail)
+        return dict(a), self.redact(self.ask(a["platform"], ("logs", a["id"]), "logs", json.loads(a["handle"]), tail))
 
 
 def _cap(limit: float | None, budget_hours: float | None) -> float | None:

@@ -30,6 +30,7 @@ import os
 import sqlite3
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import GwiError
@@ -181,6 +182,8 @@ class StateDB:
         self.path = path
         self.clock = clock
         self.readonly = readonly
+        # every text written passes through it: the scheduler sets a Redactor of the secrets it hands out
+        self.redact: Callable[[str], str] = lambda text: text
 
     # -- opening ----------------------------------------------------------------------------------
 
@@ -315,7 +318,11 @@ class StateDB:
                         "finished_at=NULL, not_before=NULL, generation=generation+1 WHERE id=?",
                         (state, definition, position, now, job_id))
 
+    def _masked(self, cols: dict) -> dict:
+        return {k: self.redact(v) if isinstance(v, str) else v for k, v in cols.items()}
+
     def update_job(self, job_id: str, **cols) -> None:
+        cols = self._masked(cols)
         sets = _columns("jobs", _JOB_COLUMNS, cols)
         self.db.execute(f"UPDATE jobs SET {sets} WHERE id=?", (*cols.values(), job_id))
 
@@ -386,12 +393,14 @@ class StateDB:
         return self.db.execute("SELECT job_id, launched_at, started_at, ended_at, usd_per_hour FROM attempts").fetchall()
 
     def insert_attempt(self, attempt_id: str, **cols) -> None:
+        cols = self._masked(cols)
         _columns("attempts", _ATTEMPT_COLUMNS, cols)
         names = ", ".join(["id", *cols])
         marks = ",".join("?" * (len(cols) + 1))
         self.db.execute(f"INSERT INTO attempts({names}) VALUES ({marks})", (attempt_id, *cols.values()))
 
     def update_attempt(self, attempt_id: str, **cols) -> None:
+        cols = self._masked(cols)
         sets = _columns("attempts", _ATTEMPT_COLUMNS, cols)
         self.db.execute(f"UPDATE attempts SET {sets} WHERE id=?", (*cols.values(), attempt_id))
 
@@ -399,7 +408,7 @@ class StateDB:
 
     def event(self, job_id: str, kind: str, message: str, attempt_id: str | None = None) -> None:
         self.db.execute("INSERT INTO events(time, job_id, attempt_id, kind, message) VALUES (?,?,?,?,?)",
-                        (self.clock(), job_id, attempt_id, kind, message))
+                        (self.clock(), job_id, attempt_id, kind, self.redact(message)))
 
     def events(self, job_id: str | None = None, after_id: int = 0) -> list[sqlite3.Row]:
         if job_id:
@@ -412,6 +421,7 @@ class StateDB:
     def note_error(self, job_id: str, attempt_id: str | None, message: str) -> None:
         """Record an error of one job's step (once while it repeats). Never raises: it runs while
         handling another error, and the pass must go on."""
+        message = self.redact(message)  # compared with what was recorded, which is masked
         try:
             if attempt_id:
                 self.update_attempt(attempt_id, last_error=message)
