@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import GwiError
-from .scheduler.state import StateDB, backup_path, verify, write_backup
+from .scheduler.state import StateDB, StateUnreadable, backup_path, check_file, count_jobs, verify, write_backup
 
 STALE_TEMP_S = 600.0  # a download that has not grown for this long is dead
 STORE_TIMEOUT_S = 10.0
@@ -74,9 +74,14 @@ def check_state(home: Path, fix: bool) -> list[Finding]:
     path = home / "state.db"
     if not path.exists():
         return [Finding("state", True, f"{path}: none yet (nothing dispatched)")]
-    why = _readable(path)
+    try:
+        check_file(path)  # a folder, an emptied file beside a backup with jobs
+        why = _readable(path)
+    except StateUnreadable as e:
+        why = str(e)
     if why is None:
-        return [Finding("state", True, f"{path}: readable, integrity ok"), _backup_finding(path)]
+        return [Finding("state", True, f"{path}: readable, integrity ok"), _wal_finding(path, fix),
+                _backup_finding(path)]
     if "newer gwi" in why:  # a newer gwi's state is fine, for that gwi: never moved aside
         return [Finding("state", False, why)]
     if not fix:
@@ -87,28 +92,60 @@ def check_state(home: Path, fix: bool) -> list[Finding]:
     return [_restore(path, why)]
 
 
+def _wal_finding(path: Path, fix: bool) -> Finding:
+    """Whether ``state.db`` alone holds the state: what the WAL still keeps to itself is lost by a
+    copy of the file without its ``-wal``. Folding it in (a passive checkpoint) is what every
+    scheduler pass does; ``fix`` does it now."""
+    wal = path.with_name(path.name + "-wal")
+    if not wal.exists() or wal.stat().st_size == 0:
+        return Finding("state", True, f"{path}: holds the whole state (no WAL pending)")
+    db = sqlite3.connect(path, timeout=5)
+    try:
+        if fix:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        busy, frames, done = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    except sqlite3.Error as e:
+        return Finding("state", False, f"{wal}: cannot fold it into {path.name}: {e}")
+    finally:
+        db.close()
+    left = max(0, frames - done)
+    if left:
+        return Finding("state", False, f"{wal}: {left} page(s) not yet in {path.name} (a reader holds them): copy "
+                                       f"{path.name} with its -wal, or use its backup")
+    return Finding("state", True, f"{path}: holds the whole state (WAL folded in)", fixed=fix)
+
+
 def _backup_finding(path: Path) -> Finding:
     bak = backup_path(path)
     if not bak.exists():
-        return Finding("state", True, f"{bak}: no backup yet (the scheduler writes one every few minutes)")
+        return Finding("state", True, f"{bak}: no backup yet (the scheduler writes one after each dispatch)")
     why = _readable(bak)
     if why:
         return Finding("state", False, f"{bak}: unusable backup: {why}")
     age = time.time() - bak.stat().st_mtime
-    return Finding("state", True, f"{bak}: backup from {_when(bak.stat().st_mtime)} ({age / 3600:.1f} h old)")
+    has, had = count_jobs(path) or 0, count_jobs(bak) or 0
+    if had < has:
+        return Finding("state", False, f"{bak}: behind the state ({had} of its {has} jobs; from "
+                                       f"{_when(bak.stat().st_mtime)}): the next dispatch or scheduler pass refreshes it")
+    return Finding("state", True, f"{bak}: backup from {_when(bak.stat().st_mtime)} ({age / 3600:.1f} h old, "
+                                  f"{had} job(s))")
 
 
 def _restore(path: Path, why: str) -> Finding:
     """Move the broken state aside; restore the backup when it is good, else start empty."""
     why = why.split("; run `gwi doctor")[0]  # the hint is done: say what was done instead
+    bak = backup_path(path)
+    live, saved = count_jobs(path), count_jobs(bak) if bak.exists() and _readable(bak) is None else None
+    if live and (saved or 0) < live:  # what can still be read of the state is more than the backup has
+        return Finding("state", False, f"{why}; not repaired: it still lists {live} job(s) and the backup "
+                                       f"{saved or 0}: save what you can (sqlite3 {path} .recover), then move it aside")
     stamp = time.strftime("%Y%m%dT%H%M%S")
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     for suffix in ("", "-wal", "-shm"):
         p = path.with_name(path.name + suffix)
         if p.exists():
             os.replace(p, aside.with_name(aside.name + suffix))
-    bak = backup_path(path)
-    if bak.exists() and _readable(bak) is None:
+    if saved is not None:
         src = sqlite3.connect(f"{bak.resolve().as_uri()}?mode=ro", uri=True)
         try:
             write_backup(src, path)  # a checked copy; the backup itself stays as it is

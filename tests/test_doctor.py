@@ -31,8 +31,9 @@ def test_a_healthy_state_and_its_backup_are_reported(tmp_path):
     home = tmp_path / "home"
     state_with(home, "x")
     found = check_state(home, fix=False)
-    assert [f.ok for f in found] == [True, True]
-    assert found[0].message.endswith("readable, integrity ok") and "backup from" in found[1].message
+    assert [f.ok for f in found] == [True, True, True]
+    assert found[0].message.endswith("readable, integrity ok") and "holds the whole state" in found[1].message
+    assert "backup from" in found[2].message
 
 
 def test_fix_moves_a_corrupt_state_aside_and_restores_the_backup(tmp_path):

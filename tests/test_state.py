@@ -30,9 +30,9 @@ def test_the_home_and_the_state_are_private_and_in_wal_with_a_busy_timeout(tmp_p
     s = Scheduler(home, profiles={})
     try:
         assert mode(home) == 0o700 and mode(home / "state.db") == 0o600
-        assert s.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert s.db.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
-        assert s.db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        assert s.state.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert s.state.db.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
+        assert s.state.db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
         s.state.set_meta("x", "1")
         assert mode(home / "state.db-wal") == 0o600 and mode(home / "state.db-shm") == 0o600
     finally:
@@ -173,3 +173,125 @@ def test_a_migration_is_preceded_by_a_backup_of_the_older_state(tmp_path):
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
     db.close()
+
+
+# -- the safety net's holes (issue 27) ---------------------------------------------------------------
+
+PLAN = """name: p
+store: file://{store}
+jobs:
+  - {{name: a, kind: run, argv: [python3, -c, pass], platforms: [box]}}
+  - {{name: b, kind: run, argv: [python3, -c, pass], platforms: [box]}}
+"""
+
+
+def dispatched(tmp_path, backup_every_s=3600.0):
+    """A state with a plan of two jobs dispatched (no scheduler pass yet); the open Scheduler."""
+    from gwi.adapters.base import load_profiles
+    from gwi.spec import load_spec
+
+    home = tmp_path / "home"
+    plat = home / "platforms"
+    plat.mkdir(parents=True)
+    (plat / "box.yaml").write_text("adapter: local\noptions: {runtime: process}\n")
+    spec = tmp_path / "p.yaml"
+    spec.write_text(PLAN.format(store=tmp_path / "store"))
+    s = Scheduler(home, profiles=load_profiles([plat]), backup_every_s=backup_every_s)
+    s.submit(load_spec(spec, profiles=s.profiles))
+    return home, s
+
+
+def jobs_in(path) -> int:
+    db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_a_dispatch_is_backed_up_at_once_and_state_db_alone_holds_it(tmp_path):
+    """The backup had been taken before any job existed (and was what doctor --fix restored); the
+    jobs lived only in state.db-wal, so a copy of state.db was an empty shell."""
+    home, s = dispatched(tmp_path)
+    try:
+        assert jobs_in(backup_path(home / "state.db")) == 2  # no timer had to fire
+        alone = tmp_path / "copy.db"
+        alone.write_bytes((home / "state.db").read_bytes())  # while the scheduler still has it open
+        assert jobs_in(alone) == 2
+        s.cancel("p/a")
+        db = sqlite3.connect(backup_path(home / "state.db"))
+        assert db.execute("SELECT state FROM jobs WHERE id='p/a'").fetchone()[0] == "cancelled"
+        db.close()
+    finally:
+        s.close()
+
+
+def test_an_emptied_state_with_a_backup_is_refused_not_read_as_no_jobs(tmp_path):
+    home, s = dispatched(tmp_path)
+    s.close()
+    for suffix in ("", "-wal", "-shm"):
+        p = home / f"state.db{suffix}"
+        if p.exists():
+            p.write_bytes(b"")
+    for opener in (lambda: Scheduler(home, profiles={}), lambda: open_view(home, profiles={})):
+        with pytest.raises(StateUnreadable, match=r"state\.db: empty, but its backup holds 2 job\(s\); run `gwi "
+                                                  r"doctor --fix` to move it aside and restore the backup from"):
+            opener()
+    env = {**os.environ, "GWI_HOME": str(home)}
+    for args in (["status"], ["dispatch", str(tmp_path / "p.yaml")], ["history", "p/a"]):
+        out = subprocess.run([sys.executable, "-m", "gwi", *args], capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert "empty, but its backup holds 2 job(s)" in out.stderr
+    from gwi.doctor import check_state
+
+    (f,) = check_state(home, fix=True)
+    assert f.fixed and "restored the backup" in f.message
+    assert len(open_view(home, profiles={}).state.jobs()) == 2
+
+
+def test_a_state_db_that_is_a_folder_is_one_line_everywhere(tmp_path):
+    home = tmp_path / "home"
+    (home / "state.db").mkdir(parents=True)
+    env = {**os.environ, "GWI_HOME": str(home)}
+    for args in (["status"], ["status", "--json"], ["dispatch", "jobs/demo.yaml"], ["watch"], ["history", "x"]):
+        out = subprocess.run([sys.executable, "-m", "gwi", *args], capture_output=True, text=True, env=env, timeout=60,
+                             cwd=os.path.dirname(os.path.dirname(__file__)))
+        assert out.returncode != 0 and "Traceback" not in out.stderr, (args, out.stderr)
+        assert out.stderr.strip() == f"gwi: error: {home / 'state.db'}: is a folder, expected gwi's state file; " \
+                                     "move it aside or point GWI_HOME elsewhere", args
+    from gwi.doctor import check_state
+
+    assert "is a folder" in check_state(home, fix=False)[0].message
+
+
+def test_a_backup_never_replaces_a_state_that_lists_more_jobs(tmp_path):
+    from contextlib import closing
+
+    from gwi.doctor import check_state
+    from gwi.scheduler.state import write_backup
+
+    home, s = dispatched(tmp_path)
+    s.close()
+    bak = backup_path(home / "state.db")
+    empty = tmp_path / "empty"
+    Scheduler(empty, profiles={}).close()
+    # a copy of a state that lost jobs never overwrites a backup holding them
+    with closing(sqlite3.connect(empty / "state.db")) as db:
+        with pytest.raises(StateUnreadable, match=r"\.bak: not replaced: it holds 2 job\(s\) and the state only 0"):
+            write_backup(db, bak)
+    assert jobs_in(bak) == 2
+    # an older, smaller backup (as the first one, taken before the plan was dispatched): doctor says so
+    os.replace(empty / "state.db", bak)
+    found = check_state(home, fix=False)
+    assert any(not f.ok and "behind the state (0 of its 2 jobs" in f.message for f in found), found
+    # and a damaged state that still lists its jobs is not swapped for it
+    with closing(sqlite3.connect(home / "state.db")) as db:
+        db.execute("PRAGMA journal_mode=DELETE")
+        root = db.execute("SELECT rootpage FROM sqlite_master WHERE name='events'").fetchone()[0]
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+    data = bytearray((home / "state.db").read_bytes())
+    data[(root - 1) * size:root * size] = b"\x07" * size  # the events' table is gone; the jobs still count
+    (home / "state.db").write_bytes(bytes(data))
+    (f, *_) = check_state(home, fix=True)
+    assert not f.ok and not f.fixed and "not repaired: it still lists 2 job(s) and the backup 0" in f.message, f
+    assert not list(home.glob("state.db.corrupt-*"))

@@ -150,7 +150,9 @@ class Scheduler(View):
         now = self.clock()
         with self.state.tx() as st:
             st.save_spec(spec.name, spec.path, spec.sha256, spec.store, now, spec.deadline)
-            return [self._submit_job(spec, pos, job, now) for pos, job in enumerate(spec.jobs)]
+            lines = [self._submit_job(spec, pos, job, now) for pos, job in enumerate(spec.jobs)]
+        self._backup_if_due(force=True)  # a restore must never bring back a state without this plan
+        return lines
 
     def _submit_job(self, spec: Spec, pos: int, job: Job, now: float) -> str:
         st = self.state
@@ -197,6 +199,7 @@ class Scheduler(View):
                         self._place(row)
                 self._promote()  # jobs that just failed for want of a platform fail their dependents now
             self.state.set_last_reconcile(self.clock())
+            self.state.checkpoint()
             self._backup_if_due()
 
     def _isolated(self, job_id: str, attempt_id: str | None, fn, *args):
@@ -356,11 +359,13 @@ class Scheduler(View):
                 why, not_before = f"{why}; retrying on {att.platform} in {wait:.0f} s", now + wait
         st.update_job(jid, state=QUEUED, reason=why[:500], updated_at=now, not_before=not_before)
 
-    def _backup_if_due(self) -> None:
-        """Refresh ``state.db.bak`` when it is older than ``backup_every_s`` (online: the pass goes on)."""
+    def _backup_if_due(self, force: bool = False) -> None:
+        """Refresh ``state.db.bak`` when it is older than ``backup_every_s``, or at once after the plan
+        changed (``force``: dispatch, cancel). Online: the pass goes on; a failure is kept in the
+        state's meta for gwi doctor."""
         dest = self.state.path.with_name(self.state.path.name + BACKUP_SUFFIX)
         try:
-            if dest.exists() and time.time() - dest.stat().st_mtime < self.backup_every_s:
+            if not force and dest.exists() and time.time() - dest.stat().st_mtime < self.backup_every_s:
                 return
             self.state.backup(dest)
         except (OSError, sqlite3.Error, GwiError) as e:
@@ -590,6 +595,7 @@ class Scheduler(View):
                                       end_reason=reason, cleanup=cleanup)
                 msgs.append(f"attempt {att.n} on {att.platform} stopped" if err is None else
                             f"stopping attempt {att.n} on {att.platform} failed: {self._stop_note(err)}")
+            self._backup_if_due(force=True)
             return "; ".join(msgs)
 
     def logs(self, job_id: str, attempt: int | None = None, tail: int | None = None) -> tuple[dict, str]:

@@ -148,20 +148,60 @@ def verify(db: sqlite3.Connection, path: Path) -> int:
     return version
 
 
+def check_file(path: Path) -> None:
+    """Refuse, in one line, a state file that would read as "no jobs yet" while jobs were recorded:
+    a folder, or an empty file beside a backup that holds jobs (dispatch would relaunch jobs that
+    already succeeded). An empty file with no backup is a new state."""
+    if path.is_dir():
+        raise StateUnreadable(f"{path}: is a folder, expected gwi's state file; move it aside or point GWI_HOME "
+                              "elsewhere")
+    try:
+        empty = path.stat().st_size == 0
+    except FileNotFoundError:
+        return
+    wal = path.with_name(path.name + "-wal")
+    if empty and not (wal.exists() and wal.stat().st_size) and (n := count_jobs(backup_path(path))):
+        raise StateUnreadable(f"{path}: empty, but its backup holds {n} job(s); {fix_hint(path)}")
+
+
+def count_jobs(path: Path) -> int | None:
+    """How many jobs the state at ``path`` records; None when it cannot be read (missing, not gwi's)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    # without a WAL beside it (a backup) read it as immutable: a read-only look creates no -wal/-shm
+    wal = path.with_name(path.name + "-wal").exists()
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro{'' if wal else '&immutable=1'}", uri=True, timeout=5)
+        try:
+            return db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+
+
 def write_backup(db: sqlite3.Connection, dest: Path) -> None:
-    """An online copy of ``db`` (sqlite3's backup API: consistent while others write), checked, then
-    moved into place: ``dest`` is always a whole, readable state or the one before."""
+    """An online copy of ``db`` (sqlite3's backup API: consistent while others write, and it reads
+    the WAL too), checked, then moved into place: ``dest`` is always a whole, readable state or the
+    one before. A copy that records fewer jobs than the backup it would replace is refused: jobs are
+    never deleted, so the state it came from lost some (an emptied file, a restore gone wrong)."""
     tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
     os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
     try:
         target = sqlite3.connect(tmp)
         try:
             db.backup(target)
+            target.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
             check = target.execute("PRAGMA quick_check(1)").fetchone()[0]
+            has = target.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] if check == "ok" else 0
         finally:
             target.close()
         if check != "ok":
             raise StateUnreadable(f"{dest}: not written: the copy failed its integrity check ({check})")
+        had = count_jobs(dest)
+        if had is not None and has < had:
+            raise StateUnreadable(f"{dest}: not replaced: it holds {had} job(s) and the state only {has}; "
+                                  "gwi doctor says more")
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -192,6 +232,7 @@ class StateDB:
         """Read-write: checked, WAL, the schema created or migrated to :data:`SCHEMA_VERSION` (after a
         backup of the older one)."""
         path = Path(path)
+        check_file(path)
         if not path.exists():
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # -wal and -shm take its mode
         for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
@@ -216,6 +257,7 @@ class StateDB:
         """Read-only (``mode=ro``): never writes, never takes a write lock, never migrates (an older
         schema is read as it is). No state yet: an empty one in memory."""
         path = Path(path)
+        check_file(path)
         if not path.exists():
             return cls._empty(path, clock)
         db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None)
@@ -239,10 +281,19 @@ class StateDB:
         return cls(db, path, clock, readonly=True)
 
     def close(self) -> None:
+        if not self.readonly:
+            self.checkpoint()
         self.db.close()
+
+    def checkpoint(self) -> None:
+        """Move what the WAL holds into ``state.db`` (without waiting for readers), so a copy of that
+        file alone is the state, not an empty 4 KB shell."""
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def backup(self, dest: Path) -> None:
         """Write an online backup of this state to ``dest`` (0600, atomically)."""
+        self.checkpoint()
         write_backup(self.db, dest)
 
     @contextlib.contextmanager
