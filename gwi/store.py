@@ -302,11 +302,14 @@ def resolve_patience(patience: float | None) -> float:
 
 class _Waiter:
     """The bounded wait of one store call: jittered exponential backoff between tries until
-    ``patience`` seconds have passed since the first failure, then the last error is raised."""
+    ``patience`` seconds have passed since the call began (or, for a stream, since it last made
+    progress), then the last error is raised. No try starts after that; the one in flight ends within
+    the client's timeouts, which :func:`_client_limits` sizes from the same patience."""
 
     def __init__(self, what: str, patience: float | None):
         self.what, self.patience = what, patience
         self.since: float | None = None
+        self.start = time.monotonic()
         self.tries = 0
 
     def failed(self, err: StoreUnavailable) -> None:
@@ -317,7 +320,7 @@ class _Waiter:
             self.since, self.started = now, time.strftime("%H:%M:%SZ", time.gmtime())
             if patience > 0:
                 print(f"gwi: store {self.what} unreachable ({err}); waiting up to {patience:g} s", file=sys.stderr)
-        waited = now - self.since
+        waited = now - self.start
         left = patience - waited
         if left <= 0:
             _report_wait(id(self), None)
@@ -332,6 +335,8 @@ class _Waiter:
         time.sleep(min(delay, left))
 
     def done(self) -> None:
+        """The store answered: the wait (if any) is over, and a stream's next wait counts from now."""
+        self.start = time.monotonic()
         if self.since is not None:
             _report_wait(id(self), None)
             print(f"gwi: store {self.what} reachable again after {time.monotonic() - self.since:.0f} s",
@@ -364,23 +369,35 @@ _CLIENTS: dict[tuple, object] = {}
 QUICK_READ_TIMEOUT_S = 10.0
 
 
-def _s3_client(quick: bool = False):
-    """One boto3 client per (endpoint, timeouts, quick, process): creating them is slow and they are
-    thread-safe. ``quick`` (a store with no patience: heartbeats, the scheduler's reads) tries once
-    with a short read timeout, so a stalled store costs a beat or a pass seconds, not minutes."""
-    key = (_endpoint(), _timeouts(), quick, os.getpid())
+def _client_limits(patience: float) -> tuple[float, float, int]:
+    """(connect timeout, read timeout, botocore's attempts) of a client for calls with ``patience``
+    seconds: one try (all its attempts) takes at most half of it, so a store that accepts and never
+    answers costs about the patience, not attempts x 60 s. 0 (heartbeats, the scheduler's reads):
+    one attempt with a short read timeout, so a stalled store costs a beat or a pass seconds."""
+    connect, read = _timeouts()
+    if patience == 0:
+        return connect, min(read, QUICK_READ_TIMEOUT_S), 1
+    connect, read = min(connect, max(1.0, patience / 4)), min(read, max(1.0, patience / 4))
+    # botocore's own attempts absorb a blip within one call; a longer outage is waited out by _Waiter
+    return connect, read, max(1, min(3, int(patience / (2 * (connect + read)))))
+
+
+def _s3_client(patience: float):
+    """One boto3 client per (endpoint, limits, process): creating them is slow and they are
+    thread-safe. Its timeouts and attempts follow from the calls' ``patience``."""
+    limits = _client_limits(patience)
+    key = (_endpoint(), limits, os.getpid())
     if key not in _CLIENTS:
         try:
             import boto3
             from botocore.config import Config
         except ImportError:  # pragma: no cover - boto3 is a core dependency
             raise StoreError("s3:// URLs need boto3: pip install boto3") from None
-        connect, read = _timeouts()
+        connect, read, attempts = limits
         cfg = Config(
             connect_timeout=connect,
-            read_timeout=min(read, QUICK_READ_TIMEOUT_S) if quick else read,
-            # botocore's retries absorb a blip within one call; a longer outage is waited out by _Waiter
-            retries={"total_max_attempts": 1 if quick else 3, "mode": "standard"},
+            read_timeout=read,
+            retries={"total_max_attempts": attempts, "mode": "standard"},
             s3={"addressing_style": "path"} if _endpoint() else {},
         )
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
@@ -448,7 +465,7 @@ class S3Store(Store):
 
     @property
     def client(self):
-        return _s3_client(quick=self.patience == 0)
+        return _s3_client(resolve_patience(self.patience))
 
     def child(self, prefix: str) -> "S3Store":
         return S3Store(self.bucket, join(self.prefix, prefix), patience=self.patience)

@@ -106,6 +106,21 @@ def test_tcp_proxy_modes_reach_open_connections(echo_server):
 # -- (a) a store call waits out an outage, bounded --------------------------------------------------
 
 
+def test_patience_is_a_deadline_on_the_whole_call_even_when_the_store_never_answers(proxied):
+    """Issue 27: an endpoint that accepts and never answers took GWI_STORE_PATIENCE_S=5 six minutes
+    (60 s read timeout x 3 botocore attempts, patience counted only from the first failure)."""
+    url, proxy = proxied
+    proxy.set("stall")
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "gwi", "data", "info", f"{url}/datasets/x"], capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "GWI_STORE_PATIENCE_S": "5"})
+    took = time.monotonic() - t0
+    assert r.returncode == 75 and "Traceback" not in r.stderr, r.stderr
+    assert "GWI_STORE_PATIENCE_S=5" in r.stderr.splitlines()[-1]
+    assert took < 5 + 2.5 + 4, f"took {took:.1f} s"  # the patience, the try in flight, the interpreter's start
+    assert gwi.store._client_limits(5.0) == (1.25, 1.25, 1) and gwi.store._client_limits(300.0) == (5.0, 60.0, 2)
+
+
 def test_a_wait_that_ends_in_an_error_is_not_left_waiting(proxied):
     """The store comes back and answers "no such object": the call fails, and this process no longer
     says it waits (a wait left registered showed as ``waiting`` in every later heartbeat and hid the

@@ -198,12 +198,12 @@ def test_5xx_and_throttling_are_unavailable_refusals_are_not(fake_s3, monkeypatc
     answer.update(status=503, code="SlowDown", requests=0)
     with pytest.raises(StoreUnavailable):
         open_store("s3://b", patience=0.01).get_bytes("k")
-    n = answer["requests"]
-    assert n >= 3 and n % 3 == 0, f"with patience, each call is botocore's 3 standard attempts; got {n} requests"
+    # a short patience leaves no room for botocore's own attempts (issue 27: patience is a deadline)
+    assert answer["requests"] == 1
     answer.update(status=500, code="InternalError", requests=0)
     with pytest.raises(StoreUnavailable, match=r"still unavailable after waiting 1 s"):
         open_store("s3://b", patience=1).put_bytes("k", b"v")
-    assert answer["requests"] > 3, "the store's own wait tried again after botocore gave up"
+    assert answer["requests"] > 1, "the store's own wait tried again after botocore gave up"
     answer.update(status=403, code="AccessDenied", requests=0)
     with pytest.raises(StoreError, match="access denied") as e:
         open_store("s3://b", patience=30).get_bytes("k")
