@@ -140,6 +140,50 @@ def test_unzip_keeps_whole_members_and_refuses_names_that_escape(tmp_path):
         unzip(tmp_path / "cut.zip", tmp_path / "cut")
 
 
+@pytest.mark.parametrize("members, says", [
+    ([("data/x", b"file"), ("data/x/y.npy", b"under it")], "member 'data/x' is a file, and other members need it as a "
+                                                         "folder (data/x/...); not unzipped"),
+    ([("data/x/y.npy", b"under it"), ("data/x", b"file")], "member 'data/x' is a file, and other members"),
+    ([("a.npy", b"1"), ("link", "LINK"), ("link/y.npy", b"through it")], "member 'link' is a symbolic link"),
+    ([("a.npy", b"1"), ("a.npy", b"2")], "member 'a.npy' appears twice"),
+])
+def test_unzip_conflicts_are_one_line_and_nothing_is_extracted(tmp_path, members, says):
+    """Issue 27: a zip with x then x/y (or a link, then a path through it) gave FileExistsError with the
+    members before it left extracted."""
+    import stat
+    import warnings
+
+    from gwi.errors import GwiError
+
+    archive = tmp_path / "a.zip"
+    with warnings.catch_warnings(), zipfile.ZipFile(archive, "w") as z:
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name: that is the test
+        for name, data in members:
+            if data == "LINK":
+                info = zipfile.ZipInfo(name)
+                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+                z.writestr(info, "/etc")
+            else:
+                z.writestr(name, data)
+    root = tmp_path / "out"
+    with pytest.raises(GwiError) as e:
+        unzip(archive, root)
+    assert str(e.value).startswith(f"{archive}: ") and says in str(e.value) and "\n" not in str(e.value)
+    assert not root.exists() or not any(root.rglob("*"))
+
+
+def test_unzip_over_a_folder_where_a_file_goes_names_the_member(tmp_path):
+    from gwi.errors import GwiError
+
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("a.npy", b"1")
+        z.writestr("b.npy", b"2")
+    (tmp_path / "out" / "b.npy").mkdir(parents=True)
+    with pytest.raises(GwiError, match=r"member 'b\.npy' cannot be written to .*out/b\.npy: .*move what is there aside"):
+        unzip(archive, tmp_path / "out")
+
+
 def test_submit_validates_first_then_submissions_list_the_score(world, tmp_path):
     st = world["st"]
     st.rules_accepted.add(COMP)

@@ -149,6 +149,23 @@ def test_pull_of_a_missing_dataset_is_a_clear_error(s3):
     assert isinstance(open_store(s3), S3Store) and not isinstance(open_store(s3), FileStore)
 
 
+@pytest.mark.parametrize("field", ["families", "name", "num_samples", "normalisation"])
+def test_a_manifest_without_a_field_is_one_line_in_gwi_data_info(s3_dataset, field):
+    """Issue 27: a manifest without families gave a KeyError traceback in gwi data info."""
+    import subprocess
+    import sys
+
+    from gwi.store import open_store
+
+    url, m, _ = s3_dataset
+    bad = {k: v for k, v in m.items() if k != field}
+    open_store(url).put_bytes("manifest.json", json.dumps(bad).encode())
+    r = subprocess.run([sys.executable, "-m", "gwi", "data", "info", url], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip() == f"gwi: error: {url}/manifest.json: field '{field}' should be a " \
+                               f"{type(m[field]).__name__}, got missing"
+
+
 def test_pull_refuses_a_cache_folder_that_leads_outside(s3_dataset, tmp_path):
     """A symlink planted in the cache (here: the shards folder) must not carry downloads elsewhere."""
     from gwi.errors import DataError

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import time
 import zipfile
 from pathlib import Path
@@ -85,7 +86,10 @@ def download(adapter, competition: str, folder: str | os.PathLike, *, force: boo
 
 def unzip(archive: Path, root: Path) -> tuple[int, int]:
     """Every file of ``archive`` under ``root``; a member already there at its full size is kept.
-    Returns (files in the archive, files written now)."""
+    Returns (files in the archive, files written now). The member list is checked whole before
+    anything is written (names that leave ``root``, links, a file that another member needs as a
+    folder), and each file lands by rename from a ``.part``: a stop leaves only whole files, which a
+    rerun keeps, and ``.part`` files, which it writes again."""
     try:
         z = zipfile.ZipFile(archive)
     except zipfile.BadZipFile as e:
@@ -93,17 +97,46 @@ def unzip(archive: Path, root: Path) -> tuple[int, int]:
     written = 0
     with z:
         members = [m for m in z.infolist() if not m.is_dir()]
+        targets = _check_members(archive, root, z.infolist())
         for m in members:
-            dest = safe_join(root, m.filename)  # a member named ../x or /etc/x is refused, not written
-            if dest.exists() and dest.stat().st_size == m.file_size:
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            part = dest.with_name(dest.name + ".part")
-            with z.open(m) as src, open(part, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
-            os.replace(part, dest)
+            dest = targets[m.filename]
+            try:
+                if dest.is_file() and dest.stat().st_size == m.file_size:
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                part = dest.with_name(dest.name + ".part")
+                with z.open(m) as src, open(part, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                os.replace(part, dest)
+            except OSError as e:  # what is already on disk is in the way (a folder where a file goes)
+                raise GwiError(f"{archive}: member {m.filename!r} cannot be written to {dest}: {e.strerror or e}; "
+                               f"move what is there aside and run this again") from None
             written += 1
     return len(members), written
+
+
+def _check_members(archive: Path, root: Path, infos: list[zipfile.ZipInfo]) -> dict[str, Path]:
+    """Each file member's destination under ``root``, or one error naming the first bad member."""
+    files: dict[str, Path] = {}
+    folders: set[str] = set()
+    for m in infos:
+        name = m.filename.rstrip("/")
+        if stat.S_ISLNK(m.external_attr >> 16):
+            raise GwiError(f"{archive}: member {m.filename!r} is a symbolic link; not unzipped (gwi extracts "
+                           "files and folders only)")
+        parts = name.split("/")
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        if m.is_dir():
+            folders.add(name)
+            continue
+        if name in files:
+            raise GwiError(f"{archive}: member {m.filename!r} appears twice; not unzipped")
+        files[name] = safe_join(root, m.filename)  # a member named ../x or /etc/x is refused, not written
+    clash = sorted(set(files) & folders)
+    if clash:
+        raise GwiError(f"{archive}: member {clash[0]!r} is a file, and other members need it as a folder "
+                       f"({clash[0]}/...); not unzipped")
+    return files
 
 
 def submit(adapter, competition: str, path: str | os.PathLike, message: str) -> str:

@@ -643,6 +643,11 @@ def parse_manifest(data: bytes | str, where: str) -> dict:
         raise DataError(
             f"{where}: format_version {m.get('format_version')!r}, this gwi reads {FORMAT_VERSION}; upgrade gwi"
         )
+    for key, kind in (("name", str), ("num_samples", int), ("families", dict), ("seismic_shape", list),
+                      ("normalisation", dict)):
+        if not isinstance(m.get(key), kind):
+            got = "missing" if key not in m else f"a {type(m[key]).__name__}"
+            raise DataError(f"{where}: field {key!r} should be a {kind.__name__}, got {got}")
     shards = m.get("shards")
     if not isinstance(shards, list) or not shards:
         raise DataError(f"{where}: field 'shards' should be a non-empty list")
