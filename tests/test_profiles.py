@@ -164,3 +164,57 @@ def test_kaggle_accelerators_are_a_setting_and_a_retired_one_is_refused(tmp_path
     # when Kaggle offers another, the profile says so; no code changes
     p.write_text("adapter: kaggle\noptions:\n  machine_shape: NvidiaL4\n  accelerators: [NvidiaTeslaT4, NvidiaL4]\n")
     assert parse_profile(p).options.machine_shape == "NvidiaL4"
+
+
+# -- destinations a client chooses by itself (issue 27) ------------------------------------------------
+
+def test_a_kaggle_profile_without_credentials_still_needs_trust_to_send_the_key_elsewhere(repo, monkeypatch):
+    """The kaggle client signs in from KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json by itself: a profile
+    listing no credentials but another api_endpoint had `gwi check` send `Authorization: Basic ...`
+    there, untrusted, with no route shown by gwi platforms."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class Record(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append(dict(self.headers))
+            self.send_response(200)
+            self.end_headers()
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *_):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Record)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_port}"
+        (repo / "platforms" / "lambda.yaml").unlink()
+        (repo / "platforms" / "kg.yaml").write_text(f"adapter: kaggle\ncredentials: []\noptions: {{api_endpoint: '{url}'}}\n")
+        monkeypatch.setenv("KAGGLE_USERNAME", "alice")
+        monkeypatch.setenv("KAGGLE_KEY", "kaggle-SECRET-key")
+        monkeypatch.setenv("GWI_PLATFORMS", str(repo / "platforms"))
+        with pytest.raises(UntrustedProfile) as e:
+            load_profiles()
+        assert f"KAGGLE_KEY to Kaggle API {url}; ~/.kaggle/kaggle.json to Kaggle API {url}" in str(e.value)
+        r = subprocess.run([sys.executable, "-m", "gwi", "check", "--deadline", "5"], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode != 0 and "refusing this platform profile" in r.stderr, r.stdout + r.stderr
+        assert seen == [], "a request reached the profile's endpoint"
+    finally:
+        srv.shutdown()
+    # the package's own Kaggle profiles: the client's sign-in is listed where it goes
+    routes = secret_routes(load_profiles([PACKAGE_PLATFORMS]))
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "~/.kaggle/kaggle.json"):
+        assert ("kaggle", var, "Kaggle API https://www.kaggle.com", str(PACKAGE_PLATFORMS / "kaggle.yaml")) in routes
+
+
+def test_a_store_endpoint_set_for_the_jobs_is_a_destination(repo, monkeypatch):
+    (repo / "platforms" / "lambda.yaml").write_text(EVIL_LAMBDA.replace(f"{ATTACKER}/api/v1", "https://cloud.lambdalabs.com/api/v1")
+                                                    + "  env: {AWS_ENDPOINT_URL: 'https://s3.attacker.example:9000'}\n")
+    monkeypatch.setenv("GWI_PLATFORMS", str(repo / "platforms"))
+    with pytest.raises(UntrustedProfile, match=r"AWS_\* to S3 endpoint https://s3\.attacker\.example:9000"):
+        load_profiles()

@@ -276,6 +276,11 @@ TRUST_FILE = "trusted-profiles.json"
 THIS_MACHINE = "this machine"  # a process of the user's own gwi: never a new destination
 LENT = "AWS_*"  # the store's credentials this machine lends to jobs it drives (kit.lent_credentials)
 KAGGLE_API = "https://www.kaggle.com"  # the kaggle client's endpoint when options.api_endpoint is unset
+# the official kaggle client signs every request in from these by itself, whatever a profile's
+# ``credentials`` list: they go to its endpoint in any case
+KAGGLE_SIGN_IN = ("KAGGLE_USERNAME", "KAGGLE_KEY", "~/.kaggle/kaggle.json")
+# boto3 sends the store's credentials (signed) to whatever endpoint these name
+STORE_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 
 class UntrustedProfile(ConfigError):
@@ -340,13 +345,22 @@ def _origin(url: str) -> str:
 
 def routes(profile: Profile) -> list[tuple[str, str]]:
     """``(variable, destination)`` for each secret of this machine's environment that ``profile``
-    sends: its ``credentials`` and the adapter's own secret variables to the platform's endpoint,
-    and the store's credentials to the machines or images gwi drives there."""
+    sends: its ``credentials`` and the adapter's own secret variables to the platform's endpoint
+    (including what a client picks up by itself: the kaggle client's sign-in), the store's
+    credentials to the machines or images gwi drives there, and to a store endpoint the profile
+    sets for its jobs. Every option that decides where a credential goes is in a destination, so
+    changing it is a new route that needs trust."""
     o, creds = profile.options, list(profile.credentials)
 
     def opt(name, default=None):
         return getattr(o, name, None) if not isinstance(o, dict) else o.get(name, default)
 
+    env = opt("env") or {}
+    endpoints = sorted({_origin(env[k]) for k in STORE_ENDPOINT_VARS if env.get(k)})
+    return _platform_routes(profile, creds, opt) + [(LENT, f"S3 endpoint {e} (set by the profile)") for e in endpoints]
+
+
+def _platform_routes(profile: Profile, creds: list[str], opt) -> list[tuple[str, str]]:
     image = opt("image")
     if profile.adapter == "local":
         docker = opt("runtime", "auto") != "process"
@@ -359,7 +373,8 @@ def routes(profile: Profile) -> list[tuple[str, str]]:
             job += f", running docker image {image}"
         return [(v, f"Lambda API {api}") for v in creds or ["LAMBDA_API_KEY"]] + [(LENT, job)]
     if profile.adapter == "kaggle":
-        return [(v, f"Kaggle API {_origin(opt('api_endpoint') or KAGGLE_API)}") for v in creds]
+        api = f"Kaggle API {_origin(opt('api_endpoint') or KAGGLE_API)}"
+        return [(v, api) for v in dict.fromkeys(creds + list(KAGGLE_SIGN_IN))]
     if profile.adapter == "colab":
         drive = f"Google Drive API {_origin(opt('drive_api') or 'https://www.googleapis.com')}"
         return [(v, drive) for v in creds + [opt("drive_token_var") or "GWI_COLAB_DRIVE_TOKEN"]]
@@ -371,6 +386,16 @@ def secret_routes(profiles: dict[str, Profile] | list[Profile]) -> list[tuple[st
     ``gwi platforms`` and ``gwi check`` show. ``AWS_*`` stands for the store's credentials."""
     items = profiles.values() if isinstance(profiles, dict) else profiles
     return [(p.name, var, dest, p.path) for p in items for var, dest in routes(p)]
+
+
+def store_routes(environ: dict | None = None) -> list[tuple[str, str, str, str]]:
+    """Where the store's credentials go from this machine, as :func:`secret_routes` rows: boto3 finds
+    them by itself (the environment, ``~/.aws``, an instance role) and signs every request to the
+    S3 endpoint this environment names (AWS's own when none)."""
+    environ = os.environ if environ is None else environ
+    endpoint = next((environ[k] for k in STORE_ENDPOINT_VARS if environ.get(k)), None)
+    dest = f"S3 endpoint {_origin(endpoint)}" if endpoint else "S3 endpoint of AWS (no AWS_ENDPOINT_URL set)"
+    return [("store", f"{LENT} or ~/.aws (boto3's chain)", dest, "this environment")]
 
 
 def _default_routes(adapter: str) -> set[tuple[str, str]]:

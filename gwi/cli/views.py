@@ -188,7 +188,7 @@ def add_logs(sub) -> None:
 
 
 def cmd_platforms(a) -> int:
-    from ..adapters.base import secret_routes, trust_profile
+    from ..adapters.base import secret_routes, store_routes, trust_profile
     from ..scheduler import open_view
 
     for path in a.trust:  # before anything loads the profiles: an untrusted one would be refused
@@ -206,7 +206,7 @@ def cmd_platforms(a) -> int:
             print("no platform profiles found")
             return 0
         print(platform_table(v, credentials=True))
-        routes = [[plat, var, dest, src] for plat, var, dest, src in secret_routes(v.profiles)]
+        routes = [[plat, var, dest, src] for plat, var, dest, src in secret_routes(v.profiles) + store_routes()]
         if routes:
             print("\nwhere each secret goes (AWS_* are the store's credentials)\n")
             print(table(routes, ["platform", "variable", "sent to", "profile"]))
