@@ -3,12 +3,15 @@
 The world (:class:`World`): moto's S3 server behind a TCP proxy as the store (``tests/faults.py``
 ``TcpProxy``); two local-process platforms; a fake Lambda Cloud (``tests/fake_lambda.py``) behind an
 HTTP fault proxy (:class:`HttpFaultProxy`, here) whose instances run jobs through a real OpenSSH
-sshd (skipped when sshd is not installed); a size-limited tmpfs as the workers' cache when this
-process may mount one. Fake secrets sit in the environment, as a user's would.
+sshd (skipped when sshd is not installed); a fake Kaggle API (``tests/fake_kaggle.py``, behind the
+official kaggle client) that runs the kernels pushed to it, the store's credentials in its secret
+store; a size-limited tmpfs as the workers' cache when this process may mount one. Fake secrets sit
+in the environment, as a user's would.
 
 The driver (:class:`Driver`): ``random.Random(seed)`` picks, at random times, one of: a store
 outage (drop, reset, stall) of a few seconds to ~20 s; SIGKILL of a worker; SIGSTOP with SIGCONT a
-little later, or left stopped (the judge must replace it); 429, 500 or a hang from the cloud API;
+little later, or left stopped (the judge must replace it); 429, 500 or a hang from the cloud API,
+and from the Kaggle API (on whatever call comes next: push, status, output);
 sshd killed mid-command (restarted later, same host key); a full cache disk. Every fault is recorded.
 
 The checks (:func:`check_round`, :func:`check_secrets`): every job succeeded; no run's published
@@ -48,6 +51,7 @@ SECRETS = {
     "AWS_ACCESS_KEY_ID": "chaosAKID" + uuid.uuid4().hex[:12].upper(),
     "AWS_SECRET_ACCESS_KEY": "chaos-aws-secret-" + uuid.uuid4().hex,
     "LAMBDA_API_KEY": "chaos-lambda-key-" + uuid.uuid4().hex,
+    "KAGGLE_KEY": "chaos-kaggle-key-" + uuid.uuid4().hex,
 }
 
 WORKER_COMMANDS = {"train", "data", "ensemble", "predict"}
@@ -189,9 +193,12 @@ LOCAL_PROFILE = "adapter: local\ncapacity: 2\nstart_timeout_s: 120\noptions: {ru
 class World:
     """Everything the plan runs in; a context manager that restores the environment and stops all."""
 
-    def __init__(self, root: Path, *, use_lambda: bool = True, use_tmpfs: bool = True, cache_mb: int = 160):
+    def __init__(self, root: Path, *, use_lambda: bool = True, use_kaggle: bool = True, use_tmpfs: bool = True,
+                 cache_mb: int = 160):
         self.root = Path(root)
         self.use_lambda = use_lambda and SSHD is not None
+        self.use_kaggle = use_kaggle
+        self.kg = None
         self.use_tmpfs = use_tmpfs
         self.cache_mb = cache_mb
         self.tmpfs = False
@@ -244,6 +251,8 @@ class World:
         (self.platforms / "local-b.yaml").write_text(LOCAL_PROFILE)
         if self.use_lambda:
             self._start_lambda()
+        if self.use_kaggle:
+            self._start_kaggle()
         self._setenv(GWI_PLATFORMS=str(self.platforms))
         from gwi.adapters.base import load_profiles
         from gwi.scheduler import Scheduler
@@ -290,9 +299,26 @@ class World:
             "adapter": "lambda", "gpus": 1, "usd_per_hour": 0.75, "capacity": 2, "credentials": ["LAMBDA_API_KEY"],
             "start_timeout_s": 120, "options": opts}))
 
+    def _start_kaggle(self) -> None:
+        from .fake_kaggle import KaggleState, serve
+
+        # the kernels reach the store through the same faulty proxy, with its credentials from the
+        # secret store (never in the pushed code)
+        self.kg = KaggleState(self.root / "kaggle", "chaos", SECRETS["KAGGLE_KEY"], {
+            "AWS_ACCESS_KEY_ID": SECRETS["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": SECRETS["AWS_SECRET_ACCESS_KEY"],
+            "AWS_ENDPOINT_URL": self.proxy.url, "AWS_DEFAULT_REGION": "us-east-1"})
+        srv, url = serve(self.kg)
+        self._stack.callback(srv.shutdown)
+        self._stack.callback(self.kg.stop_all)
+        self._setenv(KAGGLE_USERNAME="chaos", KAGGLE_CONFIG_DIR=str(self.root / "kaggle-config"))
+        (self.platforms / "kg.yaml").write_text(json.dumps({
+            "adapter": "kaggle", "gpus": 1, "capacity": 2, "credentials": ["KAGGLE_USERNAME", "KAGGLE_KEY"],
+            "start_timeout_s": 120, "options": {"api_endpoint": url, "wheel_dataset": "chaos/gwi-wheels",
+                                                "request_timeout_s": 5}}))
+
     @property
     def platform_names(self) -> list[str]:
-        return (["lam"] if self.use_lambda else []) + ["local-a", "local-b"]
+        return (["lam"] if self.use_lambda else []) + (["kg"] if self.use_kaggle else []) + ["local-a", "local-b"]
 
     def heal(self) -> None:
         """Undo every fault still in force (the proxy passes, sshd runs, the disk has room)."""
@@ -300,6 +326,9 @@ class World:
         if self.api_proxy is not None:
             with self.api_proxy.lock:
                 self.api_proxy.armed.clear()
+        if self.kg is not None:
+            with self.kg.lock:
+                self.kg.faults.clear()
         if self.sshd is not None and (self.sshd.proc is None or self.sshd.proc.poll() is not None):
             self.sshd.start()
         for f in self.cache.glob(".chaos-filler*"):
@@ -374,6 +403,8 @@ class Driver:
         k = ["store_drop", "store_reset", "store_stall", "sigkill", "sigstop_cont", "sigstop_left"]
         if self.w.use_lambda:
             k += ["http_429", "http_500", "http_hang", "sshd_kill"]
+        if self.w.use_kaggle:
+            k += ["kaggle_429", "kaggle_500", "kaggle_hang"]
         if self.w.tmpfs:
             k += ["disk_full"]
         return k
@@ -469,6 +500,14 @@ class Driver:
         n = self.rng.randint(1, 4) if kind != "http_hang" else 1
         self.w.api_proxy.arm(kind.split("_")[1], n)
         self.record(kind, "lambda api", f"next {n} request(s)")
+
+    # the Kaggle API: 429, 500 or a hang on whatever comes next (a push, a status, the output)
+    def _kaggle(self, kind: str) -> None:
+        mode = kind.split("_")[1]
+        n = self.rng.randint(1, 4) if mode != "hang" else 1
+        with self.w.kg.lock:
+            self.w.kg.faults.extend([mode if mode == "hang" else int(mode)] * n)
+        self.record(kind, "kaggle api", f"next {n} request(s)")
 
     # sshd killed (the daemon and its sessions), restarted a few seconds later with the same host key
     def _sshd(self, kind: str) -> None:
@@ -687,6 +726,10 @@ def _wind_down(world: World, r: RoundResult) -> None:
         with world.lam.lock:
             for i in inst:
                 i["status"] = "terminated"
+    kernels = [ref for ref, k in (world.kg.kernels.items() if world.kg else []) if k["proc"].poll() is None
+               and not k["cancelled"] and ref.split("/")[-1].startswith(f"gwi-{r.name}")]
+    if kernels:
+        r.problems.append(f"{r.name}: kernel(s) left running on the fake Kaggle: {', '.join(kernels)}")
     if left:
         r.processes_left = len(left)
         r.problems.append(f"{r.name}: worker processes left: " + ", ".join(
@@ -724,10 +767,11 @@ def _store_objects(world: World) -> list[str]:
 
 
 def _files(root: Path):
+    kaggle_secret_store = root / "kaggle" / "secrets.json"  # Kaggle's own secret store: where they belong
     for dirpath, _, names in os.walk(root):
         for n in names:
             p = Path(dirpath, n)
-            if p.is_file() and not p.is_symlink() and ".chaos-filler" not in n:
+            if p.is_file() and not p.is_symlink() and ".chaos-filler" not in n and p != kaggle_secret_store:
                 yield p
 
 
@@ -804,6 +848,7 @@ def chaos(root: Path, seed: int, *, rounds: int | None = None, minutes: float | 
             sampler.close()
         secrets = check_secrets(w)
         desc = "local-a, local-b (process)" + (", lam (fake Lambda + sshd)" if w.use_lambda else "") + \
+            (", kg (fake Kaggle API, kernels as processes)" if w.use_kaggle else "") + \
             (f"; cache: {w.cache_mb} MiB tmpfs" if w.tmpfs else "; cache: a folder (no disk-full fault)")
         for p in worker_processes("chaos"):  # nothing of ours may outlive the run
             with contextlib.suppress(ProcessLookupError):

@@ -1,6 +1,7 @@
-"""The chaos test: one round of a four-job plan over two local platforms and a fake Lambda (real
-sshd) while a seeded driver injects store outages, kills, stops, API errors and hangs, a killed
-sshd and a full disk (tests/chaos.py). Every job must succeed with no step lost, nothing left
+"""The chaos test: one round of a four-job plan over two local platforms, a fake Lambda (real sshd)
+and a fake Kaggle API (the official client; kernels run as processes) while a seeded driver injects
+store outages, kills, stops, Lambda and Kaggle API errors and hangs, a killed sshd and a full disk
+(tests/chaos.py). Every job must succeed with no step lost, nothing left
 running and no secret in any file. ``bench/chaos.py --minutes 60`` is the long soak."""
 
 from __future__ import annotations
