@@ -690,6 +690,7 @@ def test_a_huge_plan_is_refused_by_its_size(error, monkeypatch):
 
 
 def test_error_messages_cut_long_values(error):
-    _, msg = error(TRAIN.replace("platforms: [lambda, local]", "platforms: [lambda, local]\n    after: "
-                                 + "[" + ", ".join(f"job{i}" for i in range(5000)) + "]"))
-    assert len(msg) < 400, msg
+    _, msg = error(f"name: day2\nstore: s3://bucket/gwi\njobs:\n  - {{name: r, kind: run, platforms: [local], "
+                   f"argv: [python, {{script: '{'x' * 5000}'}}]}}\n")
+    assert "field 'argv': expected a command as a list of strings" in msg and len(msg) < 400, msg
+    assert msg.endswith(" characters)") and "…" in msg
