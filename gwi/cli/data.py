@@ -11,6 +11,7 @@ from ..physics import AUGMENT_OPS, BACKENDS, DEFAULT_BACKEND
 
 def cmd_data_prep(a) -> int:
     from ..data.prep import prep_test, prep_train
+    from ..sharding import parse_shard
     from ..store import default_store_url
 
     out = a.out or default_store_url()
@@ -18,12 +19,26 @@ def cmd_data_prep(a) -> int:
         raise GwiError("data prep: give exactly one of --src DIR (training data) or --test-dir DIR")
     if a.src:
         m = prep_train(a.src, out, a.name, shard_size=a.shard_size, overwrite=a.overwrite,
-                       time_decimate=a.time_decimate, velocity_tolerance=a.velocity_tolerance)
+                       time_decimate=a.time_decimate, velocity_tolerance=a.velocity_tolerance,
+                       shard=parse_shard(a.shard))
     else:
         m = prep_test(a.test_dir, out, a.name, shard_size=a.shard_size, overwrite=a.overwrite,
-                      time_decimate=a.time_decimate)
-    print(dataset_summary(m, out.rstrip("/") + f"/datasets/{a.name}"))
+                      time_decimate=a.time_decimate, shard=parse_shard(a.shard))
+    _written(m, out, a)
     return 0
+
+
+def _written(m: dict, out: str, a) -> None:
+    """What a command that writes a dataset (or, with --shard, one part of it) prints."""
+    from ..sharding import parse_shard
+
+    where = out.rstrip("/") + f"/datasets/{a.name}"
+    if a.shard:
+        n = parse_shard(a.shard)[1]
+        print(f"part {a.shard} of {where}: {m['num_samples']} samples; when all {n} parts are there: "
+              f"gwi data merge --out {out} --name {a.name} --parts {n}")
+    else:
+        print(dataset_summary(m, where))
 
 
 def cmd_data_synth(a) -> int:
@@ -47,13 +62,7 @@ def cmd_data_augment(a) -> int:
     m = augment(a.source, out, a.name, factor=a.factor, recipe=parse_recipe(a.recipe), seed=a.seed,
                 backend=a.backend, keep_source=a.keep_source, shard=parse_shard(a.shard), batch_size=a.batch_size,
                 device=a.device, shard_size=a.shard_size, overwrite=a.overwrite, exist_ok=a.exist_ok)
-    where = out.rstrip("/") + f"/datasets/{a.name}"
-    if a.shard:
-        n = parse_shard(a.shard)[1]
-        print(f"part {a.shard} of {where}: {m['num_samples']} samples; when all {n} parts are there: "
-              f"gwi data merge --out {out} --name {a.name} --parts {n}")
-    else:
-        print(dataset_summary(m, where))
+    _written(m, out, a)
     return 0
 
 
@@ -153,6 +162,8 @@ def add_data(sub) -> None:
                    help="keep every K-th time sample after a zero-phase anti-alias low-pass")
     q.add_argument("--velocity-tolerance", type=float, default=1.0, metavar="M_S",
                    help="allowed excursion outside 1500-4500 m/s (default 1)")
+    q.add_argument("--shard", metavar="i/N", help="only the i-th of N interleaved shares of the source files, "
+                                                   "written as part i of N (gwi data merge joins them)")
     q.set_defaults(fn=cmd_data_prep)
 
     q = dsub.add_parser("synth", help="generate OpenFWI-style families and forward-model them")
@@ -177,7 +188,8 @@ def add_data(sub) -> None:
     _simulation_args(q, "the dataset (or part) exists from the same command")
     q.set_defaults(fn=cmd_data_augment)
 
-    q = dsub.add_parser("merge", help="join the parts written by 'gwi data augment --shard i/N' into the dataset")
+    q = dsub.add_parser("merge", help="join the parts written by 'gwi data prep|augment --shard i/N' into the "
+                                      "dataset")
     q.add_argument("--parts", type=int, required=True, metavar="N", help="how many parts (the N of --shard i/N)")
     q.add_argument("--name", required=True, help="dataset name")
     q.add_argument("--out", help="store holding it (default: the embedded store)")

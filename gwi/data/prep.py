@@ -1,7 +1,9 @@
 """``gwi data prep``: competition folders → float16 shards + manifest in a store.
 
 Source files are memory-mapped and converted a chunk at a time, so a 700 MB Kaggle file never sits
-in RAM whole and a full 65,818-file test folder streams.
+in RAM whole and a full 65,818-file test folder streams. With ``shard`` (i, N) only every N-th source
+file from the i-th is converted, written as part ``i-of-N`` of the dataset: several machines prepare a
+300 GB source together and ``gwi data merge`` joins the parts (as it does for augment).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..sharding import shard_of
 from .layout import SEISMIC_SHAPE, discover_test, discover_train
 from .shards import DatasetWriter
 
@@ -33,8 +36,13 @@ def _load(path: Path) -> np.ndarray:
     return a
 
 
+def _part(shard: tuple[int, int] | None) -> str | None:
+    return f"{shard[0]}-of-{shard[1]}" if shard else None
+
+
 def prep_train(src: str | Path, out: str, name: str, *, shard_size: int = 500, overwrite: bool = False,
-               time_decimate: int = 1, velocity_tolerance: float = 1.0, progress: bool | None = None) -> dict:
+               time_decimate: int = 1, velocity_tolerance: float = 1.0, progress: bool | None = None,
+               shard: tuple[int, int] | None = None) -> dict:
     pairs = discover_train(src)
     arrays = []
     for p in pairs:
@@ -44,14 +52,16 @@ def prep_train(src: str | Path, out: str, name: str, *, shard_size: int = 500, o
         if y.shape[0] != x.shape[0]:
             raise DataError(f"{p.y_path}: {y.shape[0]} velocity samples, but {p.x_path} has {x.shape[0]} seismic samples")
         arrays.append((p, x, y))
-    total = sum(x.shape[0] for _, x, _ in arrays)
+    # the whole source describes every part alike (merge checks that the parts came from one command)
     source = {"kind": "kaggle-train", "path": str(Path(src).resolve()),
               "files": [{"family": p.family, "x": str(p.x_path), "y": str(p.y_path), "samples": int(x.shape[0])}
-                        for p, x, _ in arrays]}
+                        for p, x, _ in arrays], **({"shard": list(shard)} if shard else {})}
+    mine = shard_of(arrays, shard)
+    total = sum(x.shape[0] for _, x, _ in mine)
     with DatasetWriter(out, name, source=source, labelled=True, shard_size=shard_size, overwrite=overwrite,
-                       time_decimate=time_decimate, velocity_tolerance=velocity_tolerance) as w, \
+                       time_decimate=time_decimate, velocity_tolerance=velocity_tolerance, part=_part(shard)) as w, \
             _progress(total, f"prep {name}", progress) as bar:
-        for p, x, y in arrays:
+        for p, x, y in mine:
             for i in range(0, x.shape[0], CHUNK):
                 w.add(p.family, np.asarray(x[i:i + CHUNK]), np.asarray(y[i:i + CHUNK]),
                       src=str(p.x_path), y_src=str(p.y_path), first=i)
@@ -60,11 +70,15 @@ def prep_train(src: str | Path, out: str, name: str, *, shard_size: int = 500, o
 
 
 def prep_test(test_dir: str | Path, out: str, name: str, *, shard_size: int = 500, overwrite: bool = False,
-              time_decimate: int = 1, progress: bool | None = None, family: str = "test") -> dict:
-    files = discover_test(test_dir)
-    source = {"kind": "kaggle-test", "path": str(Path(test_dir).resolve()), "files": len(files)}
+              time_decimate: int = 1, progress: bool | None = None, family: str = "test",
+              shard: tuple[int, int] | None = None) -> dict:
+    every = discover_test(test_dir)
+    source = {"kind": "kaggle-test", "path": str(Path(test_dir).resolve()), "files": len(every),
+              **({"shard": list(shard)} if shard else {})}
+    files = shard_of(every, shard)
     with DatasetWriter(out, name, source=source, labelled=False, shard_size=shard_size, overwrite=overwrite,
-                       time_decimate=time_decimate) as w, _progress(len(files), f"prep {name}", progress) as bar:
+                       time_decimate=time_decimate, part=_part(shard)) as w, \
+            _progress(len(files), f"prep {name}", progress) as bar:
         for i in range(0, len(files), CHUNK):
             part = files[i:i + CHUNK]
             xs = np.empty((len(part), *SEISMIC_SHAPE), np.float32)
