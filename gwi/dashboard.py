@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from contextlib import closing
 
-from .console import STATE_STYLE, duration
+from .console import STATE_STYLE, clock, duration
 from .errors import GwiError, StoreError
 from .runs import EVALUATION, WORST, Run
 from .tracking import CURVES
@@ -123,7 +123,7 @@ def create_app(home=None, refresh_s: float = 5.0, host: str = "127.0.0.1", token
         return Response(json.dumps(job_or_404(job_id), default=str), mimetype="application/json")
 
     app.jinja_env.filters["duration"] = duration
-    app.jinja_env.filters["clock"] = lambda t: "-" if t is None else time.strftime("%H:%M:%S", time.localtime(t))
+    app.jinja_env.filters["clock"] = clock
     app.jinja_env.globals["badge"] = lambda state: _BADGE.get(STATE_STYLE.get(state, "dim"), "#6e7781")
     return app
 
