@@ -90,7 +90,7 @@ def run_until(s, cond, timeout: float, interval: float = 0.2):
             return v
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s; events:\n" + "\n".join(
-        f"{e['job_id']} {e['kind']} {e['message']}" for e in s.events()))
+        f"{e['job_id']} {e['kind']} {e['message']}" for e in s.state.events()))
 
 
 def make_samples(rng, n: int):
