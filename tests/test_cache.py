@@ -1,0 +1,142 @@
+"""The bounded shard cache and the shard-aware order (issue 25): a dataset 5x the cache limit read
+through it, from a real S3 server (moto) and from a folder store; the bound sampled while it runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from gwi.data.cache import ShardCache, parse_size, stream_order
+from gwi.data.shards import DatasetWriter, ShardedDataset, load_manifest
+from gwi.data.sync import pull
+from gwi.errors import DataError, IntegrityError
+from gwi.store import open_store
+
+from .conftest import make_samples
+
+SHARD = 3  # samples a shard: ~1.3 MB of float16 seismic each
+
+
+def dataset(store_url: str, name: str = "big", shards: int = 10) -> str:
+    rng = np.random.default_rng(7)
+    with DatasetWriter(store_url, name, source={"kind": "test"}, shard_size=SHARD) as w:
+        for fam in ("FlatVel_A", "CurveVel_A"):
+            x, y = make_samples(rng, SHARD * shards // 2)
+            w.add(fam, x, y, src=f"test:{fam}")
+        w.finish()
+    return f"{store_url.rstrip('/')}/datasets/{name}"
+
+
+def unit_bytes(url: str) -> int:
+    m = load_manifest(open_store(url))
+    return max(s["bytes"] for s in m["shards"] if s["kind"] == "x") + \
+        max(s["bytes"] for s in m["shards"] if s["kind"] == "y")
+
+
+def disk_bytes(root) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and p.name.endswith((".npy", ".download")))
+
+
+def test_sizes_are_read_as_people_write_them():
+    assert parse_size("40GB") == 40 * 10**9 and parse_size("512MiB") == 512 * 2**20 and parse_size("1.5T") == 1.5e12
+    assert parse_size("1000") == 1000 and parse_size(7) == 7
+    for bad in ("lots", "-1GB", "0"):
+        with pytest.raises(ValueError, match="cache limit: expected a size"):
+            parse_size(bad)
+
+
+def test_a_limit_below_two_shards_says_the_smallest_workable_one(tmp_path):
+    url = dataset(f"file://{tmp_path}/store", shards=4)
+    one = unit_bytes(url)
+    with pytest.raises(DataError, match=r"cache limit .* holds fewer than 2 shards of big \(the largest is .*\): the "
+                                        r"smallest workable limit is "):
+        ShardCache(url, one, root=tmp_path / "cache")
+    ShardCache(url, 2 * one, root=tmp_path / "cache").close()
+
+
+@pytest.mark.parametrize("where", ["s3", "file"])
+def test_a_dataset_five_times_the_limit_streams_within_the_bound(tmp_path, request, where):
+    store = request.getfixturevalue("s3") if where == "s3" else f"file://{tmp_path}/store"
+    url = dataset(store, shards=10)
+    limit = 2 * unit_bytes(url)  # 10 shards through a cache of 2: 5x
+    whole = ShardedDataset(pull(url, tmp_path / "whole", progress=False))
+    cache = ShardCache(url, limit, root=tmp_path / "cache", workers=2)
+    peak, stop = [0, 0], threading.Event()
+
+    def watch():  # the bound as the disk sees it, and as the cache counts it
+        while not stop.is_set():
+            peak[0] = max(peak[0], disk_bytes(tmp_path / "cache"))
+            peak[1] = max(peak[1], cache.used())
+            time.sleep(0.002)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        units = [np.arange(whole.offsets[k], whole.offsets[k + 1]) for k in range(len(whole.offsets) - 1)]
+        samples, owner = stream_order(units, seed=1, epoch=0, rank=0, world=1, window=1)
+        seen = []
+        for k in dict.fromkeys(owner.tolist()):  # the units in the order the stream reads them
+            later = list(dict.fromkeys(owner.tolist()))
+            cache.prefetch(later[later.index(k):])  # this one and the ones after it
+            x, y = cache.open(k)
+            idx = samples[owner == k] - whole.offsets[k]
+            got_x, want_x = np.asarray(x[idx]), whole.batch(samples[owner == k], dtype=np.float16)[0]
+            assert np.array_equal(got_x, want_x) and np.array_equal(np.asarray(y[idx]),
+                                                                     whole.batch(samples[owner == k], np.float16)[1])
+            seen += samples[owner == k].tolist()
+            cache.release(k)
+    finally:
+        stop.set()
+        t.join()
+        cache.close()
+    assert sorted(seen) == list(range(len(whole)))  # every sample once
+    assert limit / 2 < peak[0] <= limit and peak[1] <= limit, (peak, limit)  # filled, never past the limit
+    assert cache.fetched == 10 and cache.evicted >= 8
+
+
+def test_a_second_cache_adopts_what_is_there_and_a_corrupt_shard_is_never_read(tmp_path, s3):
+    url = dataset(s3, shards=4)
+    limit = 4 * unit_bytes(url)
+    c = ShardCache(url, limit, root=tmp_path / "cache")
+    for k in range(4):
+        c.open(k)
+        c.release(k)
+    c.close()
+    again = ShardCache(url, limit, root=tmp_path / "cache")
+    assert sorted(again.present) == [0, 1, 2, 3]
+    again.open(2)
+    assert again.fetched == 0  # verified copies from before: nothing downloaded
+    again.close()
+    # the store's copy of a shard goes bad: fetched twice, then one error naming it, never opened
+    store = open_store(url)
+    m = load_manifest(store)
+    bad = next(s for s in m["shards"] if s["kind"] == "x")
+    store.put_bytes(bad["path"], b"\x93NUMPY corrupt" + b"\0" * 100)
+    logs = []
+    fresh = ShardCache(url, limit, root=tmp_path / "fresh", log=logs.append)
+    with pytest.raises(IntegrityError, match=rf"{bad['path']}: sha256 does not match the manifest after two downloads"):
+        fresh.open(0)
+    assert [m.endswith("fetching it again") for m in logs] == [True, False]
+    assert 0 not in fresh.present and not list((tmp_path / "fresh").rglob("*.npy"))
+    fresh.close()
+
+
+def test_the_stream_order_is_a_pure_function_with_disjoint_shards_per_rank():
+    units = [np.arange(10 * k, 10 * k + 10) for k in range(12)]
+    a = stream_order(units, seed=3, epoch=5, rank=1, world=3, window=2)
+    b = stream_order(units, seed=3, epoch=5, rank=1, world=3, window=2)
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+    assert not np.array_equal(a[0], stream_order(units, seed=3, epoch=6, rank=1, world=3, window=2)[0])
+    ranks = [stream_order(units, seed=3, epoch=5, rank=r, world=3, window=2) for r in range(3)]
+    assert len({len(s) for s, _ in ranks}) == 1  # equal lengths
+    shards = [set(o.tolist()) for _, o in ranks]
+    assert not (shards[0] & shards[1]) and not (shards[1] & shards[2]) and not (shards[0] & shards[2])
+    one, owner = stream_order(units, seed=3, epoch=5, rank=0, world=1, window=3)
+    assert sorted(one.tolist()) == list(range(120))
+    # a window of 3 shards: any 30 consecutive samples (aligned) come from 3 shards
+    assert all(len(set(owner[i:i + 30].tolist())) == 3 for i in range(0, 120, 30))
+    with pytest.raises(ValueError, match="expected 0 <= rank < world, got 3/3"):
+        stream_order(units, 0, 0, 3, 3)
