@@ -53,24 +53,7 @@ def create_app(home=None, refresh_s: float = 5.0, host: str = "127.0.0.1", token
 
     app = Flask(__name__)
     where = f"{home or gwi_home()}" + ("" if home else f" ({home_origin()})")
-    # a wildcard address is reached by names it cannot know; the token guards it instead
-    hosts = None if host in ("0.0.0.0", "::", "") else {h.lower() for h in (*LOOPBACK_NAMES, host)}
-
-    @app.before_request
-    def guard():
-        name = _host_name(request.host)
-        if hosts is not None and name not in hosts:
-            abort(403, f"Host {name[:80]!r} is not this dashboard's address (expected one of: {', '.join(sorted(hosts))})")
-        if token is not None:
-            given = request.args.get("token") or request.cookies.get(TOKEN_COOKIE) or ""
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                abort(401, "this dashboard wants the token printed when it started: open the URL it printed")
-
-    @app.after_request
-    def keep_token(response):
-        if token is not None and request.args.get("token"):  # the page's own requests carry the cookie
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
-        return response
+    _guard(app, host, token)
 
     def view():
         return open_view(home)
@@ -126,6 +109,31 @@ def create_app(home=None, refresh_s: float = 5.0, host: str = "127.0.0.1", token
     app.jinja_env.filters["clock"] = clock
     app.jinja_env.globals["badge"] = lambda state: _BADGE.get(STATE_STYLE.get(state, "dim"), "#6e7781")
     return app
+
+
+def _guard(app, host: str, token: str | None) -> None:
+    """Refuse requests for another Host than ``host`` (or the loopback names), and without ``token``
+    when one is set; a request that brings the token in its URL gets it back as a same-site cookie."""
+    from flask import abort, request
+
+    # a wildcard address is reached by names it cannot know; the token guards it instead
+    hosts = None if host in ("0.0.0.0", "::", "") else {h.lower() for h in (*LOOPBACK_NAMES, host)}
+
+    @app.before_request
+    def guard():
+        name = _host_name(request.host)
+        if hosts is not None and name not in hosts:
+            abort(403, f"Host {name[:80]!r} is not this dashboard's address (expected one of: {', '.join(sorted(hosts))})")
+        if token is not None:
+            given = request.args.get("token") or request.cookies.get(TOKEN_COOKIE) or ""
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                abort(401, "this dashboard wants the token printed when it started: open the URL it printed")
+
+    @app.after_request
+    def keep_token(response):
+        if token is not None and request.args.get("token"):  # the page's own requests carry the cookie
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
+        return response
 
 
 def _progress(r: dict) -> tuple[float | None, str]:

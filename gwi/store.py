@@ -370,10 +370,9 @@ QUICK_READ_TIMEOUT_S = 10.0
 
 
 def _client_limits(patience: float) -> tuple[float, float, int]:
-    """(connect timeout, read timeout, botocore's attempts) of a client for calls with ``patience``
-    seconds: one try (all its attempts) takes at most half of it, so a store that accepts and never
-    answers costs about the patience, not attempts x 60 s. 0 (heartbeats, the scheduler's reads):
-    one attempt with a short read timeout, so a stalled store costs a beat or a pass seconds."""
+    """(connect timeout, read timeout, botocore's attempts) of a client for calls with ``patience`` s:
+    one try (all its attempts) takes at most half of it, so a store that never answers costs about
+    the patience. 0 (heartbeats, the scheduler's reads): one short attempt, a beat's worth."""
     connect, read = _timeouts()
     if patience == 0:
         return connect, min(read, QUICK_READ_TIMEOUT_S), 1
