@@ -140,3 +140,26 @@ def test_the_stream_order_is_a_pure_function_with_disjoint_shards_per_rank():
     assert all(len(set(owner[i:i + 30].tolist())) == 3 for i in range(0, 120, 30))
     with pytest.raises(ValueError, match="expected 0 <= rank < world, got 3/3"):
         stream_order(units, 0, 0, 3, 3)
+
+
+def test_a_streamed_dataset_reads_the_same_batches_as_a_pulled_copy(tmp_path):
+    from gwi.data.cache import StreamedDataset
+
+    url = dataset(f"file://{tmp_path}/store", shards=6)
+    whole = ShardedDataset(pull(url, tmp_path / "whole", progress=False))
+    cache = ShardCache(url, 3 * unit_bytes(url), root=tmp_path / "cache", at_once=3)
+    ds = StreamedDataset(cache)
+    try:
+        assert len(ds) == len(whole) and list(ds.families) == list(whole.families)
+        assert list(ds.offsets) == list(whole.offsets)
+        idx = np.random.default_rng(0).permutation(len(ds))[:7]
+        flip = np.arange(7) % 2 == 0
+        for dtype in (np.float16, np.float32):
+            got, want = ds.batch(idx, dtype=dtype, flip=flip), whole.batch(idx, dtype=dtype, flip=flip)
+            assert got[0].dtype == dtype and np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+        parts = ds.units(idx)
+        assert sorted(np.concatenate(parts).tolist()) == sorted(idx.tolist())
+        assert all(((ds.unit_of(p) == k) | (len(p) == 0)).all() for k, p in enumerate(parts))
+        assert not cache.pins  # every shard a batch opened was released
+    finally:
+        cache.close()

@@ -316,3 +316,51 @@ def stream_order(units: list[np.ndarray], seed: int, epoch: int, rank: int, worl
     samples = np.concatenate(samples)[:length] if samples else np.empty(0, np.int64)
     owner = np.concatenate(owner)[:length] if owner else np.empty(0, np.int64)
     return samples.astype(np.int64), owner.astype(np.int64)
+
+
+class StreamedDataset:
+    """A dataset read through a :class:`ShardCache`: the reading side of
+    :class:`~gwi.data.shards.ShardedDataset` (``len``, ``families``, ``offsets``, ``manifest``,
+    ``batch``) without a whole local copy. A batch opens the shards it needs, reads its samples
+    (mirrored where ``flip`` says, as ``ShardedDataset.batch`` does) and releases them."""
+
+    def __init__(self, cache: ShardCache):
+        self.cache, self.manifest = cache, cache.manifest
+        self.offsets = np.concatenate([[0], np.cumsum([u.samples for u in cache.units])]).astype(np.int64)
+        self.families = np.concatenate([np.full(u.samples, u.x["family"], dtype=object) for u in cache.units]).astype(str)
+        self.labelled = all(u.y is not None for u in cache.units)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def unit_of(self, idx) -> np.ndarray:
+        """The shard (unit) of each global sample index."""
+        return np.searchsorted(self.offsets, np.asarray(idx), side="right") - 1
+
+    def units(self, idx: np.ndarray) -> list[np.ndarray]:
+        """``idx`` grouped by shard: ``units[k]`` holds the indices of ``idx`` in shard ``k``, in order
+        (the input of :func:`stream_order`)."""
+        idx = np.sort(np.asarray(idx, dtype=np.int64))
+        owner = self.unit_of(idx)
+        return [idx[owner == k] for k in range(len(self.cache.units))]
+
+    def batch(self, idx, dtype=np.float32, flip=None) -> tuple[np.ndarray, np.ndarray | None]:
+        idx = np.asarray(idx, dtype=np.int64)
+        flip = np.zeros(len(idx), bool) if flip is None else np.asarray(flip, bool)
+        if flip.shape != idx.shape:
+            raise ValueError(f"flip: expected one flag per sample, shape {idx.shape}, got shape {flip.shape}")
+        first = self.cache.units[0].x["shape"]
+        xs = np.empty((len(idx), *first[1:]), dtype)
+        ys = np.empty((len(idx), 1, 70, 70), dtype) if self.labelled else None
+        owner = self.unit_of(idx)
+        for k in dict.fromkeys(owner.tolist()):
+            x, y = self.cache.open(k)
+            try:
+                for b in np.flatnonzero(owner == k):
+                    j, f = int(idx[b] - self.offsets[k]), bool(flip[b])
+                    xs[b] = x[j, ::-1, :, ::-1] if f else x[j]  # (5, T, 70)
+                    if ys is not None:
+                        ys[b] = y[j, ..., ::-1] if f else y[j]  # (1, 70, 70)
+            finally:
+                self.cache.release(k)
+        return xs, ys
