@@ -59,6 +59,10 @@ class TrainConfig:
     channels_last: bool = False  # NHWC memory format (faster convolutions on tensor cores)
     log_every: int = 10  # steps between reads of the loss on the host (each read waits for the device)
     fault_at_step: int = 0  # testing: raise after this step's checkpoint, as a dying platform would
+    # stream a dataset larger than this from its store through a bounded local cache (gwi.data.cache)
+    # instead of pulling it whole: a size like 40GB; "" pulls as always
+    cache_limit: str = ""
+    stream_window: int = 4  # shards whose samples are shuffled together when streaming
 
     def validate(self) -> None:
         def need(cond, name, expected, got):
@@ -86,6 +90,12 @@ class TrainConfig:
         need(isinstance(self.log_every, int) and self.log_every >= 1, "log_every", "an integer >= 1",
              self.log_every)
         need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}", self.precision)
+        if self.cache_limit:
+            from .data.cache import parse_size
+
+            parse_size(self.cache_limit)  # "cache limit: expected a size like 40GB ..., got ..."
+        need(isinstance(self.stream_window, int) and self.stream_window >= 1, "stream_window", "an integer >= 1",
+             self.stream_window)
         need(self.heartbeat_s > 0, "heartbeat_s", "a positive number of seconds", self.heartbeat_s)
         need(isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 1, "keep_checkpoints",
              "an integer >= 1", self.keep_checkpoints)

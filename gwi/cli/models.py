@@ -55,7 +55,7 @@ def cmd_train(a) -> int:
     cfg = TrainConfig(model=a.model, dataset=a.dataset, run=a.run, preset=a.preset)
     for key in ("epochs", "batch_size", "lr", "precision", "heartbeat_s", "seed", "device", "max_steps",
                 "checkpoint_every", "keep_checkpoints", "ema", "flip", "loss", "optimizer", "schedule", "families",
-                "init_from", "init_partial", "workers", "compile", "channels_last"):
+                "init_from", "init_partial", "workers", "compile", "channels_last", "cache_limit"):
         v = getattr(a, key, None)
         if v is not None:
             setattr(cfg, key, v)
@@ -117,6 +117,9 @@ def add_train(sub) -> None:
                    help="start from the weights of a run (its latest checkpoint, EMA weights if any) or a .pt file")
     q.add_argument("--init-partial", dest="init_partial", action="store_true", default=None,
                    help="with --init-from: load the tensors that fit, leave the others as initialised")
+    q.add_argument("--cache-limit", dest="cache_limit", metavar="SIZE",
+                   help="stream a dataset larger than SIZE (e.g. 40GB) from its store through a local cache that "
+                        "never holds more, instead of pulling it whole")
     q.add_argument("--workers", type=int, help="DataLoader worker processes (default: several on a GPU, none on CPU)")
     q.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     q.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,

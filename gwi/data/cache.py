@@ -333,6 +333,13 @@ class StreamedDataset:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    def plan(self, owners: np.ndarray, ahead: int) -> None:
+        """The shards the coming batches read, in order (one per sample, as ``stream_order`` gives):
+        after each batch the cache fetches the next ``ahead`` of them."""
+        self.upcoming = list(dict.fromkeys(np.asarray(owners).tolist()))
+        self.ahead = ahead
+        self.cache.prefetch(self.upcoming[:ahead])
+
     def unit_of(self, idx) -> np.ndarray:
         """The shard (unit) of each global sample index."""
         return np.searchsorted(self.offsets, np.asarray(idx), side="right") - 1
@@ -363,4 +370,9 @@ class StreamedDataset:
                         ys[b] = y[j, ..., ::-1] if f else y[j]  # (1, 70, 70)
             finally:
                 self.cache.release(k)
+        upcoming = getattr(self, "upcoming", None)
+        if upcoming:  # fetch what the next batches read while the model works on this one
+            last = max(upcoming.index(k) for k in set(owner.tolist()) if k in upcoming) if \
+                any(k in upcoming for k in set(owner.tolist())) else 0
+            self.cache.prefetch(upcoming[last:last + self.ahead])
         return xs, ys

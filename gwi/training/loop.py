@@ -37,6 +37,7 @@ from torch import nn
 
 from .. import __version__, budget, progress
 from ..config import TrainConfig
+from ..data.cache import stream_order
 from ..errors import GwiError, StoreUnavailable
 from ..inference import Normalizer
 from ..models import registry
@@ -69,7 +70,7 @@ def train(cfg: TrainConfig, log=print, started: float | None = None) -> dict:
     started = t_start if started is None else started
     old_handler = stop_on_sigterm()
     try:
-        data = load_data(cfg, d, device)
+        data = load_data(cfg, d, device, log=say)
         progress.phase("pulled")
         limit = os.environ.get(budget.ENV_LIMIT)
         budget_s = budget.effective_budget_s(cfg.time_budget, float(limit) if limit else None)
@@ -451,10 +452,16 @@ def size_to_budget(s: State, step_s: float, probe: int) -> None:
 def epoch_batches(s: State) -> list[tuple[np.ndarray, np.ndarray]]:
     """This rank's batches left in the current epoch (all of them, unless resuming inside it): each its
     sample indices, sorted so the reads walk the memory map forwards, and which of them to flip."""
-    order = epoch_order(s.data.train_idx, s.cfg.seed, s.epoch, s.d.rank, s.d.world)
+    if s.data.window:  # streamed: whole shards a few at a time, fetched ahead by the cache
+        order, owners = stream_order(s.data.ds.units(s.data.train_idx), s.cfg.seed, s.epoch, s.d.rank, s.d.world,
+                                     s.data.window)
+    else:
+        order = epoch_order(s.data.train_idx, s.cfg.seed, s.epoch, s.d.rank, s.d.world)
     in_epoch = s.step - s.epoch * s.steps_per_epoch
     bs = min(s.cfg.batch_size, len(order))
     seed = s.cfg.seed * 1_000_003 + s.d.rank  # ranks flip independently, as they read different samples
+    if s.data.window:
+        s.data.ds.plan(owners[in_epoch * bs:], ahead=s.data.window + 1)
     return [(np.sort(order[i:i + bs]), flip_mask(bs, s.cfg.flip, s.step + k, seed))
             for k, i in enumerate(range(in_epoch * bs, s.steps_per_epoch * bs, bs))]
 
