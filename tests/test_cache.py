@@ -37,7 +37,20 @@ def unit_bytes(url: str) -> int:
 
 
 def disk_bytes(root) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and p.name.endswith((".npy", ".download")))
+    """Bytes of shard files and downloads under ``root`` now. Files come and go while it looks (a
+    download renamed into place, an eviction): a vanished one counts 0, and a download seen beside the
+    file it became counts once."""
+    sizes: dict[str, int] = {}
+    for p in list(root.rglob("*")):
+        if not p.name.endswith((".npy", ".download")):
+            continue
+        try:
+            n = p.stat().st_size
+        except FileNotFoundError:
+            continue
+        final = p.parent / (p.name[1:].rsplit(".", 3)[0] if p.name.endswith(".download") else p.name)
+        sizes[str(final)] = max(n, sizes.get(str(final), 0))
+    return sum(sizes.values())
 
 
 def test_sizes_are_read_as_people_write_them():

@@ -95,7 +95,8 @@ class ShardCache:
                  at_once: int = MIN_UNITS, log: Callable[[str], None] = lambda m: None):
         self.store = open_store(url)
         self.where = self.store.key_url(MANIFEST)
-        self.manifest = parse_manifest(self.store.get_bytes(MANIFEST), self.where)
+        self.manifest_bytes = self.store.get_bytes(MANIFEST)
+        self.manifest = parse_manifest(self.manifest_bytes, self.where)
         self.units = [Unit(k, xs, y_shard_for(self.manifest, xs)) for k, xs in enumerate(x_shards(self.manifest))]
         self.limit = int(limit)
         # ``at_once``: the shards a reader holds open together (a shuffle window) and one arriving
@@ -329,6 +330,9 @@ class StreamedDataset:
         self.offsets = np.concatenate([[0], np.cumsum([u.samples for u in cache.units])]).astype(np.int64)
         self.families = np.concatenate([np.full(u.samples, u.x["family"], dtype=object) for u in cache.units]).astype(str)
         self.labelled = all(u.y is not None for u in cache.units)
+        self.upcoming: list[int] = []  # the shards the coming batches read, in order (plan)
+        self.position: dict[int, int] = {}  # shard -> its place in upcoming
+        self.ahead = 0
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -337,6 +341,7 @@ class StreamedDataset:
         """The shards the coming batches read, in order (one per sample, as ``stream_order`` gives):
         after each batch the cache fetches the next ``ahead`` of them."""
         self.upcoming = list(dict.fromkeys(np.asarray(owners).tolist()))
+        self.position = {k: i for i, k in enumerate(self.upcoming)}
         self.ahead = ahead
         self.cache.prefetch(self.upcoming[:ahead])
 
@@ -370,9 +375,8 @@ class StreamedDataset:
                         ys[b] = y[j, ..., ::-1] if f else y[j]  # (1, 70, 70)
             finally:
                 self.cache.release(k)
-        upcoming = getattr(self, "upcoming", None)
-        if upcoming:  # fetch what the next batches read while the model works on this one
-            last = max(upcoming.index(k) for k in set(owner.tolist()) if k in upcoming) if \
-                any(k in upcoming for k in set(owner.tolist())) else 0
-            self.cache.prefetch(upcoming[last:last + self.ahead])
+        # fetch what the next batches read while the model works on this one
+        last = max((self.position[k] for k in set(owner.tolist()) if k in self.position), default=None)
+        if last is not None:
+            self.cache.prefetch(self.upcoming[last:last + self.ahead])
         return xs, ys

@@ -60,7 +60,7 @@ def load_data(cfg: TrainConfig, d: Dist, device: torch.device, log=print) -> Dat
     manifest = ds.manifest
     if not manifest.get("labelled", True):
         raise GwiError(f"dataset {cfg.dataset} has no velocity labels (a test set?); train needs labelled data")
-    raw = ds.cache.store.get_bytes(MANIFEST) if isinstance(ds, StreamedDataset) else (ds.root / MANIFEST).read_bytes()
+    raw = ds.cache.manifest_bytes if isinstance(ds, StreamedDataset) else (ds.root / MANIFEST).read_bytes()
     manifest_sha = hashlib.sha256(raw).hexdigest()  # the same bytes streamed or pulled
     train_idx, val_idx = folds.split(manifest, cfg.split, cfg.seed)
     families = sorted(manifest["families"])
@@ -94,7 +94,8 @@ def streamed(cfg: TrainConfig, d: Dist, log) -> StreamedDataset | None:
     size = sum(int(s["bytes"]) for s in manifest["shards"])
     if size <= parse_size(cfg.cache_limit):  # it fits: pulled whole, read at random, as without a limit
         return None
-    root = cache_dir_for(store.url).with_name(cache_dir_for(store.url).name + f"-stream-{d.rank}")
+    whole = cache_dir_for(store.url)  # where a pull would put it; the stream's folder is beside it
+    root = whole.with_name(f"{whole.name}-stream-{d.rank}")
     cache = ShardCache(cfg.dataset, limit, root=root, at_once=cfg.stream_window + 1, log=log)
     log(f"streaming {manifest['name']} ({human(size)}) through a cache of {human(limit)} in {root}")
     return StreamedDataset(cache)
