@@ -6,6 +6,12 @@ error's ``exit_code``."""
 EXIT_STORE_UNAVAILABLE = 75
 
 
+def cut(text: str, limit: int = 80) -> str:
+    """``text`` for a one-line message, cut to ``limit`` characters: a message names a value, it does
+    not reprint a megabyte of it."""
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text):,} characters)"
+
+
 class GwiError(Exception):
     """Base of every error gwi reports to a user as a one-line message."""
 

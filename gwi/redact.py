@@ -37,9 +37,6 @@ class Redactor:
                 text = text.replace(v, MASK)
         return text
 
-    def __bool__(self) -> bool:
-        return bool(self.values)
-
     @classmethod
     def from_environ(cls, names: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> "Redactor":
         """The values of ``names`` (a platform's declared credentials), of the store's credentials and

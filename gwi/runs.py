@@ -49,7 +49,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import GwiError, StoreError, StoreUnavailable
+from .errors import GwiError, StoreError, StoreUnavailable, cut
 from .store import Store, open_store, resolve_url
 
 if TYPE_CHECKING:
@@ -249,7 +249,7 @@ class Run:
         blobs = sorted(((s, k) for k in self.store.list(CHECKPOINTS) if k not in named
                         and (s := _blob_step(k)) is not None), reverse=True)
         if problem:
-            log(f"warning: {LATEST} is unreadable ({_cut(problem)}); rebuilding it from the {len(blobs)} "
+            log(f"warning: {LATEST} is unreadable ({cut(problem, 120)}); rebuilding it from the {len(blobs)} "
                 "checkpoint(s) in the run, newest first")
         elif ptr is None and blobs:
             log(f"warning: {LATEST} is missing but {len(blobs)} checkpoint(s) are there; using the newest that loads")
@@ -314,7 +314,7 @@ class Run:
             try:
                 ckpt = torch.load(local, map_location="cpu", weights_only=True)
             except Exception as e:  # noqa: BLE001 - any unreadable file falls back the same way
-                return None, f"cannot be loaded ({type(e).__name__}: {_cut(str(e))})", False
+                return None, f"cannot be loaded ({type(e).__name__}: {cut(str(e), 120)})", False
             if "sha256" not in entry:
                 if not (isinstance(ckpt, dict) and ckpt.get("step") == entry["step"]):
                     return None, f"does not hold step {entry['step']}", False
@@ -339,14 +339,10 @@ def _entry_problem(e) -> str | None:
         return f"an entry is {type(e).__name__}, expected an object"
     for key, kind in (("path", str), ("step", int), ("bytes", int), ("sha256", str)):
         if not isinstance(e.get(key), kind) or isinstance(e.get(key), bool):
-            return f"an entry's {key!r}: expected {kind.__name__}, got {_cut(repr(e.get(key)))}"
+            return f"an entry's {key!r}: expected {kind.__name__}, got {cut(repr(e.get(key)))}"
     if _blob_step(e["path"]) is None:
-        return f"an entry's path: expected {CHECKPOINTS}/step-N.pt, got {_cut(repr(e['path']))}"
+        return f"an entry's path: expected {CHECKPOINTS}/step-N.pt, got {cut(repr(e['path']))}"
     return None
-
-
-def _cut(text: str, n: int = 120) -> str:
-    return text if len(text) <= n else text[:n] + "…"
 
 
 def _json(obj) -> bytes:

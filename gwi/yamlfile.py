@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from .errors import GwiError
+from .errors import GwiError, cut
 
 
 class ConfigError(GwiError, ValueError):
@@ -117,8 +117,7 @@ def _expanded_size(root: yaml.Node) -> int:
 def quote(v: Any, limit: int = 80) -> str:
     """``repr(v)`` for an error message, cut to ``limit`` characters: a message names the value, it
     does not reprint a list of a million items."""
-    r = repr(v)
-    return r if len(r) <= limit else r[:limit] + f"… ({len(r):,} characters)"
+    return cut(repr(v), limit)
 
 
 def type_name(v: Any) -> str:

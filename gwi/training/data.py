@@ -88,12 +88,13 @@ def streamed(cfg: TrainConfig, d: Dist, log) -> StreamedDataset | None:
     folder: ranks read disjoint shards (``stream_order``)."""
     if not cfg.cache_limit:
         return None
-    limit = parse_size(cfg.cache_limit) // max(1, d.world)
+    total = parse_size(cfg.cache_limit)
     store = open_store(cfg.dataset)
     manifest = parse_manifest(store.get_bytes(MANIFEST), store.key_url(MANIFEST))
     size = sum(int(s["bytes"]) for s in manifest["shards"])
-    if size <= parse_size(cfg.cache_limit):  # it fits: pulled whole, read at random, as without a limit
+    if size <= total:  # it fits: pulled whole, read at random, as without a limit
         return None
+    limit = total // max(1, d.world)
     whole = cache_dir_for(store.url)  # where a pull would put it; the stream's folder is beside it
     root = whole.with_name(f"{whole.name}-stream-{d.rank}")
     cache = ShardCache(cfg.dataset, limit, root=root, at_once=cfg.stream_window + 1, log=log)
