@@ -12,6 +12,7 @@ from .models import registry
 from .yamlfile import quote
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENV_CACHE_LIMIT = "GWI_CACHE_LIMIT"  # a platform profile's cache_limit, set by the scheduler for its jobs
 LOSSES = ("l1", "l1+l2", "l2", "smooth_l1")
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "constant")
@@ -59,10 +60,24 @@ class TrainConfig:
     channels_last: bool = False  # NHWC memory format (faster convolutions on tensor cores)
     log_every: int = 10  # steps between reads of the loss on the host (each read waits for the device)
     fault_at_step: int = 0  # testing: raise after this step's checkpoint, as a dying platform would
-    # stream a dataset larger than this from its store through a bounded local cache (gwi.data.cache)
-    # instead of pulling it whole: a size like 40GB; "" pulls as always
+    # audits and tests: append a line per step ("epoch step sample...", samples numbered as the run's
+    # datasets one after the other) to this local file (FILE.RANK for ranks above 0)
+    sample_log: str = ""
+    # stream datasets larger than this from their store through a bounded local cache (gwi.data.cache)
+    # instead of pulling it whole: a size like 40GB; "" takes GWI_CACHE_LIMIT (a platform profile's
+    # cache_limit), else most of the free disk; "none" pulls whatever the size
     cache_limit: str = ""
     stream_window: int = 4  # shards whose samples are shuffled together when streaming
+    # more datasets mixed into each epoch, "URL[:WEIGHT]" as dataset (gwi.data.mix): WEIGHT x each one's
+    # training samples per epoch (default 1)
+    datasets: list = field(default_factory=list)
+    val_dataset: str = ""  # the dataset whose split validates (its URL or name); "": the first
+
+    def parts(self) -> list[tuple[str, float]]:
+        """(url, weight) of each dataset of the run, the first being ``dataset``."""
+        from .data.mix import parse_part
+
+        return [parse_part(t) for t in [self.dataset, *self.datasets]]
 
     def validate(self) -> None:
         def need(cond, name, expected, got):
@@ -90,10 +105,18 @@ class TrainConfig:
         need(isinstance(self.log_every, int) and self.log_every >= 1, "log_every", "an integer >= 1",
              self.log_every)
         need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}", self.precision)
-        if self.cache_limit:
+        if self.cache_limit and self.cache_limit.strip().lower() not in ("auto", "none"):
             from .data.cache import parse_size
 
             parse_size(self.cache_limit)  # "cache limit: expected a size like 40GB ..., got ..."
+        need(isinstance(self.datasets, list) and all(isinstance(t, str) for t in self.datasets), "datasets",
+             "a list of URL[:WEIGHT]", self.datasets)
+        urls = [u for u, _ in self.parts()]  # "dataset X: expected a weight above 0 ..., got ..."
+        twice = next((u for i, u in enumerate(urls) if u in urls[:i]), None)
+        need(twice is None, "datasets", "each dataset once (give one weight)", twice)
+        names = {u.rstrip("/").rsplit("/", 1)[-1] for u in urls} | set(urls)
+        need(not self.val_dataset or self.val_dataset in names, "val_dataset",
+             f"one of the run's datasets ({', '.join(urls)})", self.val_dataset)
         need(isinstance(self.stream_window, int) and self.stream_window >= 1, "stream_window", "an integer >= 1",
              self.stream_window)
         need(self.heartbeat_s > 0, "heartbeat_s", "a positive number of seconds", self.heartbeat_s)

@@ -170,9 +170,17 @@ def summary_row(url: str, m: dict | None) -> list[str]:
     best = "  ".join(f"{f} {v:.0f}" for f, v in sorted(fams.items()))
     mae = m.get("val_mae")
     secs = m.get("wall_s")
-    return [url, f"{m.get('model', '-')}:{m.get('preset', '-')}", str(m.get("dataset", "-")).rsplit("/", 1)[-1],
+    return [url, f"{m.get('model', '-')}:{m.get('preset', '-')}", data_label(m),
             str(m.get("steps", "-")), f"{mae:.1f}" if isinstance(mae, (int, float)) else "-", best or "-",
             f"{secs / 60:.1f} min" if isinstance(secs, (int, float)) else "-"]
+
+
+def data_label(m: dict) -> str:
+    """The run's data: a dataset's name, or a mix (``kaggle-train + synth-aug x0.3``)."""
+    mix = m.get("datasets") or []
+    if len(mix) > 1:
+        return " + ".join(p["name"] + (f" x{p['weight']:g}" if p["weight"] != 1 else "") for p in mix)
+    return str(m.get("dataset", "-")).rsplit("/", 1)[-1]
 
 
 RUN_COLUMNS = ["run", "model", "data", "steps", "val MAE m/s", "per family", "time"]

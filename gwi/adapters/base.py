@@ -219,6 +219,7 @@ class Profile:
     capacity: int = 1  # attempts at once
     credentials: tuple[str, ...] = ()  # names of environment variables, never their values
     start_timeout_s: float = 300.0  # launch to first heartbeat
+    cache_limit: str | None = None  # local disk its jobs' datasets may take (e.g. 40GB); None: most of the free disk
     # the adapter's typed options (its ``Options``); a plain dict from code is checked by the adapter
     options: PlatformOptions | dict = field(default_factory=dict)
 
@@ -227,7 +228,7 @@ class Profile:
 
 
 PROFILE_FIELDS = ("adapter", "description", "gpu", "gpus", "cpus", "memory_gb", "quota_hours_per_week", "session_hours", "usd_per_hour",
-                  "capacity", "credentials", "start_timeout_s", "options")
+                  "capacity", "credentials", "start_timeout_s", "cache_limit", "options")
 
 
 def parse_profile(path: str | Path) -> Profile:
@@ -257,8 +258,22 @@ def parse_profile(path: str | Path) -> Profile:
         capacity=c.get("capacity", "int", 1, minimum=1),
         credentials=tuple(c.get("credentials", "str-list", [])),
         start_timeout_s=float(c.get("start_timeout_s", "number", 300.0, minimum=0, exclusive_min=True)),
+        cache_limit=_cache_limit(c),
         options=parse_options(adapter_class(adapter).Options, c.node.get("options"), str(path), c.line("options")),
     )
+
+
+def _cache_limit(c: Checker) -> str | None:
+    """A size like 40GB (the datasets a job streams stay within it), ``auto`` or ``none``."""
+    v = c.get("cache_limit", "str", None)
+    if v is not None and v.strip().lower() not in ("auto", "none"):
+        from ..data.cache import parse_size
+
+        try:
+            parse_size(v)
+        except ValueError as e:
+            raise c.error("cache_limit", str(e).removeprefix("cache limit: ")) from None
+    return v
 
 
 # ------------------------------------------------------------------------------------------------

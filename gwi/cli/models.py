@@ -52,10 +52,10 @@ def cmd_train(a) -> int:
     from ..runs import METRICS, Run
     from ..training import train
 
-    cfg = TrainConfig(model=a.model, dataset=a.dataset, run=a.run, preset=a.preset)
+    cfg = TrainConfig(model=a.model, dataset=a.dataset[0], run=a.run, preset=a.preset, datasets=a.dataset[1:])
     for key in ("epochs", "batch_size", "lr", "precision", "heartbeat_s", "seed", "device", "max_steps",
                 "checkpoint_every", "keep_checkpoints", "ema", "flip", "loss", "optimizer", "schedule", "families",
-                "init_from", "init_partial", "workers", "compile", "channels_last", "cache_limit"):
+                "init_from", "init_partial", "workers", "compile", "channels_last", "cache_limit", "val_dataset"):
         v = getattr(a, key, None)
         if v is not None:
             setattr(cfg, key, v)
@@ -89,7 +89,11 @@ def add_train(sub) -> None:
 
     q = sub.add_parser("train", help="train (or resume) a model on a dataset; writes to a run folder in a store")
     q.add_argument("--model", required=True, help="registry name (see 'gwi models')")
-    q.add_argument("--dataset", required=True, metavar="URL", help="STORE_URL/datasets/NAME")
+    q.add_argument("--dataset", required=True, action="append", metavar="URL[:WEIGHT]",
+                   help="STORE_URL/datasets/NAME; repeat it to mix datasets, each epoch drawing WEIGHT x a dataset's "
+                        "training samples (default 1: each once; 0.3: a different 30%% each epoch)")
+    q.add_argument("--val-dataset", dest="val_dataset", metavar="URL_OR_NAME",
+                   help="with several --dataset: the one whose split validates (default: the first)")
     q.add_argument("--run", required=True, metavar="URL", help=f"STORE_URL/{RUNS}/RUN: checkpoints, progress, metrics")
     q.add_argument("--preset", default="default", help="model preset: default or tiny")
     q.add_argument("--epochs", type=int)
@@ -118,8 +122,9 @@ def add_train(sub) -> None:
     q.add_argument("--init-partial", dest="init_partial", action="store_true", default=None,
                    help="with --init-from: load the tensors that fit, leave the others as initialised")
     q.add_argument("--cache-limit", dest="cache_limit", metavar="SIZE",
-                   help="stream a dataset larger than SIZE (e.g. 40GB) from its store through a local cache that "
-                        "never holds more, instead of pulling it whole")
+                   help="stream datasets larger than SIZE (e.g. 40GB) from their store through a local cache that "
+                        "never holds more, instead of pulling them whole (default: GWI_CACHE_LIMIT, else 80%% of the "
+                        "free disk; none: always pull)")
     q.add_argument("--workers", type=int, help="DataLoader worker processes (default: several on a GPU, none on CPU)")
     q.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     q.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,

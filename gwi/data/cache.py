@@ -296,8 +296,9 @@ def stream_order(units: list[np.ndarray], seed: int, epoch: int, rank: int, worl
     ``units[k]`` holds the sample indices of shard ``k`` that the epoch uses (its training samples).
     The shards are shuffled with (seed, epoch); rank ``r`` takes every ``world``-th of them from the
     ``r``-th, so ranks read disjoint shards; each run of ``window`` consecutive shards of a rank has its
-    samples shuffled together. Every rank gets the same number of samples (the shortest rank's), as
-    ``epoch_order`` gives. A pure function of its arguments: the same order after a resume."""
+    samples shuffled together. Every rank gets the same number of samples in every epoch
+    (:func:`stream_length`), so ranks step together and an epoch has a fixed number of steps. A pure
+    function of its arguments: the same order after a resume."""
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"rank/world: expected 0 <= rank < world, got {rank}/{world}")
     if window < 1:
@@ -305,7 +306,7 @@ def stream_order(units: list[np.ndarray], seed: int, epoch: int, rank: int, worl
     rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0x5EED]))
     order = rng.permutation(len(units))
     per_rank = [order[r::world] for r in range(world)]
-    length = min(sum(len(units[k]) for k in ks) for ks in per_rank)
+    length = stream_length([len(u) for u in units], world)
     samples, owner = [], []
     for w in range(0, len(per_rank[rank]), window):
         ks = per_rank[rank][w:w + window]
@@ -317,6 +318,14 @@ def stream_order(units: list[np.ndarray], seed: int, epoch: int, rank: int, worl
     samples = np.concatenate(samples)[:length] if samples else np.empty(0, np.int64)
     owner = np.concatenate(owner)[:length] if owner else np.empty(0, np.int64)
     return samples.astype(np.int64), owner.astype(np.int64)
+
+
+def stream_length(sizes: list[int], world: int) -> int:
+    """Samples per rank and epoch that :func:`stream_order` gives: the fewest any rank can be dealt
+    (its share of shards, the smallest ones), whatever the epoch's shuffle; all of them on one rank."""
+    if world <= 1:
+        return int(sum(sizes))
+    return int(sum(sorted(sizes)[:len(sizes) // world]))
 
 
 class StreamedDataset:
@@ -337,10 +346,10 @@ class StreamedDataset:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def plan(self, owners: np.ndarray, ahead: int) -> None:
-        """The shards the coming batches read, in order (one per sample, as ``stream_order`` gives):
-        after each batch the cache fetches the next ``ahead`` of them."""
-        self.upcoming = list(dict.fromkeys(np.asarray(owners).tolist()))
+    def plan(self, idx: np.ndarray, ahead: int) -> None:
+        """The samples the coming batches read, in order (as ``stream_order`` gives): after each batch
+        the cache fetches the next ``ahead`` of their shards."""
+        self.upcoming = list(dict.fromkeys(self.unit_of(idx).tolist()))
         self.position = {k: i for i, k in enumerate(self.upcoming)}
         self.ahead = ahead
         self.cache.prefetch(self.upcoming[:ahead])

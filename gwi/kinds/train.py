@@ -14,13 +14,14 @@ from typing import Any
 
 from .. import config as train_config
 from ..budget import parse_duration
+from ..data.mix import parse_part, spell_part
 from ..models import registry
 from ..runs import Run
 from ..yamlfile import Fields, closest, entries, node_at, quote
 from .base import JobKind, Plan, Ref, check_split, dataset_ref, register, scalar
 
 # TrainConfig fields that are not config: the job says them, or the plan derives them
-NOT_CONFIG = ("model", "dataset", "run", "preset", "heartbeat_s", "init_from")
+NOT_CONFIG = ("model", "dataset", "datasets", "run", "preset", "heartbeat_s", "init_from")
 SPLIT_KEYS = ("split", "fold", "folds", "k")
 DEFAULT_K = 5
 _YAML_KIND = {bool: "bool", int: "int", float: "number", str: "str", dict: "mapping", list: "str-list"}
@@ -33,12 +34,12 @@ def config_fields() -> list[str]:
 @register
 class Train(JobKind):
     name = "train"
-    fields = ("model", "preset", "dataset", "init_from", "config")
+    fields = ("model", "preset", "dataset", "datasets", "init_from", "config")
     default_fields = ("dataset", "preset", "precision", "config")
     inherits = ("dataset", "preset")
     # fine-tuning: start from another train job's run (its latest checkpoint when this job starts)
     refs = (Ref("init_from", "train", "run", "a run URL or a .pt file URL", many=False),)
-    reads = ("dataset",)
+    reads = ("dataset", "datasets")
     example = {"model": "inversionnet", "preset": "tiny", "dataset": "example-data",
                "config": {"epochs": 2, "lr": 1.0e-5, "ema": 0.99, "folds": [0, 1], "k": 4,
                           "model_args": {"dropout": 0.2}}}
@@ -59,7 +60,8 @@ class Train(JobKind):
         if preset not in presets:
             raise c.error("preset", f"unknown value {quote(preset)}{closest(preset, presets)} for model {quote(model)}; "
                                     f"expected one of: {', '.join(sorted(presets))}")
-        dataset = plan.dataset_url(dataset_ref(c, "dataset"))
+        mix = self._datasets(c, own, plan)
+        dataset, more = parse_part(mix[0])[0], mix[1:]
         cc = self._merged_config(c, own, plan)
         config = self._settings(cc)
         init_from = c.get("init_from", "str", None)
@@ -69,16 +71,50 @@ class Train(JobKind):
         for suffix, split in _splits(cc):
             job_cfg = dict(config) if split is None else {**config, "split": split}
             try:
-                train_config.TrainConfig(model=model, dataset=dataset, run="", preset=preset, init_from=init_from or "",
-                                         **job_cfg).validate()
+                train_config.TrainConfig(model=model, dataset=mix[0], datasets=more, run="", preset=preset,
+                                         init_from=init_from or "", **job_cfg).validate()
             except ValueError as e:
                 key, _, why = str(e).partition(": ")
                 if key in cc.node:
                     raise cc.error(key, why) from None
                 raise c.error("config", str(e)) from None
             out.append((suffix, {"model": model, "preset": preset, "dataset": dataset, "config": job_cfg,
-                                 **({"init_from": init_from} if init_from else {})}))
+                                 **({"init_from": init_from} if init_from else {}),
+                                 **({"datasets": [parse_part(t)[0] for t in mix], "mix": mix} if len(mix) > 1 else {})}))
         return out
+
+    @staticmethod
+    def _datasets(c: Fields, own: Fields, plan: Plan) -> list[str]:
+        """``dataset``, or ``datasets:`` (which replaces it): a list of names or URLs, each alone (weight
+        1) or with its weight (``synth-aug: 0.3`` or ``synth-aug:0.3``). Returns each as ``URL[:WEIGHT]``,
+        the spelling of ``gwi train --dataset``."""
+        if "datasets" not in own.node:
+            return [plan.dataset_url(dataset_ref(c, "dataset"))]
+        if "dataset" in own.node:
+            raise own.error("datasets", "give dataset or datasets, not both")
+        items = own.get("datasets", "list")
+        if not items:
+            raise own.error("datasets", "expected at least one dataset")
+        spelled, urls = [], []
+        for item in items:
+            if isinstance(item, dict) and len(item) == 1:
+                (name, weight), = item.items()
+            elif isinstance(item, str):
+                name, weight = item, None
+                head, sep, tail = item.rpartition(":")
+                if sep and head and "/" not in tail:  # NAME:WEIGHT (a URL's own ':' has a '/' after it)
+                    name, weight = head, tail
+            else:
+                raise own.error("datasets", f"expected a name, a URL or NAME: WEIGHT, got {quote(item)}")
+            url = plan.dataset_url(dataset_ref(own, "datasets", str(name)))
+            if url in urls:
+                raise own.error("datasets", f"{quote(name)} is listed twice")
+            urls.append(url)
+            try:
+                spelled.append(spell_part(*parse_part(url if weight is None else f"{url}:{weight}")))
+            except ValueError as e:
+                raise own.error("datasets", str(e)) from None
+        return spelled
 
     @staticmethod
     def _merged_config(c: Fields, own: Fields, plan: Plan) -> Fields:
@@ -131,7 +167,7 @@ class Train(JobKind):
 
     def argv(self, params: dict, run: Run, heartbeat_s: float) -> list[str]:
         argv = ["gwi", "train", "--model", params["model"], "--preset", params["preset"],
-                "--dataset", params["dataset"], "--run", run.url]
+                *[a for t in params.get("mix", [params["dataset"]]) for a in ("--dataset", t)], "--run", run.url]
         if params.get("init_from"):
             argv += ["--init-from", params["init_from"]]
         settings = {**params["config"], "heartbeat_s": heartbeat_s}

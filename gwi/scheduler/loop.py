@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 from ..adapters.base import LaunchRequest, PlatformError, Profile, State
 from ..budget import ENV_LIMIT
+from ..config import ENV_CACHE_LIMIT
 from ..errors import GwiError, StoreError
 from ..progress import ENV_ATTEMPT, ENV_INTERVAL, ENV_URL
 from ..redact import Redactor
@@ -549,7 +550,9 @@ class Scheduler(View):
             attempt_id=att.id, job=job_row["id"], kind=job.kind, argv=list(job.argv),
             env={ENV_ATTEMPT: att.id, ENV_URL: att.heartbeat_url, ENV_INTERVAL: str(job.heartbeat_s),
                  # a train job's time_budget fits inside the attempt's limit (gwi.budget)
-                 **({ENV_LIMIT: f"{att.hours_limit * 3600:.0f}"} if att.hours_limit is not None else {})},
+                 **({ENV_LIMIT: f"{att.hours_limit * 3600:.0f}"} if att.hours_limit is not None else {}),
+                 # the platform's disk for datasets (gwi train's default --cache-limit)
+                 **({ENV_CACHE_LIMIT: limit} if (limit := self.profiles[att.platform].cache_limit) else {})},
             store_url=self.state.spec_store(job_row["spec"]), heartbeat_url=att.heartbeat_url,
             workdir=str(self.home / "attempts" / att.id), gpus=job.resources.gpus, hours_limit=att.hours_limit,
             scrub_env=tuple(sorted(self._other_secrets(att.platform))))

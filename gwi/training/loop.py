@@ -37,14 +37,13 @@ from torch import nn
 
 from .. import __version__, budget, progress
 from ..config import TrainConfig
-from ..data.cache import stream_order
 from ..errors import GwiError, StoreUnavailable
 from ..inference import Normalizer
 from ..models import registry
 from ..progress import Heartbeat
 from ..runs import METRICS, PROGRESS, Run
 from ..tracking import Tracker
-from .data import Data, close_loader, epoch_order, flip_mask, load_data, make_loader
+from .data import Data, close_loader, flip_mask, load_data, make_loader
 from .distributed import Dist, setup_distributed
 from .optim import EMA, LOSS_FNS, Optim
 from .precision import amp_context, resolve_precision
@@ -92,7 +91,7 @@ def train(cfg: TrainConfig, log=print, started: float | None = None) -> dict:
             s.hb = start_heartbeat(s)
             s.tracker = Tracker(run, f"{cfg.model}:{cfg.preset}", asdict(cfg), s.step)
         say(f"training {cfg.model} ({cfg.preset}, {s.n_params:,} params) on {s.device_text} in {precision}: "
-            f"{len(data.train_idx)} train / {len(data.val_idx)} val samples, {s.steps_per_epoch} steps/epoch, "
+            f"{data.train_samples} train / {len(data.val_idx)} val samples, {s.steps_per_epoch} steps/epoch, "
             + (f"steps sized to the time budget ({budget.format_duration(s.clock.budget_s)}) after "
                f"{budget.PROBE_STEPS} measured steps" if s.total == UNSIZED else f"{s.total} steps"))
         val = run_epochs(s)
@@ -155,7 +154,7 @@ def build(cfg: TrainConfig, d: Dist, device: torch.device, precision: str, data:
     torch.manual_seed(cfg.seed)
     model = place(registry.build_from_args(cfg.model, args), cfg, device)
     # drop the last partial batch: a batch of one breaks BatchNorm, and equal steps keep DDP ranks in step
-    steps_per_epoch = max(1, len(data.train_idx) // d.world // cfg.batch_size)
+    steps_per_epoch = max(1, data.epoch_len(d.world) // cfg.batch_size)
     total = UNSIZED if budget_s else min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
     return State(cfg=cfg, d=d, device=device, precision=precision, data=data, run=run, say=say, args=args,
                  model=model, optim=Optim(cfg, model, None if total == UNSIZED else total),
@@ -180,7 +179,8 @@ def resume(s: State) -> None:
                 raise GwiError(f"run {cfg.run} holds a {ckpt['model']['name']!r} checkpoint, not {cfg.model!r}; "
                                "use a new --run")
             if ckpt["dataset"]["manifest_sha256"] != s.data.manifest_sha:
-                s.say(f"warning: dataset {cfg.dataset} changed since the checkpoint was written")
+                s.say(f"warning: dataset {', '.join(u for u, _ in cfg.parts())} changed since the checkpoint was "
+                      "written")
             s.resumed_from, s.resumed_step = entry["path"], int(entry["step"])
             s.resume_fallback = entry.get("fallback")
     if s.d.enabled:
@@ -270,7 +270,7 @@ def start_heartbeat(s: State) -> Heartbeat:
     launched this process (taking over the process-wide heartbeat there)."""
     cfg = s.cfg
     base = {"state": "starting", "model": cfg.model, "preset": cfg.preset, "run": cfg.run,
-            "dataset": cfg.dataset, "epoch": s.epoch, "epochs": cfg.epochs, "step": s.step,
+            "dataset": s.data.sources[0].url, "epoch": s.epoch, "epochs": cfg.epochs, "step": s.step,
             "total_steps": None if s.total == UNSIZED else s.total,
             "device": s.device_text, "precision": s.precision,
             "host": socket.gethostname(), "pid": os.getpid(), "attempt": os.environ.get("GWI_ATTEMPT"),
@@ -302,7 +302,9 @@ def run_epochs(s: State) -> dict:
         while s.step < s.total and (s.budgeted or s.epoch < cfg.epochs):
             sampler.batches = epoch_batches(s)
             t0, paused = time.perf_counter(), 0.0
-            for x, y in loader:
+            for k, (x, y) in enumerate(loader):
+                if cfg.sample_log:
+                    log_samples(s, sampler.batches[k][0])
                 s.loss_sum = train_step(s, x, y, loss_fn) + (0 if s.loss_sum is None else s.loss_sum)
                 s.loss_n += 1
                 s.step += 1
@@ -452,18 +454,22 @@ def size_to_budget(s: State, step_s: float, probe: int) -> None:
 def epoch_batches(s: State) -> list[tuple[np.ndarray, np.ndarray]]:
     """This rank's batches left in the current epoch (all of them, unless resuming inside it): each its
     sample indices, sorted so the reads walk the memory map forwards, and which of them to flip."""
-    if s.data.window:  # streamed: whole shards a few at a time, fetched ahead by the cache
-        order, owners = stream_order(s.data.ds.units(s.data.train_idx), s.cfg.seed, s.epoch, s.d.rank, s.d.world,
-                                     s.data.window)
-    else:
-        order = epoch_order(s.data.train_idx, s.cfg.seed, s.epoch, s.d.rank, s.d.world)
+    order = s.data.epoch(s.cfg.seed, s.epoch, s.d.rank, s.d.world)
     in_epoch = s.step - s.epoch * s.steps_per_epoch
     bs = min(s.cfg.batch_size, len(order))
     seed = s.cfg.seed * 1_000_003 + s.d.rank  # ranks flip independently, as they read different samples
-    if s.data.window:
-        s.data.ds.plan(owners[in_epoch * bs:], ahead=s.data.window + 1)
+    if hasattr(s.data.ds, "plan"):  # streamed: the cache fetches the coming shards ahead
+        s.data.ds.plan(order[in_epoch * bs:], ahead=s.cfg.stream_window + 1)
     return [(np.sort(order[i:i + bs]), flip_mask(bs, s.cfg.flip, s.step + k, seed))
             for k, i in enumerate(range(in_epoch * bs, s.steps_per_epoch * bs, bs))]
+
+
+def log_samples(s: State, idx: np.ndarray) -> None:
+    """One line of ``cfg.sample_log``: the samples of the step about to run (a resume repeats the steps
+    after its checkpoint: the last line of a step is the one the run kept)."""
+    path = s.cfg.sample_log + (f".{s.d.rank}" if s.d.rank else "")
+    with open(path, "a") as f:
+        f.write(f"{s.epoch} {s.step} {' '.join(map(str, idx.tolist()))}\n")
 
 
 def train_step(s: State, x: torch.Tensor, y: torch.Tensor, loss_fn) -> torch.Tensor:
@@ -526,8 +532,8 @@ def publish(s: State) -> None:
         "step": s.step, "epoch": s.epoch, "step_in_epoch": s.step - s.epoch * s.steps_per_epoch,
         "best_val_mae": s.best, "history": s.history, "rng": rng_state(),
         "normalisation": asdict(data.norm),
-        "dataset": {"url": cfg.dataset, "name": data.manifest.get("name"), "build": data.manifest.get("build"),
-                    "manifest_sha256": data.manifest_sha, "families": data.families},
+        "dataset": {"url": data.sources[0].url, "name": data.manifest.get("name"), "build": data.manifest.get("build"),
+                    "manifest_sha256": data.manifest_sha, "families": data.families, "mix": data.mix(s.d.world)},
         "split": cfg.split, "precision": s.precision, "initialised_from": s.initialised_from,
         "config": asdict(cfg), "total_steps": s.total,
         "budget": s.clock.record() if s.clock else s.budget_record,
@@ -550,7 +556,7 @@ def finish(s: State, val: dict, t_start: float) -> dict:
         digests = gathered
     metrics = {
         "state": "succeeded", "model": cfg.model, "preset": cfg.preset, "params": s.n_params, "run": cfg.run,
-        "dataset": cfg.dataset, "split": cfg.split, "steps": s.step, "total_steps": s.total, "epochs": s.epoch,
+        "dataset": s.data.sources[0].url, "datasets": s.data.mix(s.d.world), "split": cfg.split, "steps": s.step, "total_steps": s.total, "epochs": s.epoch,
         "precision": s.precision,
         "time_budget_s": s.clock.budget_s if s.clock else None, "budget_used_s": s.clock.spent if s.clock else None,
         "device": s.device_text, "world_size": s.d.world, "wall_s": time.time() - t_start,
