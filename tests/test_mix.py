@@ -99,6 +99,19 @@ def test_each_epoch_draws_exactly_its_weight_of_each_dataset(store):
     assert set(data.ds.families[data.val_idx]) == {"FlatVel_A"} and data.val_idx.max() < len(data.ds.parts[0])
 
 
+def test_a_family_split_validates_on_the_dataset_holding_the_family(store):
+    _, _, a, _, c = store
+    cfg = TrainConfig(model="inversionnet", dataset=a, datasets=[c], run="", split="family:CurveVel_A", val_dataset="c")
+    data = load_data(cfg, Dist(), torch.device("cpu"), log=lambda *_: None)
+    first, second = data.sources
+    assert len(first.train_idx) == 20  # a holds no CurveVel_A: all of it trains
+    assert set(data.ds.families[data.val_idx]) == {"CurveVel_A"} and len(data.val_idx) == 8
+    assert set(data.ds.families[second.train_idx + second.offset]) == {"FlatVel_A"}
+    cfg.val_dataset = ""
+    with pytest.raises(GwiError, match="split family:CurveVel_A: validation dataset .*/a has no such samples"):
+        load_data(cfg, Dist(), torch.device("cpu"), log=lambda *_: None)
+
+
 def test_the_cache_limit_is_shared_small_datasets_first_and_defaults_to_the_free_disk(monkeypatch, tmp_path):
     assert cache_shares([10, 20], None, print) == [None, None]
     assert cache_shares([10, 20], 30, print) == [None, None]  # they fit: pulled whole

@@ -139,6 +139,9 @@ def load_data(cfg: TrainConfig, d: Dist, device: torch.device, log=print) -> Dat
         if i == val_at:
             val_idx = v_idx
         offset += len(ds)
+    if cfg.split.startswith("family:") and not len(val_idx):
+        raise GwiError(f"split {cfg.split}: validation dataset {parts[val_at][0]} has no such samples; "
+                       "name the dataset that holds the family with val_dataset")
     first = sources[0]
     families = sorted(set(cfg.families) if cfg.families else {f for s in sources for f in s.ds.manifest["families"]})
     ds = first.ds if len(sources) == 1 else mix.MixedDataset([s.ds for s in sources])
@@ -182,7 +185,12 @@ def check_compatible(url: str, manifest: dict, first: dict, first_url: str) -> N
 def split(cfg: TrainConfig, url: str, ds) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) samples of one dataset: the split, then only ``cfg.families`` (a specialist)."""
     manifest = ds.manifest
-    train_idx, val_idx = folds.split(manifest, cfg.split, cfg.seed)
+    kind, _, family = cfg.split.partition(":")
+    if kind == "family" and family not in manifest["families"] and len(cfg.parts()) > 1:
+        # a mixed-in dataset without the held-out family (a pseudo-labelled set): all of it trains
+        train_idx, val_idx = np.arange(len(ds)), np.empty(0, np.int64)
+    else:
+        train_idx, val_idx = folds.split(manifest, cfg.split, cfg.seed)
     if cfg.families:
         train_idx = train_idx[np.isin(ds.families[train_idx], cfg.families)]
         val_idx = val_idx[np.isin(ds.families[val_idx], cfg.families)]
