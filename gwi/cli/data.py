@@ -1,4 +1,4 @@
-"""``gwi data``: prepare, synthesise, augment, merge, move, verify and describe datasets."""
+"""``gwi data``: prepare, synthesise, augment, pseudo-label, merge, move, verify and describe datasets."""
 
 from __future__ import annotations
 
@@ -149,6 +149,44 @@ def _simulation_args(q, exists: str) -> None:
     _store_args(q, "store to write to")
 
 
+def cmd_data_pseudo(a) -> int:
+    from ..data.pseudo import pseudo
+    from ..sharding import parse_shard
+    from ..store import default_store_url
+
+    out = a.out or default_store_url()
+    m = pseudo(a.predictions, a.test, out, a.name, backend=a.backend, flip=a.flip, shard=parse_shard(a.shard),
+               batch_size=a.batch_size, device=a.device, shard_size=a.shard_size, overwrite=a.overwrite,
+               exist_ok=a.exist_ok)
+    skipped = m["source"].get("skipped") or {}
+    if skipped:
+        print(f"skipped {len(skipped)} map(s), not written (the manifest's source.skipped lists them all):")
+        for oid, why in list(skipped.items())[:20]:
+            print(f"  {oid}: {why}")
+        if len(skipped) > 20:
+            print(f"  ... and {len(skipped) - 20} more")
+    _written(m, out, a)
+    return 0
+
+
+def add_data_pseudo(dsub) -> None:
+    q = dsub.add_parser("pseudo", help="a labelled dataset from predictions of the test set (pseudo-labels), "
+                                       "re-simulated")
+    q.add_argument("--predictions", required=True, metavar="CSV_OR_RUN",
+                   help="a submission CSV (path or store URL), or a predict run (its submission.csv)")
+    q.add_argument("--test", required=True, metavar="DIR_OR_URL",
+                   help="the test data predicted: a folder of <oid>.npy or a prepared test dataset (recorded in the "
+                        "manifest; every file needs a map)")
+    q.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                   help="forward model: openfwi (the organisers' scheme, default) or deepwave (faster on CPU)")
+    q.add_argument("--flip", action="store_true",
+                   help="also add each map mirrored (receivers and the order of the sources reversed)")
+    q.add_argument("--shard", metavar="i/N", help="only the i-th of N interleaved shares of the maps, "
+                                                   "written as part i of N (gwi data merge joins them)")
+    _simulation_args(q, "the dataset (or part) exists from the same command and CSV")
+    q.set_defaults(fn=cmd_data_pseudo)
+
+
 def add_data(sub) -> None:
     data = sub.add_parser("data", help="prepare, synthesise, move and check datasets")
     dsub = data.add_subparsers(dest="data_cmd", metavar="SUBCOMMAND")
@@ -188,7 +226,9 @@ def add_data(sub) -> None:
     _simulation_args(q, "the dataset (or part) exists from the same command")
     q.set_defaults(fn=cmd_data_augment)
 
-    q = dsub.add_parser("merge", help="join the parts written by 'gwi data prep|augment --shard i/N' into the "
+    add_data_pseudo(dsub)
+
+    q = dsub.add_parser("merge", help="join the parts of 'gwi data prep|augment|pseudo --shard i/N' into the "
                                       "dataset")
     q.add_argument("--parts", type=int, required=True, metavar="N", help="how many parts (the N of --shard i/N)")
     q.add_argument("--name", required=True, help="dataset name")
