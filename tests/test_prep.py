@@ -270,3 +270,47 @@ def test_prep_in_parts_then_merge_makes_the_whole_dataset(kaggle_dir, tmp_path):
     prep_train(root / "train_samples" / "FlatVel_A", out, "cli", progress=False, shard=(1, 2))
     with pytest.raises(DataError, match=r"source\.path is .* part 1 has .*; the parts were made by different commands"):
         merge_parts(out, "cli", 2)
+
+
+def test_a_plan_preps_in_parts_and_merges(kaggle_dir, tmp_path, monkeypatch):
+    """Issue 25: `kind: prep` with shards: two part jobs (real `gwi data prep --shard` processes on the
+    local platform), then the merge job; the dataset holds what one whole prep holds, and a part job run
+    again finds its part and does no work."""
+    import json
+    import subprocess
+    import sys
+
+    from gwi.adapters.base import load_profiles
+    from gwi.scheduler import Scheduler
+    from gwi.spec import load_spec
+
+    from .conftest import run_until
+
+    root, _ = kaggle_dir
+    store = f"file://{tmp_path}/store"
+    plat = tmp_path / "platforms"
+    plat.mkdir()
+    (plat / "local.yaml").write_text("adapter: local\ncapacity: 2\noptions: {runtime: process, grace_s: 2}\n")
+    monkeypatch.setenv("GWI_PLATFORMS", str(plat))
+    (tmp_path / "p.yaml").write_text(f"name: p\nstore: {store}\njobs:\n  - name: prep\n    kind: prep\n"
+                                     f"    src: {root}\n    dataset: kt\n    shards: 2\n    shard_size: 4\n"
+                                     "    platforms: [local]\n")
+    s = Scheduler(tmp_path / "home", profiles=load_profiles([plat]))
+    try:
+        spec = load_spec(tmp_path / "p.yaml", profiles=s.profiles)
+        assert [(j.name, j.after) for j in spec.jobs] == [("prep-s1", []), ("prep-s2", []), ("prep", ["prep-s1", "prep-s2"])]
+        s.submit(spec)
+        run_until(s, lambda: s.state.job("p/prep")["state"] in ("succeeded", "failed"), 240)
+        assert s.state.job("p/prep")["state"] == "succeeded", s.state.job("p/prep")["reason"]
+        again = spec.jobs[0].argv
+    finally:
+        for a in s.state.active_attempts():
+            s.adapter(a["platform"]).cancel(json.loads(a["handle"]))
+        s.close()
+    whole = prep_train(root, f"file://{tmp_path}/o", "whole", shard_size=4, progress=False)
+    merged = ShardedDataset(tmp_path / "store" / "datasets" / "kt")
+    assert merged.manifest["num_samples"] == whole["num_samples"] == 7
+    part = tmp_path / "store" / "datasets" / "kt" / "parts" / "1-of-2.json"
+    before = part.stat().st_mtime_ns
+    r = subprocess.run([sys.executable, "-m", "gwi", *again[1:]], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and part.stat().st_mtime_ns == before, r.stderr

@@ -20,10 +20,10 @@ def cmd_data_prep(a) -> int:
     if a.src:
         m = prep_train(a.src, out, a.name, shard_size=a.shard_size, overwrite=a.overwrite,
                        time_decimate=a.time_decimate, velocity_tolerance=a.velocity_tolerance,
-                       shard=parse_shard(a.shard))
+                       shard=parse_shard(a.shard), exist_ok=a.exist_ok)
     else:
         m = prep_test(a.test_dir, out, a.name, shard_size=a.shard_size, overwrite=a.overwrite,
-                      time_decimate=a.time_decimate, shard=parse_shard(a.shard))
+                      time_decimate=a.time_decimate, shard=parse_shard(a.shard), exist_ok=a.exist_ok)
     _written(m, out, a)
     return 0
 
@@ -202,6 +202,8 @@ def add_data(sub) -> None:
                    help="allowed excursion outside 1500-4500 m/s (default 1)")
     q.add_argument("--shard", metavar="i/N", help="only the i-th of N interleaved shares of the source files, "
                                                    "written as part i of N (gwi data merge joins them)")
+    q.add_argument("--exist-ok", action="store_true", dest="exist_ok",
+                   help="succeed without work if the dataset (or the part) exists, made from the same files")
     q.set_defaults(fn=cmd_data_prep)
 
     q = dsub.add_parser("synth", help="generate OpenFWI-style families and forward-model them")

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import DataError
 from ..sharding import shard_of
 from .layout import SEISMIC_SHAPE, discover_test, discover_train
-from .shards import DatasetWriter
+from .shards import DatasetWriter, existing_dataset
 
 CHUNK = 32  # samples per conversion step: ~45 MB of float32 seismic
 
@@ -42,7 +42,7 @@ def _part(shard: tuple[int, int] | None) -> str | None:
 
 def prep_train(src: str | Path, out: str, name: str, *, shard_size: int = 500, overwrite: bool = False,
                time_decimate: int = 1, velocity_tolerance: float = 1.0, progress: bool | None = None,
-               shard: tuple[int, int] | None = None) -> dict:
+               shard: tuple[int, int] | None = None, exist_ok: bool = False) -> dict:
     pairs = discover_train(src)
     arrays = []
     for p in pairs:
@@ -56,6 +56,8 @@ def prep_train(src: str | Path, out: str, name: str, *, shard_size: int = 500, o
     source = {"kind": "kaggle-train", "path": str(Path(src).resolve()),
               "files": [{"family": p.family, "x": str(p.x_path), "y": str(p.y_path), "samples": int(x.shape[0])}
                         for p, x, _ in arrays], **({"shard": list(shard)} if shard else {})}
+    if exist_ok and not overwrite and (done := existing_dataset(out, name, source, _part(shard))) is not None:
+        return done  # a rerun job: this part is there, made from these files
     mine = shard_of(arrays, shard)
     total = sum(x.shape[0] for _, x, _ in mine)
     with DatasetWriter(out, name, source=source, labelled=True, shard_size=shard_size, overwrite=overwrite,
@@ -71,10 +73,12 @@ def prep_train(src: str | Path, out: str, name: str, *, shard_size: int = 500, o
 
 def prep_test(test_dir: str | Path, out: str, name: str, *, shard_size: int = 500, overwrite: bool = False,
               time_decimate: int = 1, progress: bool | None = None, family: str = "test",
-              shard: tuple[int, int] | None = None) -> dict:
+              shard: tuple[int, int] | None = None, exist_ok: bool = False) -> dict:
     every = discover_test(test_dir)
     source = {"kind": "kaggle-test", "path": str(Path(test_dir).resolve()), "files": len(every),
               **({"shard": list(shard)} if shard else {})}
+    if exist_ok and not overwrite and (done := existing_dataset(out, name, source, _part(shard))) is not None:
+        return done
     files = shard_of(every, shard)
     with DatasetWriter(out, name, source=source, labelled=False, shard_size=shard_size, overwrite=overwrite,
                        time_decimate=time_decimate, part=_part(shard)) as w, \

@@ -18,6 +18,7 @@ from . import evaluate  # noqa: E402,F401
 from . import sweep  # noqa: E402,F401
 from . import refine  # noqa: E402,F401
 from . import augment  # noqa: E402,F401
+from . import prep  # noqa: E402,F401
 from . import run  # noqa: E402,F401
 
 __all__ = ["JobKind", "Plan", "Ref", "get", "names", "register", "unregister"]

@@ -24,9 +24,7 @@ from __future__ import annotations
 from ..physics import AUGMENT_OPS, BACKENDS
 from ..runs import Run
 from ..yamlfile import Fields, quote
-from .base import JobKind, Plan, dataset_name, register
-
-MAX_SHARDS = 256
+from .base import JobKind, Plan, dataset_name, in_parts, merge_argv, part_outputs, register, shards_of
 
 
 @register
@@ -49,34 +47,21 @@ class Augment(JobKind):
         if not recipe:
             raise c.error("recipe", f"expected at least one of: {', '.join(AUGMENT_OPS)}")
         c.unique("recipe", recipe)
-        shards = c.get("shards", "int", 1, minimum=1)
-        if shards > MAX_SHARDS:
-            raise c.error("shards", f"expected at most {MAX_SHARDS}, got {shards}")
+        shards = shards_of(c)
         common = {"from": source, "dataset": dataset, "factor": c.get("factor", "int", 10, minimum=1),
                   "recipe": [o for o in AUGMENT_OPS if o in recipe], "seed": c.get("seed", "int", 0, minimum=0),
                   "keep_source": c.get("keep_source", "bool", False), "backend": c.get("backend", "str", None,
                                                                                     choices=BACKENDS)}
         plan.claim(c, "dataset", dataset, job, f"dataset {quote(name)}")
-        if shards == 1:
-            return [("", {**common, "shard": None})]
-        drafts, parts = [], []
-        for i in range(1, shards + 1):
-            part = f"{dataset}/parts/{i}-of-{shards}.json"
-            plan.claim(c, "shards", part, f"{job}-s{i}", f"part {i}/{shards}")
-            drafts.append((f"-s{i}", {**common, "shard": f"{i}/{shards}"}))
-            parts.append(part)
-        return drafts + [("", {**common, "parts": parts})]
+        return in_parts(c, plan, job, dataset, shards, common)
 
     def outputs(self, params: dict, run: Run) -> dict[str, str]:
-        if params.get("shard"):
-            i, n = params["shard"].split("/")
-            return {"part": f"{params['dataset']}/parts/{i}-of-{n}.json"}
-        return {"dataset": params["dataset"]}
+        return part_outputs(params)
 
     def argv(self, params: dict, run: Run, heartbeat_s: float) -> list[str]:
         store, _, name = params["dataset"].rpartition("/datasets/")
-        if params.get("parts"):
-            return ["gwi", "data", "merge", "--out", store, "--name", name, "--parts", str(len(params["parts"]))]
+        if merge := merge_argv(params):
+            return merge
         argv = ["gwi", "data", "augment", "--from", params["from"], "--out", store, "--name", name,
                 "--factor", str(params["factor"]), "--recipe", ",".join(params["recipe"]),
                 "--seed", str(params["seed"]), "--exist-ok"]

@@ -125,6 +125,48 @@ def dataset_or_folder(c: Fields, key: str, plan: Plan) -> str:
     raise c.error(key, f"expected a dataset name, a URL, or a folder starting with /, ./, ../ or ~, got {quote(v)}")
 
 
+MAX_SHARDS = 256
+
+
+def shards_of(c: Fields) -> int:
+    """``shards``: how many jobs share the work (default 1)."""
+    shards = c.get("shards", "int", 1, minimum=1)
+    if shards > MAX_SHARDS:
+        raise c.error("shards", f"expected at most {MAX_SHARDS}, got {shards}")
+    return shards
+
+
+def in_parts(c: Fields, plan: Plan, job: str, dataset: str, shards: int, common: dict) -> list[tuple[str, dict]]:
+    """The drafts of a kind that writes ``dataset`` in parts: ``<job>-s<i>`` writing part i of N (its
+    ``shard``), then ``<job>`` itself joining them (its ``parts``, which it reads: it runs after them).
+    One draft when ``shards`` is 1."""
+    if shards == 1:
+        return [("", {**common, "shard": None})]
+    drafts, parts = [], []
+    for i in range(1, shards + 1):
+        part = f"{dataset}/parts/{i}-of-{shards}.json"
+        plan.claim(c, "shards", part, f"{job}-s{i}", f"part {i}/{shards}")
+        drafts.append((f"-s{i}", {**common, "shard": f"{i}/{shards}"}))
+        parts.append(part)
+    return drafts + [("", {**common, "parts": parts})]
+
+
+def part_outputs(params: dict) -> dict[str, str]:
+    """What a draft of :func:`in_parts` writes: its part, or (the joining job) the dataset."""
+    if params.get("shard"):
+        i, n = params["shard"].split("/")
+        return {"part": f"{params['dataset']}/parts/{i}-of-{n}.json"}
+    return {"dataset": params["dataset"]}
+
+
+def merge_argv(params: dict) -> list[str] | None:
+    """The joining job's command (``gwi data merge``); None for the other drafts."""
+    if not params.get("parts"):
+        return None
+    store, _, name = params["dataset"].rpartition("/datasets/")
+    return ["gwi", "data", "merge", "--out", store, "--name", name, "--parts", str(len(params["parts"]))]
+
+
 def check_split(c: Fields, key: str, value: str) -> str:
     from ..data.layout import FAMILIES
 

@@ -25,13 +25,12 @@ from typing import Any
 
 from ..runs import Run
 from ..yamlfile import Fields, quote
-from .base import JobKind, Plan, Ref, dataset_or_folder, register
+from .base import JobKind, Plan, Ref, dataset_or_folder, register, shards_of
 
 CONFIG = ("iterations", "lr", "tv", "bands", "optimizer", "batch_size", "scale_range", "time_budget", "nbc", "device")
 _FLAGS = (("iterations", "--iterations"), ("lr", "--lr"), ("tv", "--tv"), ("optimizer", "--optimizer"),
           ("batch_size", "--batch-size"), ("scale_range", "--scale-range"), ("time_budget", "--time-budget"),
           ("nbc", "--nbc"), ("device", "--device"))
-MAX_SHARDS = 256
 
 
 @register
@@ -60,9 +59,7 @@ class Refine(JobKind):
                 raise c.error("rank", "worst < 1 ranks files by misfit: give rank (a misfit.csv URL), or name a "
                                       "predict job with misfit: true as init")
             rank = init  # the predict job's misfit file (its check says when it writes none)
-        shards = c.get("shards", "int", 1, minimum=1)
-        if shards > MAX_SHARDS:
-            raise c.error("shards", f"expected at most {MAX_SHARDS}, got {shards}")
+        shards = shards_of(c)
         cc = c.sub("config")
         cc.only(CONFIG)
         config: dict[str, Any] = {}
