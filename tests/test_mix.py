@@ -113,10 +113,10 @@ def test_a_family_split_validates_on_the_dataset_holding_the_family(store):
 
 
 def test_the_cache_limit_is_shared_small_datasets_first_and_defaults_to_the_free_disk(monkeypatch, tmp_path):
-    assert cache_shares([10, 20], None, print) == [None, None]
-    assert cache_shares([10, 20], 30, print) == [None, None]  # they fit: pulled whole
-    assert cache_shares([10, 100], 60, print) == [None, 50]  # the small one pulled, the large one streams in the rest
-    assert cache_shares([100, 10, 200], 90, print) == [40, None, 40]
+    assert cache_shares([10, 20], None) == [None, None]
+    assert cache_shares([10, 20], 30) == [None, None]  # they fit: pulled whole
+    assert cache_shares([10, 100], 60) == [None, 50]  # the small one pulled, the large one streams in the rest
+    assert cache_shares([100, 10, 200], 90) == [40, None, 40]
     monkeypatch.setenv("GWI_CACHE", str(tmp_path))
     cfg = TrainConfig(model="inversionnet", dataset="s3://b/datasets/x", run="")
     monkeypatch.delenv("GWI_CACHE_LIMIT", raising=False)

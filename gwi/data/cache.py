@@ -362,8 +362,7 @@ class StreamedDataset:
         """``idx`` grouped by shard: ``units[k]`` holds the indices of ``idx`` in shard ``k``, in order
         (the input of :func:`stream_order`)."""
         idx = np.sort(np.asarray(idx, dtype=np.int64))
-        owner = self.unit_of(idx)
-        return [idx[owner == k] for k in range(len(self.cache.units))]
+        return np.split(idx, np.searchsorted(idx, self.offsets[1:-1]))  # O(n log n), not one pass per shard
 
     def batch(self, idx, dtype=np.float32, flip=None) -> tuple[np.ndarray, np.ndarray | None]:
         idx = np.asarray(idx, dtype=np.int64)

@@ -4,6 +4,7 @@ run sees the batches the crashed one would have seen."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -55,8 +56,13 @@ class Source:
     def base(self, world: int) -> int:
         """Samples per rank of its own epoch (weight 1)."""
         if self.window:
-            return stream_length([len(u) for u in self.ds.units(self.train_idx)], world)
+            return stream_length([len(u) for u in self.units], world)
         return len(self.train_idx) // world
+
+    @functools.cached_property
+    def units(self) -> list[np.ndarray]:
+        """A streamed dataset's training samples grouped by shard (:func:`stream_order`'s input)."""
+        return self.ds.units(self.train_idx)
 
     def draws(self, world: int) -> int:
         return mix.draws(self.weight, self.base(world))
@@ -65,7 +71,7 @@ class Source:
         """This rank's share of an epoch, numbered in :attr:`Data.ds`."""
         def own(e: int) -> np.ndarray:
             if self.window:  # whole shards a few at a time, fetched ahead by the cache
-                return stream_order(self.ds.units(self.train_idx), seed, e, rank, world, self.window)[0]
+                return stream_order(self.units, seed, e, rank, world, self.window)[0]
             return epoch_order(self.train_idx, seed, e, rank, world)
         return mix.repeat_order(own, self.weight, self.base(world), epoch) + self.offset
 
@@ -121,7 +127,7 @@ def load_data(cfg: TrainConfig, d: Dist, device: torch.device, log=print) -> Dat
     first dataset or of ``cfg.val_dataset``."""
     parts = cfg.parts()
     manifests = [read_manifest(url) for url, _ in parts]
-    limits = cache_shares([sum(int(s["bytes"]) for s in m[0]["shards"]) for m in manifests], cache_limit(cfg), log)
+    limits = cache_shares([sum(int(s["bytes"]) for s in m[0]["shards"]) for m in manifests], cache_limit(cfg))
     sources, val_idx, offset = [], None, 0
     val_at = val_source(cfg, parts)  # checked by TrainConfig.validate
     known = sorted({f for m, _ in manifests for f in m["families"]})
@@ -222,7 +228,7 @@ def cached_bytes(cfg: TrainConfig) -> int:
     return total
 
 
-def cache_shares(sizes: list[int], limit: int | None, log) -> list[int | None]:
+def cache_shares(sizes: list[int], limit: int | None) -> list[int | None]:
     """Each dataset's part of the cache limit: None for one pulled whole (it fits in what is left beside
     the others' shares), else the bytes its stream may hold. Small datasets first: they are pulled while
     the larger ones share the rest equally."""
