@@ -27,9 +27,11 @@ from ..runs import Run
 from ..yamlfile import Fields, quote
 from .base import JobKind, Plan, Ref, dataset_or_folder, register, shards_of
 
-CONFIG = ("iterations", "lr", "tv", "bands", "optimizer", "batch_size", "scale_range", "time_budget", "nbc", "device")
-_FLAGS = (("iterations", "--iterations"), ("lr", "--lr"), ("tv", "--tv"), ("optimizer", "--optimizer"),
-          ("batch_size", "--batch-size"), ("scale_range", "--scale-range"), ("time_budget", "--time-budget"),
+CONFIG = ("iterations", "lr", "tv", "smooth", "pull", "bands", "optimizer", "batch_size", "scale_range", "time_budget",
+          "nbc", "device")
+_FLAGS = (("iterations", "--iterations"), ("lr", "--lr"), ("tv", "--tv"), ("smooth", "--smooth"), ("pull", "--pull"),
+          ("optimizer", "--optimizer"), ("batch_size", "--batch-size"), ("scale_range", "--scale-range"),
+          ("time_budget", "--time-budget"),
           ("nbc", "--nbc"), ("device", "--device"))
 
 
@@ -64,7 +66,8 @@ class Refine(JobKind):
         cc.only(CONFIG)
         config: dict[str, Any] = {}
         for key, kind in (("iterations", "int"), ("batch_size", "int"), ("nbc", "int"), ("lr", "number"),
-                          ("tv", "number"), ("scale_range", "number"), ("optimizer", "str"), ("device", "str")):
+                          ("tv", "number"), ("smooth", "number"), ("pull", "number"), ("scale_range", "number"),
+                          ("optimizer", "str"), ("device", "str")):
             if cc.node.get(key) is not None:
                 config[key] = cc.get(key, kind)
         if cc.node.get("bands") is not None:
