@@ -1,29 +1,47 @@
-"""Data-path benchmark: gwi's synth, prep and pull against the bare tool each one wraps.
+"""Data-path benchmark: gwi's synth, prep and pull against the bare tool each one wraps, and
+training from a stream (issue 25) against training from a pulled copy.
 
-    .venv/bin/python bench/data.py [--quick]
+    .venv/bin/python bench/data.py [--quick] [--only stream]
 
 Everything runs in this one process on the same data. Each gwi run is paired with a baseline run
 right before or after it (the order swaps every repeat), and a ratio is the median over the pairs of
 gwi speed / baseline speed: a burst of load from another process then spoils one pair, not the
 result. The speed columns are each side's median. Progress goes to stderr; stdout holds only the
 header and the result table. The exit status is 1 when a benchmark misses its target.
+
+The streaming section puts a dataset 5x the cache limit in the moto S3 store, then times
+``gwi.training.train`` (tiny inversionnet, CPU, ``max_steps`` fixed, no EMA) reading it through the
+bounded cache (``--cache-limit`` = a fifth of its size) against the same run on a pulled copy
+(``cache_limit="none"``), from the loop's own ``loop_samples / loop_s`` so start-up, the pull and
+validation are not in it. While the streamed runs train, the stream folder's bytes are sampled every
+second and every 50 ms (by child processes): the peak must stay within the limit plus one shard. Each
+run's line under the table says what the cache did in the loop (seconds the reader waited in
+``ShardCache.open``, shards fetched against shards read: more fetched than read plus the few
+prefetched ahead means re-fetches) and the CPU the S3 server used meanwhile (it shares this machine's
+cores with the training; a remote store would not). Last, the cache alone fetches every shard
+(``ShardCache.prefetch`` with room for all, its default threads) against ``aws s3 cp --recursive``.
+``--set FIELD=INT`` changes one size of the chosen Config, e.g. ``--only stream --set
+stream_limit_shards=5 --set stream_shard_size=6`` for the smallest limit the cache admits at window 4.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
+import re
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Self
 
 import numpy as np
 
@@ -44,14 +62,29 @@ class Config:
     prep_repeats: int
     shard_size: int
     pull_repeats: int
+    # streaming (issue 25): a dataset of 5 x stream_limit_shards shards of stream_shard_size samples,
+    # streamed through a cache of stream_limit_shards shards, stream_window shards shuffled together
+    # (the cache admits a limit of stream_window + 1 shards or more)
+    stream_shard_size: int = 4
+    stream_limit_shards: int = 2
+    stream_window: int = 1
+    stream_batch: int = 4
+    stream_steps: int = 8  # max_steps of each training run (FULL, QUICK: one epoch of the training split)
+    stream_repeats: int = 2  # pairs of (streamed, pulled) runs
+    prefetch_repeats: int = 2
 
 
 # shard sizes are smaller than gwi's default 500 so a few hundred MB still spans several shards, as a
 # real dataset does, and pull's per-shard parallelism is exercised
 FULL = Config(synth_batch=16, synth_repeats=5, synth_e2e_samples=32, synth_e2e_repeats=3,
-              prep_samples=400, prep_file_samples=100, prep_repeats=3, shard_size=100, pull_repeats=3)
+              prep_samples=400, prep_file_samples=100, prep_repeats=3, shard_size=100, pull_repeats=3,
+              stream_shard_size=3, stream_limit_shards=10, stream_window=4, stream_batch=4, stream_steps=30,
+              stream_repeats=2, prefetch_repeats=3)
 QUICK = Config(synth_batch=16, synth_repeats=2, synth_e2e_samples=16, synth_e2e_repeats=1,
-               prep_samples=50, prep_file_samples=50, prep_repeats=2, shard_size=25, pull_repeats=2)
+               prep_samples=50, prep_file_samples=50, prep_repeats=2, shard_size=25, pull_repeats=2,
+               stream_shard_size=4, stream_limit_shards=2, stream_window=1, stream_batch=4, stream_steps=8,
+               stream_repeats=1, prefetch_repeats=2)
+SECTIONS = ("synth", "prep", "pull", "stream")
 
 
 @dataclass
@@ -277,12 +310,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+MOTO_PIDS: dict[str, int] = {}  # endpoint -> the moto server's pid, for its CPU time (proc_cpu)
+
+
+def proc_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) process ``pid`` has used so far; None where /proc cannot say."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @contextlib.contextmanager
 def moto_server():
     """moto's standalone S3 on a free local port, as its own process so it does not share our GIL."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    MOTO_PIDS[f"http://127.0.0.1:{port}"] = proc.pid
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -382,6 +428,308 @@ def bench_pull(cfg: Config, work: Path, dataset: Path) -> Row:
 
 
 # ------------------------------------------------------------------------------------------------
+# 4. streaming (issue 25): training through the bounded cache, its bound, its fetches
+
+
+@dataclass
+class Bound:
+    """The stream folder's peak bytes on disk while the streamed runs trained, against the limit."""
+
+    limit: int
+    shard: int  # the largest unit (seismic + velocity file): the allowance the target gives
+    peaks: dict[float, int]  # sampling interval (s) -> peak bytes seen
+    counts: dict[float, int]  # sampling interval (s) -> samples taken
+
+    @property
+    def passed(self) -> bool:
+        return all(p <= self.limit + self.shard for p in self.peaks.values())
+
+    def text(self) -> str:
+        seen = ", ".join(f"every {dt * 1e3:.0f} ms: {self.peaks[dt] / MB:.2f} MB ({self.counts[dt]} samples)"
+                         for dt in sorted(self.peaks, reverse=True))
+        over = max(self.peaks.values()) - self.limit
+        return (f"cache bound: stream folder peak on disk {seen}; limit {self.limit / MB:.2f} MB, one shard "
+                f"{self.shard / MB:.2f} MB, target peak <= limit + one shard = {(self.limit + self.shard) / MB:.2f} MB "
+                f"(peak - limit = {over / 1e3:+,.1f} kB) -> {'PASS' if self.passed else 'FAIL'}")
+
+
+# a temp name -> the file it becomes: gwi's .NAME.npy.PID.HEX.download and boto3's temp names inside it,
+# boto3's NAME.mds.HEX (Mosaic), NAME.bin.tmp / .lock / .cnt (litdata)
+_FINAL = re.compile(r"^\.*(.*?\.(?:npy|mds|bin|json))(?:\..*)?$")
+
+
+def folder_bytes(root: Path) -> int:
+    """Bytes of every file under ``root`` now, downloads in flight included. A download's temp names
+    count as the file they become, once, at the largest size seen: a rename caught half-way is not
+    counted twice. A file that vanishes while we look counts 0."""
+    sizes: dict[str, int] = {}
+    for p in list(root.rglob("*")):
+        try:
+            if not p.is_file():
+                continue
+            n = p.stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        m = _FINAL.match(p.name)
+        key = str(p.parent / (m.group(1) if m else p.name))
+        sizes[key] = max(n, sizes.get(key, 0))
+    return sum(sizes.values())
+
+
+WATCH_S = (1.0, 0.05)  # the stream folder's bytes are sampled every second, and every 50 ms to be stricter
+
+
+class DiskWatch:
+    """Samples ``folder_bytes(root)`` every ``dt`` seconds while in the ``with`` block, in a child
+    process (``bench/data.py --watch``): a thread of ours waking 20 times a second would take the GIL
+    from the training loop it measures. ``peak`` and ``count`` are read when the block ends."""
+
+    def __init__(self, root: Path, dt: float):
+        self.root, self.dt = root, dt
+        self.peak = self.count = 0
+
+    def __enter__(self) -> Self:
+        self._proc = subprocess.Popen([sys.executable, __file__, "--watch", str(self.root), str(self.dt)],
+                                      stdout=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._proc.terminate()  # the child prints what it saw and exits
+        out, _ = self._proc.communicate(timeout=30)
+        if len(out.split()) != 2:  # killed before it set its handler: a block shorter than its start-up
+            log(f"WARNING: the disk watcher of {self.root} reported nothing")
+            return
+        self.peak, self.count = (int(v) for v in out.split())
+
+
+def watch_main(root: str, dt: str) -> int:
+    """The child of :class:`DiskWatch`: sample until SIGTERM, then print ``peak count``."""
+    import signal
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    folder, every, peak, count = Path(root), float(dt), 0, 0
+    while not stop.is_set():
+        if folder.exists():
+            peak = max(peak, folder_bytes(folder))
+            count += 1
+        stop.wait(every)
+    print(peak, count, flush=True)
+    return 0
+
+
+def stream_dataset(store_url: str, name: str, shards: int, per_shard: int) -> str:
+    """``shards`` equal shards of ``per_shard`` random samples (two families), written as prep writes."""
+    from gwi.data.shards import DatasetWriter
+
+    rng = np.random.default_rng(25)
+    half = shards // 2 * per_shard
+    with DatasetWriter(store_url, name, source={"kind": "bench"}, shard_size=per_shard) as w:
+        for fam, n in (("FlatVel_A", half), ("CurveVel_A", shards * per_shard - half)):
+            for first in range(0, n, per_shard):  # a shard at a time: the full run's data stays small in RAM
+                m = min(per_shard, n - first)
+                x = rng.standard_normal((m, 5, 1000, 70), dtype=np.float32)
+                x *= 5.0
+                y = rng.uniform(1500, 4500, (m, 1, 70, 70)).astype(np.float32)
+                w.add(fam, x, y, src=f"bench:{fam}")
+        w.finish()
+    return f"{store_url.rstrip('/')}/datasets/{name}"
+
+
+@dataclass
+class LoopIO:
+    """What the stream's cache did from the training loop's start (the first ``StreamedDataset.plan``):
+    seconds the reader spent in ``ShardCache.open`` (waiting for a shard, or mapping one already here),
+    shards fetched and evicted."""
+
+    open_s: float = 0.0
+    started: bool = False
+    cache: object = None
+    fetched0: int = 0
+    evicted0: int = 0
+
+    @property
+    def fetched(self) -> int:
+        return self.cache.fetched - self.fetched0 if self.cache is not None else 0
+
+    @property
+    def evicted(self) -> int:
+        return self.cache.evicted - self.evicted0 if self.cache is not None else 0
+
+
+@contextlib.contextmanager
+def loop_io(on_start: Callable[[], None] = lambda: None):
+    """Watch the stream's cache in the training loop (:class:`LoopIO`); ``on_start`` is called when the
+    loop starts. The methods are wrapped, not changed."""
+    from gwi.data.cache import ShardCache, StreamedDataset
+
+    io = LoopIO()
+    open_, plan_ = ShardCache.open, StreamedDataset.plan
+
+    def open(self, k):
+        t = time.perf_counter()
+        try:
+            return open_(self, k)
+        finally:
+            if io.started:
+                io.open_s += time.perf_counter() - t
+
+    def plan(self, idx, ahead):
+        if not io.started:
+            io.started, io.cache = True, self.cache
+            io.fetched0, io.evicted0 = self.cache.fetched, self.cache.evicted
+            on_start()
+        return plan_(self, idx, ahead)
+
+    ShardCache.open, StreamedDataset.plan = open, plan
+    try:
+        yield io
+    finally:
+        ShardCache.open, StreamedDataset.plan = open_, plan_
+
+
+def bench_stream(cfg: Config, work: Path) -> tuple[list[Row], Bound, list[str]]:
+    """The streaming rows, the cache bound and a line per timed training run."""
+    import boto3
+
+    import gwi.store
+    from gwi.config import TrainConfig
+    from gwi.data.cache import ShardCache
+    from gwi.data.shards import load_manifest, x_shards, y_shard_for
+    from gwi.data.sync import VERIFIED, cache_dir_for
+    from gwi.training import train
+
+    n_shards = 5 * cfg.stream_limit_shards
+    window = cfg.stream_window
+    if cfg.stream_limit_shards < window + 1:
+        raise ValueError(f"stream_limit_shards {cfg.stream_limit_shards}: the cache needs the window ({window}) "
+                         "and a shard arriving")
+    with moto_server() as endpoint, s3_env(endpoint, work):
+        bucket = f"gwi-bench-{uuid.uuid4().hex[:8]}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+        log(f"stream: writing {n_shards} shards of {cfg.stream_shard_size} samples to s3://{bucket} on {endpoint}")
+        url = stream_dataset(f"s3://{bucket}/bench", "bench-stream", n_shards, cfg.stream_shard_size)
+        manifest = load_manifest(gwi.store.open_store(url))
+        units = [int(xs["bytes"]) + int(y_shard_for(manifest, xs)["bytes"]) for xs in x_shards(manifest)]
+        nbytes = sum(int(sh["bytes"]) for sh in manifest["shards"])
+        shard = max(units)  # a unit: a shard's seismic file and its velocity file
+        limit = nbytes // 5
+        samples = int(sum(sh["shape"][0] for sh in manifest["shards"] if sh["kind"] == "x"))
+        log(f"stream: {samples} samples, {nbytes / MB:.1f} MB in {len(units)} shards of {shard / MB:.2f} MB; cache "
+            f"limit {limit / MB:.2f} MB = {cfg.stream_limit_shards} shards, window {window}; {cfg.stream_steps} steps "
+            f"of {cfg.stream_batch} a run")
+        stream_dir = cache_dir_for(url).with_name(cache_dir_for(url).name + "-stream-0")
+        whole_dir = cache_dir_for(url)
+        notes: list[str] = []
+
+        # the peak bytes on disk of each side's folder, at each sampling interval; both sides are watched
+        # (the watchers' CPU falls on both), the pulled copy's peak being the whole dataset
+        peaks = {tag: {dt: 0 for dt in WATCH_S} for tag in ("stream", "pulled")}
+        counts = {tag: {dt: 0 for dt in WATCH_S} for tag in ("stream", "pulled")}
+
+        def run(tag: str, r: int, steps: int = cfg.stream_steps) -> float:
+            for d in (stream_dir, whole_dir):  # cold: each run fetches what it reads
+                shutil.rmtree(d, ignore_errors=True)
+            gwi.store._CLIENTS.clear()
+            lines: list[str] = []
+            tc = TrainConfig(model="inversionnet", dataset=url, run=f"file://{work}/stream-runs/{tag}-{r}",
+                             preset="tiny", epochs=1000, max_steps=steps, batch_size=cfg.stream_batch,
+                             split="kfold:5:0", cache_limit=str(limit) if tag == "stream" else "none",
+                             stream_window=window, ema=0.0, device="cpu", heartbeat_s=5.0,
+                             sample_log=str(work / f"samples-{tag}-{r}.log"))
+            watches = [DiskWatch(stream_dir if tag == "stream" else whole_dir, dt) for dt in WATCH_S]
+            # the S3 server's CPU from the loop's start (streamed) or the run's (pulled) to its end: on this
+            # machine it competes with the training's threads, as a remote store would not
+            moto = [proc_cpu(MOTO_PIDS[endpoint])]
+            with loop_io(lambda: moto.__setitem__(0, proc_cpu(MOTO_PIDS[endpoint]))) as io, \
+                    watches[0], watches[1]:
+                m = train(tc, log=lines.append)
+            moto_s = (proc_cpu(MOTO_PIDS[endpoint]) or 0.0) - (moto[0] or 0.0)
+            for w in watches:
+                peaks[tag][w.dt] = max(peaks[tag][w.dt], w.peak)
+                counts[tag][w.dt] += w.count
+            streamed = any(ln.startswith("streaming bench-stream (") for ln in lines)
+            if streamed != (tag == "stream"):
+                raise RuntimeError(f"stream bench: the {tag} run {'did not stream' if tag == 'stream' else 'streamed'}")
+            if m["loop_samples"] != steps * cfg.stream_batch:
+                log(f"WARNING: {tag} run trained {m['loop_samples']} samples, expected {steps * cfg.stream_batch}")
+            # the shards the loop read (all shards hold stream_shard_size samples)
+            log_path = work / f"samples-{tag}-{r}.log"
+            read = {int(v) // cfg.stream_shard_size for ln in log_path.read_text().splitlines() for v in ln.split()[2:]}
+            log_path.unlink()
+            notes.append(f"{tag} {r + 1}: {m['loop_samples'] / m['loop_s']:.2f} samples/s in the loop ({m['loop_s']:.1f} s"
+                         + (f", of which {io.open_s:.1f} s in ShardCache.open: shard waits and maps; "
+                            f"{io.fetched} shards fetched and {io.evicted} evicted for the {m['loop_samples']} samples "
+                            f"of {len(read)} shards read" if streamed else "")
+                         + f"), {m['samples_per_s']:.2f} samples/s with start-up and validation; peak on disk "
+                         f"{max(w.peak for w in watches) / MB:.2f} MB; the S3 server used {moto_s:.1f} CPU s "
+                         + ("from the loop's start on" if streamed else "in the whole run (the pull)"))
+            for d in (stream_dir, whole_dir):
+                shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(work / "stream-runs", ignore_errors=True)
+            return float(m["loop_s"])
+
+        # the first train() of a process pays once for what later ones reuse (torch's kernels and
+        # allocator, lazy imports): a short untimed run first, so neither side inherits that cost
+        log("train from stream: warm-up run (2 steps, pulled, untimed)")
+        run("pulled", -1, steps=2)
+        notes.clear()
+        for tag in peaks:
+            peaks[tag] = {dt: 0 for dt in WATCH_S}
+            counts[tag] = {dt: 0 for dt in WATCH_S}
+        t_stream, t_whole = alternate("train from stream", cfg.stream_repeats, lambda r: run("stream", r),
+                                      lambda r: run("pulled", r))
+        notes = [f"  {n}" for n in notes]
+        for n in notes:
+            log(f"stream:{n}")
+        bound = Bound(limit, shard, peaks["stream"], counts["stream"])
+        log(bound.text())
+
+        # the cache alone: every shard fetched through ShardCache (room for all, its default 2 threads,
+        # as training opens it) against the aws CLI copying the same prefix
+        def cache_fetch(r: int) -> float:
+            root = work / f"prefetch-gwi-{r}"
+            gwi.store._CLIENTS.clear()  # aws pays for its client set-up in every run; so does gwi
+            t = time.perf_counter()
+            c = ShardCache(url, nbytes, root=root)
+            try:
+                c.prefetch(range(len(c.units)))
+                with c.cond:
+                    running = list(c.inflight.values())
+                for f in running:
+                    f.result()
+                t = time.perf_counter() - t
+                if c.fetched != len(c.units):
+                    log(f"WARNING: the cache fetched {c.fetched} of {len(c.units)} shards")
+            finally:
+                c.close()
+            got = dir_bytes(root, skip=(VERIFIED,))
+            if got != nbytes:
+                log(f"WARNING: the cache fetched {got} bytes, the shards are {nbytes}")
+            shutil.rmtree(root)
+            return t
+
+        def aws_cp(r: int) -> float:
+            dest = work / f"prefetch-aws-{r}"
+            t = timed(subprocess.run, [aws_exe(), "s3", "cp", "--recursive", "--only-show-errors",
+                                       "--endpoint-url", endpoint, url + "/", str(dest)], check=True)
+            shutil.rmtree(dest)
+            return t
+
+        t_cache, t_aws = alternate("S3 prefetch", cfg.prefetch_repeats, cache_fetch, aws_cp)
+
+    n = cfg.stream_steps * cfg.stream_batch
+    rows = [
+        make_row(f"train from stream: {n} samples, {nbytes / MB:.0f} MB = 5x cache limit ({cfg.stream_limit_shards} "
+                 f"shards, window {window}), vs pulled copy",
+                 "samples/s", n, n, t_stream, t_whole, target=0.90, target_text=">= 0.90x"),
+        make_row(f"S3 prefetch: ShardCache, all {len(units)} shards, vs aws s3 cp, {nbytes / MB:.0f} MB", "MB/s",
+                 nbytes / MB, nbytes / MB, t_cache, t_aws, target=0.90, target_text=">= 0.90x"),
+    ]
+    return rows, bound, notes
+
+
+# ------------------------------------------------------------------------------------------------
 # report
 
 
@@ -413,30 +761,65 @@ def spread(rows: list[Row]) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if argv[1:2] == ["--watch"]:  # DiskWatch's child process
+        return watch_main(*argv[2:4])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smaller data and fewer repeats (~1 min)")
+    ap.add_argument("--quick", action="store_true", help="smaller data and fewer repeats (2-6 min on 2 cores)")
+    ap.add_argument("--only", default=",".join(SECTIONS), metavar="LIST",
+                    help=f"the sections to run, comma-separated (default: all of {','.join(SECTIONS)}; pull "
+                         "needs prep)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=INT",
+                    help="override a size of the chosen Config (e.g. --set stream_limit_shards=5)")
     args = ap.parse_args(argv[1:])
     cfg = QUICK if args.quick else FULL
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        if key not in Config.__dataclass_fields__ or not value.lstrip("-").isdigit():
+            ap.error(f"--set: expected FIELD=INT with FIELD one of {', '.join(Config.__dataclass_fields__)}, got {kv!r}")
+        cfg = dataclasses.replace(cfg, **{key: int(value)})
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    bad = sorted(set(only) - set(SECTIONS))
+    if bad or not only:
+        ap.error(f"--only: expected some of {', '.join(SECTIONS)}, got {args.only!r}")
+    if "pull" in only and "prep" not in only:
+        ap.error("--only: pull fetches the dataset prep writes; add prep")
 
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(machine_header(argv))
-    print(f"mode    : {'quick' if args.quick else 'full'}; synth on {device}")
+    print(f"mode    : {'quick' if args.quick else 'full'}{''.join(' --set ' + kv for kv in args.set)}; sections "
+          f"{','.join(only)}; synth on {device}")
     print(flush=True)
 
     start = time.perf_counter()
+    rows: list[Row] = []
+    bound: Bound | None = None
+    notes: list[str] = []
     with scratch_home("gwi-bench-") as work:
-        rows = bench_synth(cfg, work, device)
-        prep_row, dataset = bench_prep(cfg, work)
-        rows += [prep_row, bench_pull(cfg, work, dataset)]
+        if "synth" in only:
+            rows += bench_synth(cfg, work, device)
+        if "prep" in only:
+            prep_row, dataset = bench_prep(cfg, work)
+            rows.append(prep_row)
+            if "pull" in only:
+                rows.append(bench_pull(cfg, work, dataset))
+        if "stream" in only:
+            stream_rows, bound, notes = bench_stream(cfg, work)
+            rows += stream_rows
 
     print(table(rows))
+    if bound is not None:
+        print()
+        print(bound.text())
+        print("train from stream, each timed run:")
+        print("\n".join(notes))
     print()
     print(spread(rows))
     print()
     print(f"total {time.perf_counter() - start:.0f} s; load {load_text()} at end; {busy_text()}")
-    return 0 if all(r.passed is not False for r in rows) else 1
+    ok = all(r.passed is not False for r in rows) and (bound is None or bound.passed)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
