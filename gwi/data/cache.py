@@ -118,6 +118,8 @@ class ShardCache:
         self.verified = _Verified(self.root)
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="gwi-cache")
         self.fetched = self.evicted = 0
+        # the arrays of units present, memory-mapped once: np.load per batch was most of a streamed read
+        self.maps: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         self._adopt()
 
     # -- what is on disk ----------------------------------------------------------------------------
@@ -148,6 +150,7 @@ class ShardCache:
             return sum(self.present.values()) + self.reserved
 
     def _remove(self, u: Unit) -> None:
+        self.maps.pop(u.index, None)  # the map goes with the file, so the disk space is freed
         for s in u.files:
             self.path(s).unlink(missing_ok=True)
 
@@ -254,9 +257,11 @@ class ShardCache:
                 f.result()
             with self.cond:
                 self.present.move_to_end(k)  # most recently used
-            u = self.units[k]
-            return (np.load(self.path(u.x), mmap_mode="r"),
-                    np.load(self.path(u.y), mmap_mode="r") if u.y else None)
+                if k not in self.maps:
+                    u = self.units[k]
+                    self.maps[k] = (np.load(self.path(u.x), mmap_mode="r"),
+                                    np.load(self.path(u.y), mmap_mode="r") if u.y else None)
+                return self.maps[k]
         except BaseException:
             self.release(k)
             raise
@@ -286,6 +291,7 @@ class ShardCache:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.maps.clear()
         self.verified.save()
 
 
@@ -339,8 +345,11 @@ class StreamedDataset:
         self.offsets = np.concatenate([[0], np.cumsum([u.samples for u in cache.units])]).astype(np.int64)
         self.families = np.concatenate([np.full(u.samples, u.x["family"], dtype=object) for u in cache.units]).astype(str)
         self.labelled = all(u.y is not None for u in cache.units)
-        self.upcoming: list[int] = []  # the shards the coming batches read, in order (plan)
+        self.upcoming: list[int] = []  # the shards the coming batches read, in order of first use (plan)
         self.position: dict[int, int] = {}  # shard -> its place in upcoming
+        self.last_use: dict[int, int] = {}  # shard -> the last place in the planned samples that reads it
+        self.planned = np.empty(0, np.int64)
+        self.cursor = self.live = 0  # samples of the plan read; upcoming[live] is the first shard still needed
         self.ahead = 0
 
     def __len__(self) -> int:
@@ -349,8 +358,13 @@ class StreamedDataset:
     def plan(self, idx: np.ndarray, ahead: int) -> None:
         """The samples the coming batches read, in order (as ``stream_order`` gives): after each batch
         the cache fetches the next ``ahead`` of their shards."""
-        self.upcoming = list(dict.fromkeys(self.unit_of(idx).tolist()))
+        self.planned = np.asarray(idx, dtype=np.int64)
+        owners = self.unit_of(self.planned)
+        self.upcoming = list(dict.fromkeys(owners.tolist()))
         self.position = {k: i for i, k in enumerate(self.upcoming)}
+        units, first_from_end = np.unique(owners[::-1], return_index=True)
+        self.last_use = dict(zip(units.tolist(), (len(owners) - 1 - first_from_end).tolist()))
+        self.cursor = self.live = 0
         self.ahead = ahead
         self.cache.prefetch(self.upcoming[:ahead])
 
@@ -383,8 +397,18 @@ class StreamedDataset:
                         ys[b] = y[j, ..., ::-1] if f else y[j]  # (1, 70, 70)
             finally:
                 self.cache.release(k)
-        # fetch what the next batches read while the model works on this one
+        self._advance(idx, owner)
+        return xs, ys
+
+    def _advance(self, idx: np.ndarray, owner: np.ndarray) -> None:
+        """After a batch of the plan: fetch what the next batches read while the model works on this
+        one, keeping every shard the window still has samples in (they are all wanted soon: a shard
+        evicted mid-window would be fetched again)."""
+        n = len(idx)
+        if np.array_equal(np.sort(self.planned[self.cursor:self.cursor + n]), np.sort(idx)):
+            self.cursor += n  # a validation batch, outside the plan, moves nothing
+            while self.live < len(self.upcoming) and self.last_use[self.upcoming[self.live]] < self.cursor:
+                self.live += 1
         last = max((self.position[k] for k in set(owner.tolist()) if k in self.position), default=None)
         if last is not None:
-            self.cache.prefetch(self.upcoming[last:last + self.ahead])
-        return xs, ys
+            self.cache.prefetch(self.upcoming[min(self.live, last):last + self.ahead])
