@@ -79,6 +79,21 @@ def isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("GWI_STORE_PATIENCE_S", "5")
 
 
+@pytest.fixture
+def proxied(s3, monkeypatch):
+    """(bucket URL, proxy): the S3 store reached only through a TcpProxy in front of moto."""
+    import gwi.store
+
+    from .faults import TcpProxy
+
+    host, port = os.environ["AWS_ENDPOINT_URL"].rsplit("/", 1)[-1].split(":")
+    with TcpProxy(host, int(port)) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        gwi.store._CLIENTS.clear()
+        yield s3, proxy
+    gwi.store._CLIENTS.clear()
+
+
 def run_until(s, cond, timeout: float, interval: float = 0.2):
     """Run scheduler passes until ``cond()`` is true (its value is returned); on timeout, fail with
     every event so far, which says what the scheduler saw."""

@@ -20,11 +20,12 @@ from .conftest import make_samples
 SHARD = 3  # samples a shard: ~1.3 MB of float16 seismic each
 
 
-def dataset(store_url: str, name: str = "big", shards: int = 10) -> str:
+def dataset(store_url: str, name: str = "big", shards: int = 10, shard: int = SHARD) -> str:
+    """A dataset of ``shards`` shards of ``shard`` samples, two families."""
     rng = np.random.default_rng(7)
-    with DatasetWriter(store_url, name, source={"kind": "test"}, shard_size=SHARD) as w:
+    with DatasetWriter(store_url, name, source={"kind": "test"}, shard_size=shard) as w:
         for fam in ("FlatVel_A", "CurveVel_A"):
-            x, y = make_samples(rng, SHARD * shards // 2)
+            x, y = make_samples(rng, shard * shards // 2)
             w.add(fam, x, y, src=f"test:{fam}")
         w.finish()
     return f"{store_url.rstrip('/')}/datasets/{name}"

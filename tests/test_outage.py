@@ -27,17 +27,6 @@ from gwi.store import open_store
 from .faults import TcpProxy
 
 
-@pytest.fixture
-def proxied(s3, monkeypatch):
-    """(bucket URL, proxy): the S3 store reached only through a TcpProxy in front of moto."""
-    host, port = os.environ["AWS_ENDPOINT_URL"].rsplit("/", 1)[-1].split(":")
-    with TcpProxy(host, int(port)) as proxy:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        gwi.store._CLIENTS.clear()
-        yield s3, proxy
-    gwi.store._CLIENTS.clear()
-
-
 def later(seconds: float, fn) -> threading.Timer:
     t = threading.Timer(seconds, fn)
     t.daemon = True

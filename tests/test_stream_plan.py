@@ -13,20 +13,15 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import pytest
 
-import gwi.store
 from gwi.adapters.base import load_profiles
 from gwi.config import TrainConfig
-from gwi.data.shards import DatasetWriter, load_manifest
 from gwi.scheduler import Scheduler
 from gwi.spec import load_spec
-from gwi.store import open_store
 from gwi.training import train
 
-from .conftest import make_samples, run_until
-from .faults import TcpProxy
+from .conftest import run_until
+from .test_cache import dataset, unit_bytes
 
 SHARD = 4
 PROFILE = """adapter: local
@@ -53,15 +48,8 @@ jobs:
 
 def big_dataset(store: str, name: str = "big", shards: int = 10) -> tuple[str, int]:
     """(URL, bytes of its largest shard pair): two families, ``shards`` shards of SHARD samples."""
-    rng = np.random.default_rng(11)
-    with DatasetWriter(store, name, source={"kind": "test"}, shard_size=SHARD) as w:
-        for fam in ("FlatVel_A", "CurveVel_A"):
-            x, y = make_samples(rng, SHARD * shards // 2)
-            w.add(fam, x, y, src=f"test:{fam}")
-        w.finish()
-    url = f"{store}/datasets/{name}"
-    m = load_manifest(open_store(url))
-    return url, sum(max(s["bytes"] for s in m["shards"] if s["kind"] == k) for k in "xy")
+    url = dataset(store, name, shards, shard=SHARD)
+    return url, unit_bytes(url)
 
 
 def kept_steps(log: Path) -> list[str]:
@@ -147,16 +135,6 @@ def test_a_streamed_plan_killed_mid_epoch_moves_platform_and_keeps_the_sample_or
                       batch_size=4, split="kfold:5:0", checkpoint_every=3, stream_window=1, ema=0, heartbeat_s=0.5,
                       cache_limit=str(limit), sample_log=str(straight)), log=lambda *_: None)
     assert got == straight.read_text().splitlines()
-
-
-@pytest.fixture
-def proxied(s3, monkeypatch):
-    host, port = os.environ["AWS_ENDPOINT_URL"].rsplit("/", 1)[-1].split(":")
-    with TcpProxy(host, int(port)) as proxy:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        gwi.store._CLIENTS.clear()
-        yield s3, proxy
-    gwi.store._CLIENTS.clear()
 
 
 def test_a_store_outage_mid_epoch_is_waited_out_and_the_order_is_unchanged(proxied, tmp_path, monkeypatch):
