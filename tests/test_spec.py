@@ -83,7 +83,8 @@ def test_unknown_top_level_key(error):
 def test_unknown_job_key_suggests_the_right_one(error):
     p, msg = error(TRAIN.replace("model: egnn", "modle: egnn"))
     assert msg == (f"{p}:6: job 'egnn': field 'modle': unknown field (did you mean 'model'?); expected one of: "
-                   "after, config, dataset, heartbeat_s, init_from, kind, limits, model, name, platforms, preset, priority, resources")
+                   "after, config, dataset, datasets, heartbeat_s, init_from, kind, limits, model, name, platforms, preset, priority, "
+                   "resources")
 
 
 def test_unknown_limits_and_defaults_keys(error):
@@ -129,7 +130,7 @@ def test_missing_required_field(error):
 def test_unknown_kind(error):
     p, msg = error(TRAIN.replace("kind: train", "kind: trian"))
     assert msg == (f"{p}:5: job 'egnn': field 'kind': unknown value 'trian' (did you mean 'train'?); "
-                   "expected one of: augment, ensemble, evaluate, predict, refine, run, sweep, synth, train")
+                   "expected one of: augment, ensemble, evaluate, predict, prep, refine, run, sweep, synth, train")
 
 
 def test_unknown_model_and_preset(error):
@@ -166,7 +167,7 @@ def test_unknown_train_config_key(error):
     from gwi.config import TrainConfig
 
     p, msg = error(TRAIN + "    config:\n      epochs: 3\n      batchsize: 8\n")
-    allowed = sorted([f for f in TrainConfig.field_names() if f not in ("model", "dataset", "run", "preset",
+    allowed = sorted([f for f in TrainConfig.field_names() if f not in ("model", "dataset", "datasets", "run", "preset",
                                                                          "heartbeat_s", "init_from")]
                      + ["fold", "folds", "k"])
     assert msg == (f"{p}:11: job 'egnn': field 'config.batchsize': unknown field (did you mean 'batch_size'?); "
