@@ -149,9 +149,16 @@ def read_submission(path: str | os.PathLike, oids: list[str] | None = None) -> d
         raise DataError(f"{path}: no rows for {len(missing)} test file(s): {', '.join(missing[:5])}"
                         f"{' ...' if len(missing) > 5 else ''}")
     for m in out.values():
-        m[:, 0] = m[:, 1]
-        m[:, 2:69:2] = 0.5 * (m[:, 1:68:2] + m[:, 3:70:2])  # x_2 ... x_68 between their odd neighbours
+        fill_even(m)
     return out
+
+
+def fill_even(m: np.ndarray) -> np.ndarray:
+    """A (70, 70) map holding a submission's odd columns, its even ones filled in place from their
+    neighbours (x_0 from x_1, x_2 ... x_68 between their odd neighbours); returns it."""
+    m[:, 0] = m[:, 1]
+    m[:, 2:69:2] = 0.5 * (m[:, 1:68:2] + m[:, 3:70:2])
+    return m
 
 
 def rows_csv(oids: list[str], v: np.ndarray) -> str:

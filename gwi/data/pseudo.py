@@ -127,13 +127,11 @@ def full_map(odd: np.ndarray) -> np.ndarray:
     """(70, 35) odd columns -> (70, 70) m/s, the even columns filled as ``predict.read_submission`` fills
     them (x_0 from x_1, x_2 .. x_68 between their odd neighbours), then clipped into 1500-4500 m/s: what
     is simulated is what is stored, within the range the network's output is scaled to."""
-    from ..predict import COLUMNS
+    from ..predict import COLUMNS, fill_even
 
     m = np.empty((odd.shape[0], NX), np.float32)
     m[:, COLUMNS] = odd
-    m[:, 0] = m[:, 1]
-    m[:, 2:69:2] = 0.5 * (m[:, 1:68:2] + m[:, 3:70:2])
-    return np.clip(m, VMIN, VMAX)
+    return np.clip(fill_even(m), VMIN, VMAX)
 
 
 def oids_of_test(test: str) -> list[str]:

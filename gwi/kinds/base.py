@@ -21,7 +21,7 @@ from ..runs import Run, run_url
 from ..yamlfile import Fields, Node, closest, quote
 
 _DATASET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_PATH_PREFIXES = ("/", "./", "../", "~")
+PATH_PREFIXES = ("/", "./", "../", "~")
 
 
 @dataclass(frozen=True)
@@ -114,12 +114,18 @@ def dataset_name(c: Fields, key: str) -> str:
     return v
 
 
+def folder(plan: Plan, path: str) -> str:
+    """A folder a plan names (``/``, ``./``, ``../``, ``~``), absolute: where the plan file says, not where
+    dispatch happens to be run from."""
+    return os.path.abspath(os.path.join(plan.folder, os.path.expanduser(path)))
+
+
 def dataset_or_folder(c: Fields, key: str, plan: Plan) -> str:
     """A dataset name, a URL, or a folder; a folder is where the plan file says, not where dispatch
     happens to be run from."""
     v = c.get(key, "str")
-    if v.startswith(_PATH_PREFIXES):
-        return os.path.abspath(os.path.join(plan.folder, os.path.expanduser(v)))
+    if v.startswith(PATH_PREFIXES):
+        return folder(plan, v)
     if "://" in v or _DATASET.fullmatch(v):
         return plan.dataset_url(v)
     raise c.error(key, f"expected a dataset name, a URL, or a folder starting with /, ./, ../ or ~, got {quote(v)}")

@@ -16,11 +16,10 @@ kept when its job runs again (``--exist-ok``)::
 
 from __future__ import annotations
 
-import os
-
 from ..runs import Run
 from ..yamlfile import Fields, quote
-from .base import JobKind, Plan, dataset_name, in_parts, merge_argv, part_outputs, register, shards_of
+from .base import (PATH_PREFIXES, JobKind, Plan, dataset_name, folder, in_parts, merge_argv, part_outputs, register,
+                   shards_of)
 
 
 @register
@@ -32,10 +31,9 @@ class Prep(JobKind):
 
     def check(self, c: Fields, own: Fields, plan: Plan, job: str) -> list[tuple[str, dict]]:
         src = c.get("src", "str")
-        if src.startswith(("./", "../", "~")):  # beside the plan file, like the other kinds' folders
-            src = os.path.abspath(os.path.join(plan.folder, os.path.expanduser(src)))
-        elif not src.startswith("/"):
+        if not src.startswith(PATH_PREFIXES):
             raise c.error("src", f"expected a folder path (absolute, or starting with ./, ../ or ~), got {quote(src)}")
+        src = folder(plan, src)  # an absolute path stays as it is: a folder on the platform
         name = dataset_name(c, "dataset")
         dataset = plan.dataset_url(name)
         plan.claim(c, "dataset", dataset, job, f"dataset {quote(name)}")

@@ -99,21 +99,18 @@ class Train(JobKind):
         for item in items:
             if isinstance(item, dict) and len(item) == 1:
                 (name, weight), = item.items()
-            elif isinstance(item, str):
-                name, weight = item, None
-                head, sep, tail = item.rpartition(":")
-                if sep and head and "/" not in tail:  # NAME:WEIGHT (a URL's own ':' has a '/' after it)
-                    name, weight = head, tail
-            else:
+                item = f"{name}:{weight}"
+            elif not isinstance(item, str):
                 raise own.error("datasets", f"expected a name, a URL or NAME: WEIGHT, got {quote(item)}")
-            url = plan.dataset_url(dataset_ref(own, "datasets", str(name)))
+            try:
+                name, weight = parse_part(item)
+            except ValueError as e:
+                raise own.error("datasets", str(e)) from None
+            url = plan.dataset_url(dataset_ref(own, "datasets", name))
             if url in urls:
                 raise own.error("datasets", f"{quote(name)} is listed twice")
             urls.append(url)
-            try:
-                spelled.append(spell_part(*parse_part(url if weight is None else f"{url}:{weight}")))
-            except ValueError as e:
-                raise own.error("datasets", str(e)) from None
+            spelled.append(spell_part(url, weight))
         return spelled
 
     @staticmethod
