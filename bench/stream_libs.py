@@ -207,6 +207,20 @@ class GwiReader:
         return out
 
 
+def read_batches(loader, out: Epoch, stop_after: int | None) -> bool:
+    """A library loader's batches (``{"x", "id"}``) into ``out``; at ``stop_after`` samples its state is
+    kept for the resume check and True is returned (stopped early)."""
+    for b in loader:
+        x = b["x"].numpy()
+        for j, k in enumerate(b["id"].tolist()):
+            out.ids.append(int(k))
+            out.prints[int(k)] = fingerprint(x[j])
+        if stop_after is not None and len(out.ids) >= stop_after:
+            out.state = loader.state_dict()
+            return True
+    return False
+
+
 class MosaicReader:
     name = "Mosaic streaming"
 
@@ -226,17 +240,10 @@ class MosaicReader:
         loader = StreamingDataLoader(ds, batch_size=BATCH, num_workers=0)
         if state is not None:
             loader.load_state_dict(state)
-        for b in loader:
-            x = b["x"].numpy()
-            for j, k in enumerate(b["id"].tolist()):
-                out.ids.append(int(k))
-                out.prints[int(k)] = fingerprint(x[j])
-            if stop_after is not None and len(out.ids) >= stop_after:
-                out.state = loader.state_dict()
-                # leaving an epoch early leaves its download threads running until the next epoch
-                # starts, and the process then never exits: stop them as that next epoch would
-                ds._iterator.exit()
-                break
+        if read_batches(loader, out, stop_after):
+            # leaving an epoch early leaves its download threads running until the next epoch
+            # starts, and the process then never exits: stop them as that next epoch would
+            ds._iterator.exit()
         out.seconds = time.perf_counter() - t
         del loader, ds
         gc.collect()
@@ -262,14 +269,7 @@ class LitReader:
         loader = StreamingDataLoader(ds, batch_size=BATCH, num_workers=0)
         if state is not None:
             loader.load_state_dict(state)
-        for b in loader:
-            x = b["x"].numpy()
-            for j, k in enumerate(b["id"].tolist()):
-                out.ids.append(int(k))
-                out.prints[int(k)] = fingerprint(x[j])
-            if stop_after is not None and len(out.ids) >= stop_after:
-                out.state = loader.state_dict()
-                break
+        read_batches(loader, out, stop_after)
         out.seconds = time.perf_counter() - t
         del loader, ds
         gc.collect()
