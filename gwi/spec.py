@@ -22,7 +22,8 @@ A spec is one YAML file (``jobs/*.yaml``)::
       config: {batch_size: 64}       #   train jobs, merged key by key
     jobs:
       - name: data                   # unique; letters, digits, '-' and '_'
-        kind: synth                  # synth | train | ensemble | predict | evaluate | sweep | refine
+        kind: synth                  # synth | train | ensemble | predict | evaluate | sweep | refine |
+                                     #   augment | prep | pseudo | cycle | run
                                      #   (each kind's fields: gwi/kinds/<kind>.py)
         dataset: synth-b             # the dataset it writes to STORE/datasets/
         families: [FlatVel_B, CurveFault_A]
@@ -333,11 +334,14 @@ class _Loader:
 
         drafts: list[_Draft] = []
         for i, raw in enumerate(jobs, start=1):
-            drafts += self._job(top, i, raw)
+            made = self._job(top, i, raw)
+            for d in made:
+                self.plan.jobs[d.name] = (d.kind.name, d.params)
+                self.plan.groups.setdefault(d.group, []).append(d.name)
+            drafts += made
         self.by_name = {d.name: d for d in drafts}
-        self.groups: dict[str, list[str]] = {}
+        self.groups = self.plan.groups
         for d in drafts:
-            self.groups.setdefault(d.group, []).append(d.name)
             for url in d.kind.outputs(d.params, self.plan.run(d.name)).values():
                 self.plan.writers.setdefault(url, d.name)
         spec = Spec(name, self.file, store, self._order([self._resolve(d) for d in drafts]),
@@ -485,6 +489,8 @@ class _Loader:
             names = self.groups.get(v) or ([v] if v in self.by_name else [])
             if not names:
                 raise d.c.error(ref.key, f"unknown job {quote(v)}{closest(v, known)}; expected one of: {allowed}")
+            # a job made in parts stands for the job joining them: the one writing the output
+            names = [n for n in names if ref.output in self._made(n)] or names
             if not ref.many and len(names) > 1:
                 raise d.c.error(ref.key, f"{quote(v)} names {len(names)} jobs ({', '.join(names)}); expected one: "
                                          "name one of them")
@@ -493,8 +499,7 @@ class _Loader:
                 raise d.c.error(ref.key, f"job {quote(v)} is {_a(self.by_name[bad].kind.name)} job, not "
                                          f"{_a(ref.kind)} job; expected one of: {allowed}")
             for n in names:
-                target = self.by_name[n]
-                made = target.kind.outputs(target.params, self.plan.run(n))
+                made = self._made(n)
                 if ref.output not in made:
                     raise d.c.error(ref.key, f"job {quote(v)} writes no {ref.output} file ({', '.join(made) or 'nothing'}); "
                                              f"expected a job that does, or {ref.hint}")
@@ -504,6 +509,10 @@ class _Loader:
         if dup:
             raise d.c.error(ref.key, f"{dup} is listed twice")
         return urls, jobs
+
+    def _made(self, name: str) -> dict[str, str]:
+        target = self.by_name[name]
+        return target.kind.outputs(target.params, self.plan.run(name))
 
     def _resolve(self, d: _Draft) -> Job:
         after: list[str] = []

@@ -113,7 +113,7 @@ def test_a_new_kind_needs_only_its_module_and_registration(tmp_path, verify_kind
 def test_unknown_kind_lists_the_registered_ones(tmp_path, verify_kind):
     p = _plan(tmp_path, [{"name": "v", "kind": "verfy", "dataset": "x"}], "unknown")
     with pytest.raises(ConfigError, match=r"field 'kind': unknown value 'verfy' \(did you mean 'verify'\?\); "
-                                          r"expected one of: augment, ensemble, evaluate, predict, prep, refine, run, sweep, synth, train, verify"):
+                                          r"expected one of: augment, cycle, ensemble, evaluate, predict, prep, pseudo, refine, run, sweep, synth, train, verify"):
         load_spec(p, check_store=False, profiles=PROFILES)
 
 

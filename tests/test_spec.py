@@ -130,7 +130,7 @@ def test_missing_required_field(error):
 def test_unknown_kind(error):
     p, msg = error(TRAIN.replace("kind: train", "kind: trian"))
     assert msg == (f"{p}:5: job 'egnn': field 'kind': unknown value 'trian' (did you mean 'train'?); "
-                   "expected one of: augment, ensemble, evaluate, predict, prep, refine, run, sweep, synth, train")
+                   "expected one of: augment, cycle, ensemble, evaluate, predict, prep, pseudo, refine, run, sweep, synth, train")
 
 
 def test_unknown_model_and_preset(error):

@@ -39,6 +39,8 @@ def _dry_run(path: str) -> int:
     Reads the state and changes nothing; needs no credentials to show the plan."""
     import shlex
 
+    from .. import kinds
+    from ..runs import Run, run_url
     from ..scheduler import open_view
     from ..scheduler.policy import fallback_order
     from ..spec import load_spec, store_problem
@@ -55,10 +57,9 @@ def _dry_run(path: str) -> int:
             if known is not None and known["state"] in ("succeeded", "running"):
                 rows.append([job.name, job.kind, ",".join(job.after) or "-", "-", f"already {known['state']}", ""])
                 continue
-            if job.kind == "sweep":  # run by the scheduler itself; its trials go to the platforms
+            if kinds.get(job.kind).controller:  # run by the scheduler itself; the jobs it adds go to the platforms
                 rows.append([job.name, job.kind, ",".join(job.after) or "-", "scheduler",
-                             f"{job.params['trials']} train trials, {job.params['parallel']} at a time",
-                             " > ".join(job.platforms)])
+                             kinds.get(job.kind).summary(job.params), " > ".join(job.platforms)])
                 continue
             # with the store unreachable, every platform would say so: ask them without it
             ch = v.choices(jid, job, None if store_issue else spec.store)
@@ -78,6 +79,11 @@ def _dry_run(path: str) -> int:
             print(f"  {job.name}: {shlex.join(job.argv) if job.argv else '(run by the scheduler)'}")
             for key, url in job.outputs.items():
                 print(f"      {key}: {url}")
+            added = kinds.get(job.kind).preview(job.params, Run(run_url(spec.store, spec.name, job.name)), job.heartbeat_s)
+            if added:
+                print("      the jobs it adds first (the later rounds likewise):")
+            for name, argv in added:
+                print(f"      {job.name}-{name}: {shlex.join(argv)}")
         if spec.deadline is not None:
             print()
             print(_deadline_text(v, spec))

@@ -19,6 +19,8 @@ from . import sweep  # noqa: E402,F401
 from . import refine  # noqa: E402,F401
 from . import augment  # noqa: E402,F401
 from . import prep  # noqa: E402,F401
+from . import pseudo  # noqa: E402,F401
+from . import cycle  # noqa: E402,F401
 from . import run  # noqa: E402,F401
 
 __all__ = ["JobKind", "Plan", "Ref", "get", "names", "register", "unregister"]

@@ -44,6 +44,10 @@ class Plan:
     store: str  # normalised store URL
     defaults: Node
     writers: dict[str, str] = field(default_factory=dict)  # output URL -> the job writing it
+    # the jobs checked so far (those above in the file): name -> (kind, params), and the name in the
+    # file -> the jobs it made (a train job with a list of folds makes one per fold)
+    jobs: dict[str, tuple[str, dict]] = field(default_factory=dict)
+    groups: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def folder(self) -> Path:
@@ -93,6 +97,15 @@ class JobKind:
     def argv(self, params: dict, run: Run, heartbeat_s: float) -> list[str]:
         """The ``gwi`` command the job runs, on every platform."""
         raise NotImplementedError
+
+    # a controller's side of ``gwi dispatch --dry-run``
+    def summary(self, params: dict) -> str:
+        """What the scheduler will do with the job, in a few words."""
+        return ""
+
+    def preview(self, params: dict, run: Run, heartbeat_s: float) -> list[tuple[str, list[str]]]:
+        """(job name suffix, command) of the first jobs the controller will add."""
+        return []
 
 
 # ------------------------------------------------------------------------------------------------
@@ -152,6 +165,22 @@ def in_parts(c: Fields, plan: Plan, job: str, dataset: str, shards: int, common:
     for i in range(1, shards + 1):
         part = f"{dataset}/parts/{i}-of-{shards}.json"
         plan.claim(c, "shards", part, f"{job}-s{i}", f"part {i}/{shards}")
+        drafts.append((f"-s{i}", {**common, "shard": f"{i}/{shards}"}))
+        parts.append(part)
+    return drafts + [("", {**common, "parts": parts})]
+
+
+def submission_parts(c: Fields, plan: Plan, job: str, shards: int, common: dict) -> list[tuple[str, dict]]:
+    """The drafts of a kind that writes a submission in parts: ``<job>-s<i>`` writing its share (its
+    ``shard``) to its own run folder, then ``<job>`` joining them (its ``parts``: the parts' URLs).
+    One draft when ``shards`` is 1."""
+    if shards == 1:
+        return [("", {**common, "shard": None})]
+    drafts, parts = [], []
+    for i in range(1, shards + 1):
+        name = f"{job}-s{i}"
+        part = plan.run(name).submission_url
+        plan.claim(c, "shards", part, name, f"shard {i}/{shards}")
         drafts.append((f"-s{i}", {**common, "shard": f"{i}/{shards}"}))
         parts.append(part)
     return drafts + [("", {**common, "parts": parts})]

@@ -1,4 +1,8 @@
-"""``kind: predict``: ``gwi predict`` of members or an ensemble on test data -> submission.csv."""
+"""``kind: predict``: ``gwi predict`` of members or an ensemble on test data -> submission.csv.
+
+With ``shards: N`` (N > 1) the job becomes N jobs ``<name>-s1`` ... ``<name>-sN``, each predicting an
+interleaved share of the test files (``--shard i/N``), and the job ``<name>`` itself, which joins
+their parts into its ``submission.csv`` (``gwi merge --test``: none missing, none twice)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from .. import config as train_config
 from ..physics import BACKENDS
 from ..runs import Run
 from ..yamlfile import Fields
-from .base import JobKind, Plan, Ref, dataset_or_folder, flags, optional, register
+from .base import JobKind, Plan, Ref, dataset_or_folder, flags, optional, register, shards_of, submission_parts
 from .ensemble import members
 
 MISFIT = "misfit.csv"  # oid,misfit per test file: what refine's worst fraction is ranked by
@@ -21,7 +25,7 @@ _FLAGS = (("precision", "--precision"), ("batch_size", "--batch-size"), ("mc_sam
 @register
 class Predict(JobKind):
     name = "predict"
-    fields = ("members", "ensemble", "test", "config", "uncertainty", "plots", "misfit")
+    fields = ("members", "ensemble", "test", "config", "uncertainty", "plots", "misfit", "shards")
     refs = (Ref("members", "train", "run", "a run URL"),
             Ref("ensemble", "ensemble", "ensemble", "an ensemble.json URL", many=False))
     reads = ("test",)
@@ -48,10 +52,17 @@ class Predict(JobKind):
             raise cc.error("misfit_backend", "the forward model of the misfit: set misfit: true as well")
         test = dataset_or_folder(c, "test", plan)
         source = {"members": members(c)} if has_m else {"ensemble": c.get("ensemble", "str")}
-        return [("", {**source, "test": test, "config": config, "uncertainty": c.get("uncertainty", "bool", False),
-                      "plots": c.get("plots", "bool", False), "misfit": misfit})]
+        common = {**source, "test": test, "config": config, "uncertainty": c.get("uncertainty", "bool", False),
+                  "plots": c.get("plots", "bool", False), "misfit": misfit}
+        shards = shards_of(c)
+        extra = [k for k in ("uncertainty", "plots", "misfit") if common[k]]
+        if shards > 1 and extra:
+            raise c.error("shards", f"{', '.join(extra)} cannot be made in shards yet: give shards: 1, or drop them")
+        return submission_parts(c, plan, job, shards, common)
 
     def outputs(self, params: dict, run: Run) -> dict[str, str]:
+        if params.get("shard"):
+            return {"part": run.submission_url}
         out = {"submission": run.submission_url}
         if params["uncertainty"]:
             out["uncertainty"] = run.uncertainty_url
@@ -62,6 +73,8 @@ class Predict(JobKind):
         return out
 
     def argv(self, params: dict, run: Run, heartbeat_s: float) -> list[str]:
+        if params.get("parts"):
+            return ["gwi", "merge", *params["parts"], "--test", params["test"], "--out", run.submission_url]
         argv = ["gwi", "predict", *model_source(params)]
         argv += ["--test", params["test"], "--out", run.submission_url]
         argv += ["--tta", params["config"]["tta"]]
@@ -72,6 +85,8 @@ class Predict(JobKind):
             argv += ["--plots", run.plots_url]
         if params.get("misfit"):
             argv += ["--misfit", run.key_url(MISFIT)]
+        if params.get("shard"):
+            argv += ["--shard", params["shard"]]
         return argv
 
 

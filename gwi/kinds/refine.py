@@ -25,7 +25,7 @@ from typing import Any
 
 from ..runs import Run
 from ..yamlfile import Fields, quote
-from .base import JobKind, Plan, Ref, dataset_or_folder, register, shards_of
+from .base import JobKind, Plan, Ref, dataset_or_folder, register, shards_of, submission_parts
 
 CONFIG = ("iterations", "lr", "tv", "smooth", "pull", "bands", "optimizer", "batch_size", "scale_range", "time_budget",
           "nbc", "device")
@@ -99,16 +99,7 @@ class Refine(JobKind):
                   "config": config}
         if rank is not None:
             common["rank"] = rank
-        if shards == 1:
-            return [("", {**common, "shard": None})]
-        drafts, parts = [], []
-        for i in range(1, shards + 1):
-            name = f"{job}-s{i}"
-            part = plan.run(name).submission_url
-            plan.claim(c, "shards", part, name, f"shard {i}/{shards}")
-            drafts.append((f"-s{i}", {**common, "shard": f"{i}/{shards}"}))
-            parts.append(part)
-        return drafts + [("", {**common, "parts": parts})]
+        return submission_parts(c, plan, job, shards, common)
 
     def outputs(self, params: dict, run: Run) -> dict[str, str]:
         return {"part" if params.get("shard") else "submission": run.submission_url}

@@ -94,6 +94,9 @@ class Sweep(JobKind):
     def outputs(self, params: dict, run: Run) -> dict[str, str]:
         return {}
 
+    def summary(self, params: dict) -> str:
+        return f"{params['trials']} train trials, {params['parallel']} at a time"
+
     def argv(self, params: dict, run: Run, heartbeat_s: float) -> list[str]:
         # the scheduler runs a sweep itself; this is how a person looks at one
         return ["gwi", "sweep", "show", "/".join(run.url.rstrip("/").rsplit("/", 2)[-2:])]

@@ -44,7 +44,7 @@ from ..redact import Redactor
 from ..runs import CANCEL, LATEST, Run
 from ..spec import Job, Spec
 from ..store import split_url
-from . import judge, policy, sweeps
+from . import controllers, judge, policy
 from .. import kinds
 from .calls import Calls
 from .judge import Attempt
@@ -192,8 +192,8 @@ class Scheduler(View):
             self._promote()
             self._meet_deadlines()
             for row in self.state.jobs_in(QUEUED) + self.state.jobs_in(RUNNING):
-                if kinds.get(row["kind"]).controller:  # a sweep: run here, its trials are ordinary jobs
-                    self._isolated(row["id"], None, sweeps.advance, self, row)
+                if kinds.get(row["kind"]).controller:  # a sweep or a cycle: run here, its jobs are ordinary ones
+                    self._isolated(row["id"], None, controllers.BY_KIND[row["kind"]].advance, self, row)
             if launch:
                 for row in self.state.jobs_in(QUEUED):
                     if not kinds.get(row["kind"]).controller:
@@ -586,11 +586,11 @@ class Scheduler(View):
                               finished_at=self.clock())
                 st.event(job_id, "cancelled", reason.removeprefix("cancelled "))
             msgs = [f"{job_id} cancelled"]
-            if kinds.get(row["kind"]).controller:  # a sweep's trials go with it
-                prefix = f"{row['name']}-t"
-                msgs += [self.cancel(r["id"], reason=f"cancelled with sweep {row['name']}")
+            if kinds.get(row["kind"]).controller:  # a sweep's trials (a cycle's rounds) go with it
+                ctl = controllers.BY_KIND[row["kind"]]
+                msgs += [self.cancel(r["id"], reason=f"cancelled with {row['kind']} {row['name']}")
                          for r in self.state.jobs(row["spec"])
-                         if r["name"].startswith(prefix) and r["state"] not in JOB_TERMINAL]
+                         if ctl.is_child(r["name"], row["name"]) and r["state"] not in JOB_TERMINAL]
             for att in map(Attempt.of, self.state.active_attempts(job_id)):
                 err, cleanup = self._stop(att)
                 with self.state.tx() as st:

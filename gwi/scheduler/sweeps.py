@@ -19,14 +19,30 @@ journal file: no database server, safe to append from one process). Optuna is im
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ..runs import Run, run_url
 from ..spec import Job
+from . import policy
 from .lifecycle import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
 
 SWEEPS = "sweeps"
 MIN_RESOURCE = 3  # validations before a trial can be pruned (a time-budgeted trial validates ~10 times)
+
+
+def is_child(name: str, sweep: str) -> bool:
+    """Whether ``name`` is a trial's train job of the sweep ``sweep`` (``<sweep>-t<N>``)."""
+    return name.startswith(f"{sweep}-t") and name[len(sweep) + 2:].isdigit()
+
+
+def hours(job: Job) -> tuple[float, bool, bool]:
+    """(hours the sweep takes: its trials, ``parallel`` at a time; shrinkable (never: a sweep is not
+    shrunk); a guess)."""
+    tb = job.params["config"].get("time_budget") or 0.0
+    sized = 0 < tb < math.inf
+    rounds = math.ceil(job.params["trials"] / job.params["parallel"])
+    return rounds * (tb / 3600 if sized else policy.GUESS_HOURS["train"]), False, not sized
 
 
 def study_path(home: Path, job_id: str) -> Path:

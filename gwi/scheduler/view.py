@@ -18,7 +18,7 @@ from ..adapters.base import Adapter, PlatformError, Profile, get_adapter, load_p
 from ..errors import GwiError
 from ..runs import run_url
 from ..spec import Job
-from . import policy
+from . import controllers, policy
 from .calls import Calls
 from .lifecycle import ACTIVE
 from .state import StateDB, gwi_home
@@ -173,11 +173,10 @@ class View:
         states = {j.name: (r["state"] if (r := self.state.job(f"{spec}/{j.name}")) is not None else None)
                   for j in jobs}
         done = {n for n, st in states.items() if st in ("succeeded", "failed", "cancelled")}
-        sweeps = [j.name for j in jobs if j.kind == "sweep"]
         out = []
         for job in jobs:
-            if job.name in done or any(_is_trial(job.name, sw) for sw in sweeps):
-                continue  # a sweep's trials are in its own estimate, and only it starts or stops them
+            if job.name in done or controllers.owner(job.name, jobs):
+                continue  # a sweep's trials (a cycle's rounds) are in its own estimate, and only it starts them
             a = latest.get(f"{spec}/{job.name}")
             running = a is not None and a["state"] in ("pending", "running")
             hours, shrinkable, guessed = _hours_left(job, a, running, now, self.profiles)
@@ -247,11 +246,8 @@ def _hours_left(job: Job, latest, running: bool, now: float, profiles: dict) -> 
     attempt's ETA or what its hour limit leaves; a time budget (with the attempt's start-up margin);
     an earlier attempt's ETA; else a guess per kind, never over the job's max_hours."""
     prog = json.loads(latest["progress"]) if latest is not None and latest["progress"] else {}
-    if job.kind == "sweep":  # its trials, ``parallel`` at a time (run or not: a sweep is not shrunk)
-        tb = job.params["config"].get("time_budget") or 0.0
-        sized = 0 < tb < math.inf
-        rounds = math.ceil(job.params["trials"] / job.params["parallel"])
-        return rounds * (tb / 3600 if sized else policy.GUESS_HOURS["train"]), False, not sized
+    if job.kind in controllers.BY_KIND:
+        return controllers.BY_KIND[job.kind].hours(job)
     budget = (job.params.get("config") or {}).get("time_budget") if job.kind == "train" else None
     # the attempt's limit that leaves a budget inside it (budget.attempt_budget_s's inverse)
     budget_h = max(budget + 120.0, budget / 0.95) / 3600 if budget and not math.isinf(budget) else None
@@ -272,10 +268,6 @@ def _hours_left(job: Job, latest, running: bool, now: float, profiles: dict) -> 
         return prog["eta_s"] / 3600, False, False
     guess = policy.GUESS_HOURS.get(job.kind, 1.0)
     return (guess if job.limits.max_hours is None else min(guess, job.limits.max_hours)), False, True
-
-
-def _is_trial(name: str, sweep: str) -> bool:
-    return name.startswith(f"{sweep}-t") and name[len(sweep) + 2:].isdigit()
 
 
 def open_view(home: str | Path | None = None, profiles: dict[str, Profile] | None = None) -> View:
