@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import postprocess
 from .data import folds
 from .data.layout import VMAX, VMIN
 from .data.shards import ShardedDataset
@@ -81,10 +82,13 @@ def scores(pred: np.ndarray, truth: np.ndarray, fams: np.ndarray) -> dict:
 
 def evaluate(checkpoints: list[str], dataset: str, *, ensemble: str | None = None, split: str | None = None,
              tta: bool = True, device: str | None = None, precision: str | None = None, batch_size: int = 32,
-             worst: int = 6, plot: str | None = None, log=print) -> dict:
+             worst: int = 6, plot: str | None = None, post: str | None = None, log=print) -> dict:
     """The report (see the module's docstring) of ``checkpoints`` (averaged) or ``ensemble`` on
     ``split`` of ``dataset``: ``kfold:K:I`` or ``family:NAME`` (its validation part), ``all`` (every
-    sample), or by default the split the (first) model validated on, so the samples are unseen."""
+    sample), or by default the split the (first) model validated on, so the samples are unseen.
+    ``post``: :mod:`gwi.postprocess` steps; the report's ``metrics`` are then with them and
+    ``metrics_raw`` without, so a step is kept only where it pays."""
+    posts = postprocess.parse(post)
     checkpoints, weights, crf, family_weights = chosen_members(checkpoints, None, ensemble)
     dev, precision = resolve_device_precision(device, precision)
     models = [load_model(c, dev) for c in checkpoints]
@@ -114,6 +118,10 @@ def evaluate(checkpoints: list[str], dataset: str, *, ensemble: str | None = Non
         pred[s:s + len(b)] = members.velocity(x, fams[s:s + len(b)].tolist() if members.family_weights else None)
         truth[s:s + len(b)] = y[:, 0]
         report_progress(state="running", done=s + len(b), total=len(idx), unit="samples")
+    raw = None
+    if posts:
+        raw = scores(pred, truth, fams)
+        pred = postprocess.apply(pred, posts)
     err = np.abs(pred - truth).reshape(len(idx), -1).mean(1)
     order = np.argsort(-err)[:worst]
     report = {
@@ -122,7 +130,7 @@ def evaluate(checkpoints: list[str], dataset: str, *, ensemble: str | None = Non
         "models": [m.source for m in models], "model_names": [m.name for m in models], "weights": weights,
         "ensemble": ensemble, "crf": bool(crf), "tta": tta, "dataset": dataset, "split": split,
         "samples": int(len(idx)), "device": str(dev), "precision": precision, "seconds": time.time() - t0,
-        "metrics": scores(pred, truth, fams),
+        "metrics": scores(pred, truth, fams), **({"post": [str(p) for p in posts], "metrics_raw": raw} if posts else {}),
         "worst": [{"index": int(idx[i]), "family": str(fams[i]), "mae": float(err[i])} for i in order],
     }
     # the attempt's heartbeat carries the result, so gwi status shows an evaluate job's MAE
@@ -166,12 +174,15 @@ def draw_worst(path: str, pred: np.ndarray, truth: np.ndarray, worst: list[dict]
 
 def table(report: dict) -> str:
     """The report as a text table: a row per family, then overall."""
-    rows = [(f, m["samples"], m["mae"], m["rmse"], m["ssim"]) for f, m in report["metrics"].items() if f != "overall"]
-    o = report["metrics"]["overall"]
-    rows.append(("overall", o["samples"], o["mae"], o["rmse"], o["ssim"]))
-    w = max(len(r[0]) for r in rows)
-    lines = [f"{'family':<{w}}  {'samples':>7}  {'MAE m/s':>8}  {'RMSE m/s':>8}  {'SSIM':>6}"]
-    lines += [f"{f:<{w}}  {n:>7}  {mae:>8.1f}  {rmse:>8.1f}  {s:>6.4f}" for f, n, mae, rmse, s in rows]
+    raw = report.get("metrics_raw")
+    names = [f for f in report["metrics"] if f != "overall"] + ["overall"]
+    w = max(map(len, names))
+    head = f"{'family':<{w}}  {'samples':>7}  {'MAE m/s':>8}  {'RMSE m/s':>8}  {'SSIM':>6}"
+    lines = [head + (f"  {'without ' + '+'.join(report['post']):>20}" if raw else "")]
+    for f in names:
+        m = report["metrics"][f]
+        lines.append(f"{f:<{w}}  {m['samples']:>7}  {m['mae']:>8.1f}  {m['rmse']:>8.1f}  {m['ssim']:>6.4f}"
+                     + (f"  {raw[f]['mae']:>20.1f}" if raw else ""))
     return "\n".join(lines)
 
 

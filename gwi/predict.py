@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import postprocess
 from .data.layout import SEISMIC_SHAPE, VMAX, VMIN, discover_test
 from .data.shards import MANIFEST, ShardedDataset
 from .errors import DataError
@@ -186,6 +187,7 @@ class Members:
     device: torch.device
     precision: str
     tta: bool
+    post: tuple = ()  # gwi.postprocess steps, after the CRF
 
     def velocity(self, x: np.ndarray, fams: list[str] | None) -> np.ndarray:
         """(B,5,1000,70) raw seismic → (B,70,70) m/s; ``fams`` (one per sample) picks family weights."""
@@ -200,7 +202,7 @@ class Members:
                                        self.tta)
         if self.crf:
             v = crf_smooth(torch.from_numpy(v), self.crf["lambda"], self.crf["sigma"]).numpy()
-        return v
+        return postprocess.apply(v, self.post)
 
     def std(self, x: np.ndarray, mc_samples: int) -> np.ndarray:
         """Weighted MC-dropout std (B,70,70) m/s."""
@@ -213,7 +215,8 @@ def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float]
             precision: str | None = None, device: str | None = None, batch_size: int = 32, skip_bad: bool = False,
             ensemble: str | None = None, uncertainty: str | None = None, mc_samples: int = 8,
             plots: str | None = None, progress: bool | None = None, misfit: str | None = None,
-            misfit_backend: str = "openfwi", shard: tuple[int, int] | None = None, log=print) -> dict:
+            misfit_backend: str = "openfwi", shard: tuple[int, int] | None = None, post: str | None = None,
+            log=print) -> dict:
     """Write ``out`` (submission CSV); returns a summary (files, rows, bad files, seconds).
 
     ``shard`` (i, N): only every N-th test file from the i-th (``gwi merge`` joins the parts).
@@ -222,9 +225,11 @@ def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float]
     ``ensemble``: an ``ensemble.json`` (members, weights, CRF) instead of ``checkpoints``.
     ``uncertainty``: also write MC-dropout per-pixel std (m/s) as ``.npy`` (N, 70, 70) float16, with
     the oids beside it in ``<file>.oids.json``.
+    ``post``: :mod:`gwi.postprocess` steps applied to every map (``plateau[:TOL]``).
     """
     from .console import progress as console_progress
 
+    posts = postprocess.parse(post)  # a bad step fails before any model is loaded
     checkpoints, weights, crf, family_weights = chosen_members(checkpoints, weights, ensemble)
     dev, precision = resolve_device_precision(device, precision)
     models = [load_model(c, dev) for c in checkpoints]
@@ -234,7 +239,7 @@ def predict(checkpoints: list[str], test: str, out: str, *, weights: list[float]
         raise ValueError(f"weights: expected {len(models)} weights summing to 1, got {weights}")
     src = TestSource(test, skip_bad, shard)
     fam_of, family_weights = _families(src, family_weights, log)
-    members = Members(models, weights, family_weights, crf, dev, precision, tta)
+    members = Members(models, weights, family_weights, crf, dev, precision, tta, posts)
     log(f"predicting {len(src)} test samples with {len(models)} model(s) "
         f"({', '.join(m.name for m in models)}) on {dev} in {precision}" + (" with flip TTA" if tta else ""))
     fill = models[0].norm.vel_mean or (VMIN + VMAX) / 2

@@ -140,6 +140,10 @@ def add_train(sub) -> None:
     q.set_defaults(fn=cmd_train)
 
 
+POST_HELP = ("post-processing of every map: plateau[:TOL] snaps maps judged layered to their plateaus "
+             "(column runs between steps > TOL m/s, default 20, take their median)")
+
+
 def cmd_predict(a) -> int:
     from ..predict import predict
     from ..sharding import parse_shard
@@ -153,7 +157,7 @@ def cmd_predict(a) -> int:
         r = predict(a.checkpoint or [], a.test, out, tta=a.tta == "flip", precision=a.precision, device=a.device,
                     batch_size=a.batch_size, skip_bad=a.skip_bad, ensemble=ens, uncertainty=unc,
                     mc_samples=a.mc_samples, plots=plots, misfit=mis, misfit_backend=a.misfit_backend,
-                    shard=parse_shard(a.shard), log=lambda m: print(m, file=sys.stderr, flush=True))
+                    shard=parse_shard(a.shard), post=a.post, log=lambda m: print(m, file=sys.stderr, flush=True))
     bad = f", {len(r['bad'])} bad file(s) filled with the training mean" if r["bad"] else ""
     print(f"wrote {a.out}: {r['files']} test files, {r['rows']} rows in {r['seconds']:.1f} s "
           f"({r['files_per_s']:.1f} files/s){bad}")
@@ -183,6 +187,7 @@ def add_predict(sub) -> None:
                    help="forward model for --misfit (default openfwi; deepwave is ~10x faster on CPU)")
     q.add_argument("--shard", metavar="i/N", help="predict only the i-th of N interleaved shares of the test files "
                                                    "(gwi merge joins the parts)")
+    q.add_argument("--post", metavar="STEPS", help=POST_HELP)
     q.set_defaults(fn=cmd_predict)
 
 
@@ -231,7 +236,7 @@ def cmd_evaluate(a) -> int:
     split = f"kfold:{a.folds}:{a.fold}" if a.fold is not None else a.split
     with staged_input(a.ensemble) as ens, staged_output(a.out) as out, staged_output(a.plot) as plot:
         r = evaluate(a.checkpoint or [], a.dataset, ensemble=ens, split=split, tta=a.tta == "flip", device=a.device,
-                     precision=a.precision, batch_size=a.batch_size, worst=a.worst, plot=plot,
+                     precision=a.precision, batch_size=a.batch_size, worst=a.worst, plot=plot, post=a.post,
                      log=lambda m: print(m, file=sys.stderr, flush=True))
         if a.ensemble:
             r["ensemble"] = a.ensemble  # the name the user gave, not the staged copy
@@ -263,6 +268,7 @@ def add_evaluate(sub) -> None:
     q.add_argument("--plot", metavar="PNG", help="draw the worst samples: truth, prediction, error")
     q.add_argument("--out", metavar="FILE.json", help="write the report (a path or a store URL)")
     q.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    q.add_argument("--post", metavar="STEPS", help=POST_HELP + "; the MAE without them is shown beside")
     q.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32")
     q.add_argument("--batch-size", type=int, default=32)
     q.add_argument("--device")

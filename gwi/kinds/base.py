@@ -219,6 +219,17 @@ def check_split(c: Fields, key: str, value: str) -> str:
     raise c.error(key, f"expected 'kfold:K:FOLD' or 'family:NAME', got {quote(value)}")
 
 
+def post_steps(cc: Fields) -> str:
+    """``post``: post-processing steps of predict and evaluate (``plateau`` or ``plateau:20``), checked."""
+    from ..postprocess import parse
+
+    v = cc.get("post", "str")
+    try:
+        return ",".join(map(str, parse(v)))
+    except ValueError as e:
+        raise cc.error("post", str(e).removeprefix("--post: ")) from None
+
+
 def optional(cc: Fields, config: dict, key: str, kind: str, **checks) -> None:
     """Copy ``key`` into ``config`` when the plan gives it (commands keep their own defaults)."""
     if cc.node.get(key) is not None:

@@ -20,7 +20,7 @@ starts only when its validation MAE is at least ``min_gain`` m/s below the best 
       flip: true                # each pseudo map also mirrored
       backend: openfwi          # the forward model of the pseudo sets (default openfwi)
       shards: {predict: 4, pseudo: 8}    # or one number for both (default 1)
-      predict: {tta: flip, precision: bf16, batch_size: 64}
+      predict: {tta: flip, precision: bf16, batch_size: 64, post: plateau}   # also each evaluation's
       config: {time_budget: 2h, lr: 1.0e-4}   # each round's training, over the start job's config
 
 The rounds are ordinary jobs the scheduler adds to the plan as the loop goes on (placed, retried, moved
@@ -41,11 +41,11 @@ from ..data.mix import parse_part, spell_part
 from ..physics import BACKENDS, DEFAULT_BACKEND
 from ..runs import Run
 from ..yamlfile import Fields, quote
-from .base import JobKind, Plan, Ref, dataset_or_folder, optional, register
+from .base import MAX_SHARDS, JobKind, Plan, Ref, dataset_or_folder, optional, post_steps, register
 from .train import SPLIT_KEYS, Train, config_fields
 
 KEEP = ("all", "last")
-PREDICT_CONFIG = ("tta", "precision", "batch_size")
+PREDICT_CONFIG = ("tta", "precision", "batch_size", "post")
 MAX_ROUNDS = 20
 
 
@@ -94,6 +94,8 @@ class Cycle(JobKind):
         predict: dict[str, Any] = {"tta": pc.get("tta", "str", "flip", choices=("none", "flip"))}
         optional(pc, predict, "precision", "str", choices=train_config.PRECISIONS)
         optional(pc, predict, "batch_size", "int", minimum=1)
+        if pc.node.get("post") is not None:
+            predict["post"] = post_steps(pc)
         rounds = c.get("rounds", "int", minimum=1)
         if rounds > MAX_ROUNDS:
             raise c.error("rounds", f"expected at most {MAX_ROUNDS}, got {rounds}")
@@ -139,8 +141,6 @@ class Cycle(JobKind):
 
     @staticmethod
     def _shards(c: Fields) -> dict[str, int]:
-        from .base import MAX_SHARDS
-
         raw = c.node.get("shards", 1)
         if isinstance(raw, dict):
             sc = c.sub("shards")
@@ -189,7 +189,7 @@ def round_steps(params: dict, cycle_run: str, r: int) -> list[Step]:
     evaluate = Step(f"r{r}-evaluate", "evaluate", {
         "members": [model_of(params, cycle_run, r)], "dataset": parse_part(t["mix"][0])[0],
         "config": {"split": t["config"].get("split", train_config.TrainConfig.split),
-                   **{k: v for k, v in params["predict"].items() if k in ("tta", "precision", "batch_size")}}},
+                   **params["predict"]}},
         f"{folder}/evaluate", (f"r{r}-train",) if r else ())
     if r == 0:
         return [evaluate]

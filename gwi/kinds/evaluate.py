@@ -9,12 +9,13 @@ from typing import Any
 from .. import config as train_config
 from ..runs import Run
 from ..yamlfile import Fields
-from .base import JobKind, Plan, Ref, check_split, dataset_ref, flags, optional, register
+from .base import JobKind, Plan, Ref, check_split, dataset_ref, flags, optional, post_steps, register
 from .ensemble import members
 from .predict import model_source
 
-CONFIG = ("split", "tta", "precision", "batch_size", "worst")
-_FLAGS = (("split", "--split"), ("precision", "--precision"), ("batch_size", "--batch-size"), ("worst", "--worst"))
+CONFIG = ("split", "tta", "precision", "batch_size", "worst", "post")
+_FLAGS = (("split", "--split"), ("precision", "--precision"), ("batch_size", "--batch-size"), ("worst", "--worst"),
+          ("post", "--post"))
 
 
 @register
@@ -27,7 +28,8 @@ class Evaluate(JobKind):
             Ref("ensemble", "ensemble", "ensemble", "an ensemble.json URL", many=False))
     reads = ("dataset",)
     example = {"members": ["train"], "dataset": "example-data",
-               "config": {"split": "kfold:4:0", "tta": "none", "precision": "fp32", "batch_size": 4, "worst": 3}}
+               "config": {"split": "kfold:4:0", "tta": "none", "precision": "fp32", "batch_size": 4, "worst": 3,
+                          "post": "plateau"}}
 
     def check_defaults(self, c: Fields) -> None:
         if "dataset" in c.node:
@@ -47,6 +49,8 @@ class Evaluate(JobKind):
             config["split"] = split if split == "all" else check_split(cc, "split", split)
         optional(cc, config, "precision", "str", choices=train_config.PRECISIONS)
         optional(cc, config, "batch_size", "int", minimum=1)
+        if cc.node.get("post") is not None:
+            config["post"] = post_steps(cc)
         optional(cc, config, "worst", "int", minimum=0)
         source = {"members": members(c)} if has_m else {"ensemble": c.get("ensemble", "str")}
         return [("", {**source, "dataset": plan.dataset_url(dataset_ref(c, "dataset")), "config": config})]

@@ -12,14 +12,25 @@ from .. import config as train_config
 from ..physics import BACKENDS
 from ..runs import Run
 from ..yamlfile import Fields
-from .base import JobKind, Plan, Ref, dataset_or_folder, flags, optional, register, shards_of, submission_parts
+from .base import (
+    JobKind,
+    Plan,
+    Ref,
+    dataset_or_folder,
+    flags,
+    optional,
+    post_steps,
+    register,
+    shards_of,
+    submission_parts,
+)
 from .ensemble import members
 
 MISFIT = "misfit.csv"  # oid,misfit per test file: what refine's worst fraction is ranked by
 
-CONFIG = ("tta", "precision", "batch_size", "mc_samples", "misfit_backend")
+CONFIG = ("tta", "precision", "batch_size", "mc_samples", "misfit_backend", "post")
 _FLAGS = (("precision", "--precision"), ("batch_size", "--batch-size"), ("mc_samples", "--mc-samples"),
-          ("misfit_backend", "--misfit-backend"))
+          ("misfit_backend", "--misfit-backend"), ("post", "--post"))
 
 
 @register
@@ -31,7 +42,7 @@ class Predict(JobKind):
     reads = ("test",)
     example = {"ensemble": "ensemble", "test": "example-data", "uncertainty": True, "plots": True, "misfit": True,
                "config": {"tta": "flip", "precision": "fp32", "batch_size": 4, "mc_samples": 2,
-                          "misfit_backend": "deepwave"}}
+                          "misfit_backend": "deepwave", "post": "plateau:20"}}
 
     def check(self, c: Fields, own: Fields, plan: Plan, job: str) -> list[tuple[str, dict]]:
         has_m, has_e = c.node.get("members") is not None, c.node.get("ensemble") is not None
@@ -45,6 +56,8 @@ class Predict(JobKind):
         config: dict[str, Any] = {"tta": cc.get("tta", "str", "flip", choices=("none", "flip"))}
         optional(cc, config, "precision", "str", choices=train_config.PRECISIONS)
         optional(cc, config, "batch_size", "int", minimum=1)
+        if cc.node.get("post") is not None:
+            config["post"] = post_steps(cc)
         optional(cc, config, "mc_samples", "int", minimum=0)
         optional(cc, config, "misfit_backend", "str", choices=BACKENDS)
         misfit = c.get("misfit", "bool", False)
