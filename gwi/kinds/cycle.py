@@ -77,9 +77,8 @@ class Cycle(JobKind):
         sp = plan.jobs[start][1]
         cc = c.sub("config")
         cc.only([k for k in config_fields() if k not in SPLIT_KEYS])
-        for k in ("init_partial",):
-            if k in cc.node:
-                raise cc.error(k, "each round starts from the whole of the previous round's model")
+        if "init_partial" in cc.node:
+            raise cc.error("init_partial", "each round starts from the whole of the previous round's model")
         config = {**{k: v for k, v in sp["config"].items() if k != "init_partial"}, **Train._settings(cc)}
         mix = list(sp.get("mix", [sp["dataset"]]))
         try:
@@ -101,7 +100,7 @@ class Cycle(JobKind):
             raise c.error("rounds", f"expected at most {MAX_ROUNDS}, got {rounds}")
         return [("", {"start": start, "test": dataset_or_folder(c, "test", plan), "rounds": rounds,
                       "min_gain": self._min_gain(c),
-                      "pseudo": float(self._weight(c)), "keep": c.get("keep", "str", "all", choices=KEEP),
+                      "pseudo": self._weight(c), "keep": c.get("keep", "str", "all", choices=KEEP),
                       "flip": c.get("flip", "bool", False),
                       "backend": c.get("backend", "str", DEFAULT_BACKEND, choices=BACKENDS),
                       "shards": self._shards(c), "predict": predict,
@@ -134,7 +133,7 @@ class Cycle(JobKind):
 
     @staticmethod
     def _weight(c: Fields) -> float:
-        w = c.get("pseudo", "number", 1.0)
+        w = float(c.get("pseudo", "number", 1.0))
         if not w > 0:
             raise c.error("pseudo", f"expected a weight > 0 (samples per epoch as a multiple of the set's size), got {w}")
         return w
