@@ -34,14 +34,14 @@ submission.csv), ``datasets/pseudo/``, ``train/`` (the run) and ``evaluate/`` (e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from .. import config as train_config
 from ..data.mix import parse_part, spell_part
 from ..physics import BACKENDS, DEFAULT_BACKEND
 from ..runs import Run
 from ..yamlfile import Fields, quote
-from .base import MAX_SHARDS, JobKind, Plan, Ref, dataset_or_folder, optional, post_steps, register
+from .base import MAX_SHARDS, JobKind, Plan, Ref, dataset_or_folder, register
+from .predict import settings as predict_settings
 from .train import SPLIT_KEYS, Train, config_fields
 
 KEEP = ("all", "last")
@@ -90,11 +90,7 @@ class Cycle(JobKind):
             raise cc.error(key if key in cc.node else "", why or str(e)) from None
         pc = c.sub("predict")
         pc.only(PREDICT_CONFIG)
-        predict: dict[str, Any] = {"tta": pc.get("tta", "str", "flip", choices=("none", "flip"))}
-        optional(pc, predict, "precision", "str", choices=train_config.PRECISIONS)
-        optional(pc, predict, "batch_size", "int", minimum=1)
-        if pc.node.get("post") is not None:
-            predict["post"] = post_steps(pc)
+        predict = predict_settings(pc)
         rounds = c.get("rounds", "int", minimum=1)
         if rounds > MAX_ROUNDS:
             raise c.error("rounds", f"expected at most {MAX_ROUNDS}, got {rounds}")

@@ -53,11 +53,7 @@ class Predict(JobKind):
                                      "ensemble (an ensemble job or an ensemble.json URL)")
         cc = c.sub("config")
         cc.only(CONFIG)
-        config: dict[str, Any] = {"tta": cc.get("tta", "str", "flip", choices=("none", "flip"))}
-        optional(cc, config, "precision", "str", choices=train_config.PRECISIONS)
-        optional(cc, config, "batch_size", "int", minimum=1)
-        if cc.node.get("post") is not None:
-            config["post"] = post_steps(cc)
+        config = settings(cc)
         optional(cc, config, "mc_samples", "int", minimum=0)
         optional(cc, config, "misfit_backend", "str", choices=BACKENDS)
         misfit = c.get("misfit", "bool", False)
@@ -101,6 +97,17 @@ class Predict(JobKind):
         if params.get("shard"):
             argv += ["--shard", params["shard"]]
         return argv
+
+
+def settings(cc: Fields) -> dict[str, Any]:
+    """How maps are predicted (``tta``, ``precision``, ``batch_size``, ``post``): predict's config,
+    and a cycle's ``predict:``."""
+    config: dict[str, Any] = {"tta": cc.get("tta", "str", "flip", choices=("none", "flip"))}
+    optional(cc, config, "precision", "str", choices=train_config.PRECISIONS)
+    optional(cc, config, "batch_size", "int", minimum=1)
+    if cc.node.get("post") is not None:
+        config["post"] = post_steps(cc)
+    return config
 
 
 def model_source(params: dict) -> list[str]:
